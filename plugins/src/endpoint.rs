@@ -1,0 +1,161 @@
+//! What a strategy can see of a pool: its eligible endpoints, their scraped metrics and load.
+//!
+//! The gateway builds a [`PoolView`] per request from its snapshot; it holds only endpoints that are
+//! ready and not ejected, so a strategy never has to filter for readiness itself.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Identity of one endpoint: a pod address and target port (`podIP:port`), plus a display name.
+///
+/// Two endpoints are the same endpoint exactly when their addresses are equal; the name is for
+/// humans (logs, metrics labels, debug output) and does not take part in comparisons.
+#[derive(Clone)]
+pub struct EndpointId {
+    address: SocketAddr,
+    name: Arc<str>,
+}
+
+impl EndpointId {
+    /// An endpoint at `address`, shown as `name` (usually `namespace/pod`).
+    pub fn new(address: SocketAddr, name: impl Into<Arc<str>>) -> Self {
+        Self {
+            address,
+            name: name.into(),
+        }
+    }
+
+    /// The address the gateway dials.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// A human-readable name (for example `default/qwen-0`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl PartialEq for EndpointId {
+    fn eq(&self, other: &Self) -> bool {
+        self.address == other.address
+    }
+}
+
+impl Eq for EndpointId {}
+
+impl std::hash::Hash for EndpointId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.address.hash(state);
+    }
+}
+
+impl PartialOrd for EndpointId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for EndpointId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.address.cmp(&other.address)
+    }
+}
+
+impl fmt::Debug for EndpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.address)
+    }
+}
+
+impl fmt::Display for EndpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.address, f)
+    }
+}
+
+/// LoRA adapter residency as the model server reports it (`vllm:lora_requests_info`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoraState {
+    /// Adapters the server can hold in one batch (`max_lora`).
+    pub max_loras: u32,
+    /// Adapters with running requests.
+    pub running: Vec<String>,
+    /// Adapters with waiting requests.
+    pub waiting: Vec<String>,
+}
+
+impl LoraState {
+    /// Whether `adapter` has requests running on this endpoint.
+    pub fn is_running(&self, adapter: &str) -> bool {
+        self.running.iter().any(|a| a == adapter)
+    }
+
+    /// Whether `adapter` has requests waiting on this endpoint.
+    pub fn is_waiting(&self, adapter: &str) -> bool {
+        self.waiting.iter().any(|a| a == adapter)
+    }
+
+    /// Whether another adapter could join the running batch.
+    pub fn has_free_slot(&self) -> bool {
+        (self.running.len() as u64) < u64::from(self.max_loras)
+    }
+}
+
+/// The latest values scraped from one endpoint's `/metrics`, normalised across engines.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndpointMetrics {
+    /// Requests waiting in the server's queue (includes preempted requests).
+    pub waiting: u32,
+    /// Requests in the running batch.
+    pub running: u32,
+    /// KV-cache usage in `0.0..=1.0`.
+    pub kv_usage: f64,
+    /// LoRA residency, when the server reports it.
+    pub lora: Option<LoraState>,
+    /// Tokens per KV block (`cache_config_info{block_size}`), when reported.
+    pub block_size: Option<u32>,
+    /// KV blocks in the cache (`cache_config_info{num_gpu_blocks}`), when reported.
+    pub num_blocks: Option<u64>,
+}
+
+/// One eligible endpoint as a strategy sees it at pick time.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointView<'a> {
+    /// Which endpoint.
+    pub id: &'a EndpointId,
+    /// The latest scraped metrics, if any scrape has succeeded yet.
+    pub metrics: Option<&'a EndpointMetrics>,
+    /// How old `metrics` are. `None` when there are no metrics.
+    pub metrics_age: Option<Duration>,
+    /// Requests this gateway has dispatched to the endpoint and not yet seen finish.
+    pub in_flight: u32,
+    /// Estimated prompt tokens of those requests.
+    pub in_flight_tokens: u64,
+    /// Requests this gateway dispatched to the endpoint after `metrics` were scraped: the part of
+    /// the load the scraped numbers cannot know about yet.
+    pub dispatched_since_scrape: u32,
+}
+
+/// The eligible endpoints of one pool at pick time.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolView<'a> {
+    /// Pool name (`namespace/name`).
+    pub name: &'a str,
+    /// Ready, non-ejected endpoints, in a stable order (sorted by address).
+    pub endpoints: &'a [EndpointView<'a>],
+}
+
+impl<'a> PoolView<'a> {
+    /// Number of eligible endpoints.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Whether the pool has no eligible endpoint.
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+}

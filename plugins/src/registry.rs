@@ -1,0 +1,265 @@
+//! Strategy registry: names (the pool's routing-strategy annotation) to factories.
+//!
+//! A factory validates its parameters and builds one strategy instance per pool. Names are
+//! case-sensitive upper-case identifiers, as ACK spells them (`DEFAULT`, `PREFIX_CACHE`). A name
+//! may also be an *alias* of another: it builds the target's strategy and says so in
+//! [`Registry::describe`], so debug output never hides which algorithm really runs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::strategies::{Random, RoundRobin};
+use crate::strategy::{ConfigError, Strategy};
+
+/// Parameters of one strategy instance: pool annotations under
+/// [`crate::STRATEGY_PARAM_PREFIX`], with the prefix removed.
+pub type StrategyConfig = BTreeMap<String, String>;
+
+/// Builds strategy instances. Implemented for every
+/// `Fn(&StrategyConfig) -> Result<Arc<dyn Strategy>, ConfigError>`.
+pub trait StrategyFactory: Send + Sync + 'static {
+    /// Validate `config` and build a strategy.
+    fn build(&self, config: &StrategyConfig) -> Result<Arc<dyn Strategy>, ConfigError>;
+}
+
+impl<F> StrategyFactory for F
+where
+    F: Fn(&StrategyConfig) -> Result<Arc<dyn Strategy>, ConfigError> + Send + Sync + 'static,
+{
+    fn build(&self, config: &StrategyConfig) -> Result<Arc<dyn Strategy>, ConfigError> {
+        self(config)
+    }
+}
+
+/// Why a strategy could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// No strategy has this name.
+    #[error("unknown routing strategy {name:?}; known strategies: {known}")]
+    Unknown {
+        /// The requested name.
+        name: String,
+        /// The registered names, comma-separated.
+        known: String,
+    },
+    /// The strategy rejected its parameters.
+    #[error("routing strategy {name}: {source}")]
+    Config {
+        /// The strategy name.
+        name: String,
+        /// What was wrong.
+        #[source]
+        source: ConfigError,
+    },
+}
+
+enum Entry {
+    Factory(Arc<dyn StrategyFactory>),
+    Alias { target: String, note: String },
+}
+
+/// Resolved registration of a name: what really runs and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Resolution {
+    /// The name that was asked for.
+    pub requested: String,
+    /// The strategy that runs.
+    pub implementation: String,
+    /// Why they differ, when they do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Maps strategy names to factories.
+#[derive(Clone, Default)]
+pub struct Registry {
+    entries: BTreeMap<String, Arc<Entry>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("names", &self.names())
+            .finish()
+    }
+}
+
+/// Parameter-less factories reject any parameter.
+fn no_parameters(name: &str, config: &StrategyConfig) -> Result<(), ConfigError> {
+    match config.iter().next() {
+        None => Ok(()),
+        Some((key, value)) => Err(ConfigError::new(
+            key.as_str(),
+            value.as_str(),
+            format!("{name} takes no parameters"),
+        )),
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The built-in strategies: `ROUND_ROBIN`, `RANDOM`, and `DEFAULT` as an alias of
+    /// `ROUND_ROBIN` until the load-aware default lands.
+    pub fn with_builtins() -> Self {
+        let mut registry = Self::new();
+        registry.register(RoundRobin::NAME, |config: &StrategyConfig| {
+            no_parameters(RoundRobin::NAME, config)?;
+            Ok(Arc::new(RoundRobin::new()) as Arc<dyn Strategy>)
+        });
+        registry.register(Random::NAME, |config: &StrategyConfig| {
+            no_parameters(Random::NAME, config)?;
+            Ok(Arc::new(Random::new()) as Arc<dyn Strategy>)
+        });
+        registry.alias(
+            "DEFAULT",
+            RoundRobin::NAME,
+            "the load-aware DEFAULT strategy is not built yet; DEFAULT runs ROUND_ROBIN",
+        );
+        registry
+    }
+
+    /// Register (or replace) a factory under `name`.
+    pub fn register(&mut self, name: impl Into<String>, factory: impl StrategyFactory) {
+        self.entries
+            .insert(name.into(), Arc::new(Entry::Factory(Arc::new(factory))));
+    }
+
+    /// Make `name` build `target`'s strategy, with `note` saying why.
+    pub fn alias(
+        &mut self,
+        name: impl Into<String>,
+        target: impl Into<String>,
+        note: impl Into<String>,
+    ) {
+        self.entries.insert(
+            name.into(),
+            Arc::new(Entry::Alias {
+                target: target.into(),
+                note: note.into(),
+            }),
+        );
+    }
+
+    /// Registered names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.keys().map(String::as_str).collect()
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        name: &str,
+    ) -> Result<(&'a str, &'a Arc<dyn StrategyFactory>, Option<&'a str>), RegistryError> {
+        let mut current = name;
+        let mut note = None;
+        // Aliases may chain; the bound stops a cycle.
+        for _ in 0..8 {
+            match self.entries.get_key_value(current).map(|(k, v)| (k, &**v)) {
+                Some((key, Entry::Factory(factory))) => return Ok((key, factory, note)),
+                Some((_, Entry::Alias { target, note: n })) => {
+                    note = note.or(Some(n.as_str()));
+                    current = target;
+                }
+                None => break,
+            }
+        }
+        Err(RegistryError::Unknown {
+            name: name.to_owned(),
+            known: self.names().join(", "),
+        })
+    }
+
+    /// What `name` runs.
+    pub fn describe(&self, name: &str) -> Result<Resolution, RegistryError> {
+        let (implementation, _, note) = self.resolve(name)?;
+        Ok(Resolution {
+            requested: name.to_owned(),
+            implementation: implementation.to_owned(),
+            note: note.map(str::to_owned),
+        })
+    }
+
+    /// Build the strategy registered as `name` with `config`.
+    pub fn build(
+        &self,
+        name: &str,
+        config: &StrategyConfig,
+    ) -> Result<Arc<dyn Strategy>, RegistryError> {
+        let (implementation, factory, _) = self.resolve(name)?;
+        factory
+            .build(config)
+            .map_err(|source| RegistryError::Config {
+                name: implementation.to_owned(),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_resolve_and_default_says_it_is_an_alias() {
+        let registry = Registry::with_builtins();
+        assert_eq!(registry.names(), vec!["DEFAULT", "RANDOM", "ROUND_ROBIN"]);
+        let d = registry.describe("DEFAULT").unwrap();
+        assert_eq!(d.implementation, "ROUND_ROBIN");
+        assert!(d.note.unwrap().contains("ROUND_ROBIN"));
+        let s = registry.build("DEFAULT", &StrategyConfig::new()).unwrap();
+        assert_eq!(s.name(), "ROUND_ROBIN");
+        assert_eq!(registry.describe("RANDOM").unwrap().note, None);
+    }
+
+    #[test]
+    fn unknown_name_lists_known_ones() {
+        let registry = Registry::with_builtins();
+        let err = registry
+            .build("FASTEST", &StrategyConfig::new())
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "unknown routing strategy \"FASTEST\"; known strategies: DEFAULT, RANDOM, ROUND_ROBIN"
+        );
+    }
+
+    #[test]
+    fn parameters_are_validated() {
+        let registry = Registry::with_builtins();
+        let mut config = StrategyConfig::new();
+        config.insert("queue-weight".into(), "2".into());
+        let err = registry.build("RANDOM", &config).err().unwrap();
+        assert_eq!(
+            err,
+            RegistryError::Config {
+                name: "RANDOM".into(),
+                source: ConfigError::new("queue-weight", "2", "RANDOM takes no parameters"),
+            }
+        );
+    }
+
+    #[test]
+    fn alias_cycles_are_unknown() {
+        let mut registry = Registry::new();
+        registry.alias("A", "B", "a");
+        registry.alias("B", "A", "b");
+        assert!(matches!(
+            registry.build("A", &StrategyConfig::new()),
+            Err(RegistryError::Unknown { .. })
+        ));
+    }
+
+    #[test]
+    fn third_party_factories_register() {
+        let mut registry = Registry::with_builtins();
+        registry.register("MINE", |_: &StrategyConfig| {
+            Ok(Arc::new(RoundRobin::new()) as Arc<dyn Strategy>)
+        });
+        assert!(registry.build("MINE", &StrategyConfig::new()).is_ok());
+    }
+}

@@ -1,0 +1,139 @@
+//! Configuration problems, reported with the object, the field, the value and the reason.
+//!
+//! Loading and building never stop at the first problem: they collect every [`ConfigIssue`] so
+//! `--validate` can print them all at once. An [`Severity::Error`] makes a configuration unusable
+//! (the gateway refuses to start on it, and a reload keeps the previous snapshot); a
+//! [`Severity::Warning`] is served the way the Gateway API prescribes (for example a missing
+//! backend answers 500) and is logged.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// How bad an issue is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Served as the Gateway API prescribes, but probably not what was meant.
+    Warning,
+    /// The configuration cannot be used.
+    Error,
+}
+
+/// Where a document came from: a file and the document's 1-based position in it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Origin {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based document number within the file.
+    pub document: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}, document {}", self.file.display(), self.document)
+    }
+}
+
+/// One problem in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConfigIssue {
+    /// Error or warning.
+    pub severity: Severity,
+    /// The object, as `Kind namespace/name` (or `document` when it has no identity yet).
+    pub object: String,
+    /// Where the object was defined, when it came from a file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+    /// The field path, for example `spec.rules[0].backendRefs[1].weight`.
+    pub field: String,
+    /// The offending value, rendered as text.
+    pub value: String,
+    /// Why it is a problem.
+    pub reason: String,
+}
+
+impl ConfigIssue {
+    /// An error.
+    pub fn error(
+        object: impl Into<String>,
+        field: impl Into<String>,
+        value: impl fmt::Display,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            severity: Severity::Error,
+            object: object.into(),
+            origin: None,
+            field: field.into(),
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A warning.
+    pub fn warning(
+        object: impl Into<String>,
+        field: impl Into<String>,
+        value: impl fmt::Display,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            severity: Severity::Warning,
+            ..Self::error(object, field, value, reason)
+        }
+    }
+
+    /// The same issue, located at `origin`.
+    pub fn at(mut self, origin: Option<&Origin>) -> Self {
+        self.origin = origin.cloned();
+        self
+    }
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{severity}: {}", self.object)?;
+        if let Some(origin) = &self.origin {
+            write!(f, " ({origin})")?;
+        }
+        write!(f, ": {}", self.field)?;
+        if !self.value.is_empty() {
+            write!(f, " = {:?}", self.value)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// Whether any issue is an error.
+pub fn has_errors(issues: &[ConfigIssue]) -> bool {
+    issues.iter().any(|i| i.severity == Severity::Error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_object_origin_field_value_and_reason() {
+        let origin = Origin {
+            file: "routes.yaml".into(),
+            document: 3,
+        };
+        let issue = ConfigIssue::error(
+            "HTTPRoute default/chat",
+            "spec.rules[0].backendRefs[0].weight",
+            -1,
+            "must be between 0 and 1000000",
+        )
+        .at(Some(&origin));
+        assert_eq!(
+            issue.to_string(),
+            "error: HTTPRoute default/chat (routes.yaml, document 3): \
+             spec.rules[0].backendRefs[0].weight = \"-1\": must be between 0 and 1000000"
+        );
+    }
+}

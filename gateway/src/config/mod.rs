@@ -1,0 +1,12 @@
+//! The configuration model: Kubernetes objects, where they come from, and what is wrong with them.
+//!
+//! This module only parses and describes; turning objects into a routable snapshot is
+//! [`crate::snapshot`]'s job.
+
+pub mod crds;
+pub mod issues;
+pub mod load;
+pub mod objects;
+
+pub use issues::{ConfigIssue, Origin, Severity};
+pub use objects::{Document, Kind, Object, ObjectKey, ObjectSet};

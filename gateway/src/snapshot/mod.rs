@@ -1,0 +1,249 @@
+//! The routable snapshot: listeners and their routes, Service backends and InferencePools.
+//!
+//! A source (file or kube) produces an [`crate::config::ObjectSet`]; [`build`] turns it into an
+//! immutable [`Snapshot`] plus the problems it found. The snapshot is published through
+//! [`SnapshotStore`] (an `ArcSwap`): the request path does one `load` per request and never
+//! locks. Runtime state that must survive a rebuild (in-flight counts, scraped metrics, strategy
+//! instances with their indexes) is carried over from the previous snapshot by [`build`].
+
+pub mod backends;
+pub mod build;
+pub mod endpoint;
+pub mod models;
+pub mod routes;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pingora_load_balancing::LoadBalancer;
+use pingora_load_balancing::selection::RoundRobin;
+use plugins::registry::Resolution;
+use plugins::{Strategy, StrategyConfig};
+
+pub use build::{BuildOptions, build};
+pub use endpoint::{Endpoint, InFlight, ScrapedMetrics};
+pub use models::{ModelEntry, TargetModel};
+pub use routes::{ListenerRoutes, PortRoutes, RequestParts, RouteEntry};
+
+use crate::config::ObjectKey;
+
+/// A Service port as a backend: round-robin over the ready pods the Service selects.
+pub struct ServiceBackend {
+    /// The Service.
+    pub key: ObjectKey,
+    /// The Service port the route names.
+    pub port: u16,
+    /// Ready endpoints (`podIP:targetPort`), sorted.
+    pub endpoints: Vec<SocketAddr>,
+    /// Round-robin selection over `endpoints` (pingora-load-balancing), absent when empty.
+    pub balancer: Option<Arc<LoadBalancer<RoundRobin>>>,
+}
+
+impl std::fmt::Debug for ServiceBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceBackend")
+            .field("key", &self.key)
+            .field("port", &self.port)
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
+}
+
+/// An InferencePool: its endpoints, its strategy and the models it serves.
+pub struct Pool {
+    /// The pool object.
+    pub key: ObjectKey,
+    /// Its API version (`inference.networking.x-k8s.io/v1alpha2` or `inference.networking.k8s.io/v1`).
+    pub api_version: &'static str,
+    /// The strategy name from the routing-strategy annotation (`DEFAULT` when absent).
+    pub strategy_name: String,
+    /// Strategy parameters from the pool's annotations.
+    pub strategy_config: StrategyConfig,
+    /// What the name resolved to in the registry.
+    pub resolution: Resolution,
+    /// The strategy instance (kept across rebuilds while name and parameters stay the same).
+    pub strategy: Arc<dyn Strategy>,
+    /// Ready endpoints, sorted by address.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Models by the name clients send.
+    pub models: HashMap<String, Arc<ModelEntry>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("key", &self.key)
+            .field("strategy", &self.resolution)
+            .field("endpoints", &self.endpoints.len())
+            .field("models", &self.models.len())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// The model entry for a requested name. `Ok(None)` when the pool declares no models at all
+    /// (any model is passed through as Standard); `Err(())` when it declares models and this is not
+    /// one of them.
+    pub fn model(&self, name: &str) -> Result<Option<&Arc<ModelEntry>>, UnknownModel> {
+        if self.models.is_empty() {
+            return Ok(None);
+        }
+        self.models.get(name).map(Some).ok_or(UnknownModel)
+    }
+}
+
+/// The requested model is not served by the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownModel;
+
+/// Where a share of a rule's traffic goes.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A Service port.
+    Service(Arc<ServiceBackend>),
+    /// An InferencePool.
+    Pool(Arc<Pool>),
+    /// A reference that cannot be resolved; its share of traffic gets 500.
+    Invalid(Arc<str>),
+}
+
+/// A backend with its weight.
+#[derive(Debug, Clone)]
+pub struct WeightedBackend {
+    /// Relative weight (0 sends nothing).
+    pub weight: u32,
+    /// The backend.
+    pub backend: Backend,
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone)]
+pub struct RuleAction {
+    /// Weighted backends.
+    pub backends: Vec<WeightedBackend>,
+    /// Sum of weights.
+    pub total_weight: u64,
+    /// Whole-request timeout; `None` means none (`0s`).
+    pub timeout: Option<Duration>,
+}
+
+impl RuleAction {
+    /// A rule whose every request gets 500 for `reason`.
+    pub fn invalid(reason: &str) -> Self {
+        RuleAction {
+            backends: vec![WeightedBackend {
+                weight: 1,
+                backend: Backend::Invalid(reason.into()),
+            }],
+            total_weight: 1,
+            timeout: None,
+        }
+    }
+
+    /// Draw a backend by weight. `None` when no backend has weight (the request gets 500).
+    pub fn pick_backend(&self) -> Option<&Backend> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        let mut roll = fastrand::u64(0..self.total_weight);
+        for choice in &self.backends {
+            let weight = u64::from(choice.weight);
+            if roll < weight {
+                return Some(&choice.backend);
+            }
+            roll -= weight;
+        }
+        None
+    }
+}
+
+/// Everything the request path needs, immutable once built.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Increases with every published snapshot.
+    pub generation: u64,
+    /// Routes by listening port.
+    pub ports: BTreeMap<u16, PortRoutes>,
+    /// Pools by key.
+    pub pools: BTreeMap<ObjectKey, Arc<Pool>>,
+    /// Service backends by Service key and port.
+    pub services: BTreeMap<(ObjectKey, u16), Arc<ServiceBackend>>,
+}
+
+impl Snapshot {
+    /// The routes of a listening port.
+    pub fn port(&self, port: u16) -> Option<&PortRoutes> {
+        self.ports.get(&port)
+    }
+}
+
+/// The published snapshot.
+#[derive(Debug)]
+pub struct SnapshotStore {
+    current: ArcSwap<Snapshot>,
+}
+
+impl SnapshotStore {
+    /// A store holding `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(snapshot),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Publish `snapshot`, stamping it with the next generation.
+    pub fn publish(&self, mut snapshot: Snapshot) {
+        snapshot.generation = self.current.load().generation + 1;
+        self.current.store(Arc::new(snapshot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_backends_follow_weights_and_zero_weight_gets_nothing() {
+        let action = RuleAction {
+            backends: vec![
+                WeightedBackend {
+                    weight: 3,
+                    backend: Backend::Invalid("a".into()),
+                },
+                WeightedBackend {
+                    weight: 0,
+                    backend: Backend::Invalid("never".into()),
+                },
+                WeightedBackend {
+                    weight: 1,
+                    backend: Backend::Invalid("b".into()),
+                },
+            ],
+            total_weight: 4,
+            timeout: None,
+        };
+        let mut a = 0;
+        for _ in 0..4000 {
+            match action.pick_backend() {
+                Some(Backend::Invalid(r)) if &**r == "a" => a += 1,
+                Some(Backend::Invalid(r)) => assert_eq!(&**r, "b"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!((2800..3200).contains(&a), "{a}");
+        let empty = RuleAction {
+            backends: vec![],
+            total_weight: 0,
+            timeout: None,
+        };
+        assert!(empty.pick_backend().is_none());
+    }
+}

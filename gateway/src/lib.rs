@@ -5,5 +5,15 @@
 //! ([`config`]); [`snapshot::build`] turns them into an immutable [`snapshot::Snapshot`] published
 //! through an `ArcSwap`; the proxy ([`proxy`]) reads one snapshot per request.
 
+pub mod admin;
+pub mod cli;
 pub mod config;
+pub mod metrics;
+pub mod openai;
+pub mod proxy;
+pub mod server;
 pub mod snapshot;
+pub mod source;
+
+pub use cli::Args;
+pub use server::GatewayBuilder;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use pingora_load_balancing::LoadBalancer;
+use pingora::lb::LoadBalancer;
 use plugins::{Criticality, EndpointId, Registry, STRATEGY_PARAM_PREFIX, StrategyConfig};
 
 use super::endpoint::Endpoint;

@@ -142,7 +142,8 @@ enum AllowedNamespaces {
     Selector(BTreeMap<String, String>),
 }
 
-fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
+/// Parse a Gateway API duration (`1h`, `30s`, `500ms`); `0s` means none.
+pub fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
     let parsed: gateway_api::Duration = text.parse()?;
     let duration = Duration::new(parsed.as_secs(), parsed.subsec_nanos());
     Ok((!duration.is_zero()).then_some(duration))

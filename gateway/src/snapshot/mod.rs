@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use pingora_load_balancing::LoadBalancer;
-use pingora_load_balancing::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use pingora::lb::selection::RoundRobin;
 use plugins::registry::Resolution;
 use plugins::{Strategy, StrategyConfig};
 

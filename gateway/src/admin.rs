@@ -1,0 +1,209 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and `/debug/snapshot`.
+//!
+//! It runs on its own address (loopback by default) and its own Pingora service, so probes and
+//! scrapes keep answering when the proxy listeners are busy, and nothing here is reachable
+//! through the data-plane ports.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::{Value, json};
+
+use crate::config::{ConfigIssue, Severity};
+use crate::metrics::GatewayMetrics;
+use crate::snapshot::{Backend, Snapshot, SnapshotStore};
+
+/// The outcome of the latest configuration load, for `/debug/snapshot`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConfigStatus {
+    /// Where the configuration comes from.
+    pub source: String,
+    /// `applied`, `rejected` (the previous snapshot stays) or `initial`.
+    pub last_result: String,
+    /// Problems of the latest load.
+    pub issues: Vec<ConfigIssue>,
+}
+
+/// State shared by the admin endpoints.
+#[derive(Debug)]
+pub struct AdminState {
+    /// The routing snapshot.
+    pub snapshots: Arc<SnapshotStore>,
+    /// Metrics.
+    pub metrics: Arc<GatewayMetrics>,
+    /// Latest configuration load.
+    pub config: ArcSwap<ConfigStatus>,
+    /// Ports the proxy listens on (fixed at start-up).
+    pub bound_ports: Vec<u16>,
+    /// Whether the gateway should receive traffic.
+    pub ready: AtomicBool,
+}
+
+/// The admin HTTP app.
+#[derive(Debug, Clone)]
+pub struct AdminApp {
+    state: Arc<AdminState>,
+}
+
+impl AdminApp {
+    /// An app over `state`.
+    pub fn new(state: Arc<AdminState>) -> Self {
+        Self { state }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_owned();
+        match path.as_str() {
+            "/healthz" => respond(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                if self.state.ready.load(Ordering::Relaxed) {
+                    respond(StatusCode::OK, "text/plain", b"ready\n".to_vec())
+                } else {
+                    respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"not ready\n".to_vec())
+                }
+            }
+            "/metrics" => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.state.metrics.render(),
+            ),
+            "/debug/snapshot" => {
+                let body = serde_json::to_vec_pretty(&debug_snapshot(&self.state)).unwrap_or_default();
+                respond(StatusCode::OK, "application/json", body)
+            }
+            _ => respond(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+        }
+    }
+}
+
+/// The JSON document behind `/debug/snapshot`.
+pub fn debug_snapshot(state: &AdminState) -> Value {
+    let snapshot = state.snapshots.load();
+    let config = state.config.load();
+    let unbound: Vec<u16> = snapshot
+        .ports
+        .keys()
+        .copied()
+        .filter(|p| !state.bound_ports.contains(p))
+        .collect();
+    json!({
+        "generation": snapshot.generation,
+        "config": {
+            "source": config.source,
+            "last_result": config.last_result,
+            "errors": config.issues.iter().filter(|i| i.severity == Severity::Error).map(ToString::to_string).collect::<Vec<_>>(),
+            "warnings": config.issues.iter().filter(|i| i.severity == Severity::Warning).map(ToString::to_string).collect::<Vec<_>>(),
+        },
+        "bound_ports": state.bound_ports,
+        "unbound_ports": unbound,
+        "listeners": listeners_json(&snapshot),
+        "pools": pools_json(&snapshot),
+        "services": snapshot.services.values().map(|s| json!({
+            "service": s.key.qualified_name(),
+            "port": s.port,
+            "endpoints": s.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn listeners_json(snapshot: &Snapshot) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (port, routes) in &snapshot.ports {
+        for listener in &routes.listeners {
+            let entries: Vec<Value> = listener
+                .entries
+                .iter()
+                .map(|e| {
+                    let backends: Vec<Value> = e
+                        .action
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            let (kind, name) = match &b.backend {
+                                Backend::Service(s) => ("Service", format!("{}:{}", s.key.qualified_name(), s.port)),
+                                Backend::Pool(p) => ("InferencePool", p.key.qualified_name()),
+                                Backend::Invalid(reason) => ("Invalid", reason.to_string()),
+                            };
+                            json!({"kind": kind, "name": name, "weight": b.weight})
+                        })
+                        .collect();
+                    json!({
+                        "route": e.route.qualified_name(),
+                        "rule": e.rule,
+                        "match": format!("{:?}", e.matcher.path),
+                        "headers": e.matcher.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                        "timeout_seconds": e.action.timeout.map(|t| t.as_secs_f64()),
+                        "backends": backends,
+                    })
+                })
+                .collect();
+            out.push(json!({
+                "port": port,
+                "gateway": listener.gateway.qualified_name(),
+                "name": listener.name,
+                "hostname": listener.hostname,
+                "routes_on_model": listener.routes_on_model,
+                "routes": entries,
+            }));
+        }
+    }
+    out
+}
+
+fn pools_json(snapshot: &Snapshot) -> Vec<Value> {
+    let now = Instant::now();
+    snapshot
+        .pools
+        .values()
+        .map(|pool| {
+            let mut models: Vec<&String> = pool.models.keys().collect();
+            models.sort();
+            json!({
+                "pool": pool.key.qualified_name(),
+                "api_version": pool.api_version,
+                "strategy": {
+                    "requested": pool.resolution.requested,
+                    "implementation": pool.resolution.implementation,
+                    "note": pool.resolution.note,
+                    "parameters": pool.strategy_config,
+                    "state": pool.strategy.debug_state(),
+                },
+                "models": models.iter().map(|m| &*pool.models[*m]).collect::<Vec<_>>(),
+                "endpoints": pool.endpoints.iter().map(|e| {
+                    let scraped = e.metrics();
+                    json!({
+                        "name": e.id.name(),
+                        "address": e.id.address().to_string(),
+                        "in_flight": e.in_flight(),
+                        "in_flight_tokens": e.in_flight_tokens(),
+                        "dispatched_total": e.dispatched_total(),
+                        "metrics": scraped.as_ref().map(|s| json!({
+                            "waiting": s.metrics.waiting,
+                            "running": s.metrics.running,
+                            "kv_usage": s.metrics.kv_usage,
+                            "age_ms": now.saturating_duration_since(s.at).as_millis() as u64,
+                        })),
+                    })
+                }).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,145 @@
+//! Command-line flags of the `inference-gateway` binary (and of binaries built with
+//! [`crate::GatewayBuilder`], which share them).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// The controller name GatewayClasses must name for their Gateways to be served.
+pub const DEFAULT_CONTROLLER_NAME: &str = "inference-gateway.dev/controller";
+
+fn duration(text: &str) -> Result<Duration, String> {
+    crate::snapshot::build::parse_duration(text)?.ok_or_else(|| "must be greater than zero".to_owned())
+}
+
+fn duration_or_zero(text: &str) -> Result<Duration, String> {
+    Ok(crate::snapshot::build::parse_duration(text)?.unwrap_or(Duration::ZERO))
+}
+
+fn byte_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |i| text.split_at(i));
+    let multiplier = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}; use B, KiB, MiB or GiB")),
+    };
+    number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?} is not a positive size"))
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// An LLM inference gateway on Pingora: Gateway API routes, InferencePool backends, pluggable
+/// routing strategies.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "inference-gateway", version)]
+pub struct Args {
+    /// YAML file or directory of Kubernetes objects (GatewayClass, Gateway, HTTPRoute, Service,
+    /// Pod, InferencePool, InferenceModel). Repeatable. Watched and reloaded on change. Without it,
+    /// the embedded local example is served.
+    #[arg(long = "config", value_name = "PATH")]
+    pub config: Vec<PathBuf>,
+
+    /// Check the configuration, print every problem, and exit (non-zero on errors).
+    #[arg(long)]
+    pub validate: bool,
+
+    /// GatewayClasses naming this controller are served.
+    #[arg(long, default_value = DEFAULT_CONTROLLER_NAME, env = "GATEWAY_CONTROLLER_NAME")]
+    pub controller_name: String,
+
+    /// Address the Gateway listeners bind to (their ports come from the Gateway objects).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub listen_host: String,
+
+    /// Admin listener: /healthz, /readyz, /metrics, /debug/snapshot.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_addr: SocketAddr,
+
+    /// Largest request body read on inference routes; larger bodies get 413.
+    #[arg(long, default_value = "16MiB", value_parser = byte_size)]
+    pub max_body_bytes: usize,
+
+    /// TCP connect timeout per upstream attempt.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub connect_timeout: Duration,
+
+    /// How long idle upstream connections are pooled. Keep it below the model servers'
+    /// keep-alive (5 s for vLLM's uvicorn) so a pooled connection is never one they closed.
+    #[arg(long, default_value = "4s", value_parser = duration)]
+    pub upstream_idle_timeout: Duration,
+
+    /// Whole-request timeout when neither the HTTPRoute rule (`timeouts.request`) nor a
+    /// BackendTrafficPolicy sets one; `0s` disables it.
+    #[arg(long, default_value = "1h", value_parser = duration_or_zero)]
+    pub request_timeout: Duration,
+
+    /// How often the configuration files are checked for changes.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub config_poll_interval: Duration,
+
+    /// Proxy worker threads (default: one per CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// On SIGTERM, how long in-flight requests may continue before the process exits.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub grace_period: Duration,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Args {
+    /// The default request timeout, `None` when disabled.
+    pub fn default_request_timeout(&self) -> Option<Duration> {
+        (!self.request_timeout.is_zero()).then_some(self.request_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(byte_size("16MiB"), Ok(16 << 20));
+        assert_eq!(byte_size("4096"), Ok(4096));
+        assert!(byte_size("0").is_err());
+        assert!(byte_size("12 parsecs").is_err());
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(duration("0s").is_err());
+        assert_eq!(duration_or_zero("0s"), Ok(Duration::ZERO));
+        assert_eq!(duration_or_zero("1h"), Ok(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn defaults() {
+        let args = Args::parse_from(["inference-gateway"]);
+        assert_eq!(args.max_body_bytes, 16 << 20);
+        assert_eq!(args.admin_addr.to_string(), "127.0.0.1:9090");
+        assert_eq!(args.default_request_timeout(), Some(Duration::from_secs(3600)));
+        let none = Args::parse_from(["inference-gateway", "--request-timeout", "0s"]);
+        assert_eq!(none.default_request_timeout(), None);
+        assert!(args.config.is_empty());
+    }
+}

@@ -1,0 +1,183 @@
+//! The InferencePool path: read and parse the body, resolve the model, draw the target model,
+//! rewrite `model`, ask the pool's strategy for candidates, and forward.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pingora::Result;
+use pingora::proxy::Session;
+use plugins::{Candidates, Completion, Criticality, Outcome, PoolView, RequestView};
+
+use super::forward::{self, ForwardReport, Target};
+use super::response::ResponseObserver;
+use super::{GatewayProxy, RequestCtx};
+use crate::openai::{self, ApiError};
+use crate::snapshot::endpoint::endpoint_views;
+use crate::snapshot::{Pool, UnknownModel};
+
+/// What the logging phase needs to know about an inference request.
+#[derive(Debug)]
+pub struct InferenceInfo {
+    /// The pool.
+    pub pool: Arc<Pool>,
+    /// Requested model.
+    pub model: String,
+    /// Model sent upstream.
+    pub target_model: String,
+    /// Name of the running strategy.
+    pub strategy: String,
+    /// Estimated prompt tokens.
+    pub prompt_tokens: u32,
+}
+
+/// Serve a request routed to `pool`. `body` is the body if routing already read it.
+pub async fn handle(
+    proxy: &GatewayProxy,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    pool: Arc<Pool>,
+    body: Option<Bytes>,
+) -> Result<bool> {
+    let body = match body {
+        Some(body) => body,
+        None => match proxy.read_body_or_answer(session, ctx).await? {
+            Some(body) => body,
+            None => return Ok(true),
+        },
+    };
+    if body.is_empty() {
+        // No body, no model (GET /v1/models, /health): any endpoint will do.
+        let mut order: Vec<usize> = (0..pool.endpoints.len()).collect();
+        fastrand::shuffle(&mut order);
+        return dispatch(proxy, session, ctx, &pool, None, Candidates::new(order), body).await;
+    }
+    let request = match openai::parse(&body) {
+        Ok(request) => request,
+        Err(error) => return proxy.gateway_error(session, ctx, error).await,
+    };
+    let entry = match pool.model(&request.model) {
+        Ok(entry) => entry,
+        Err(UnknownModel) => {
+            let error = ApiError::new(
+                404,
+                "invalid_request_error",
+                format!("The model `{}` does not exist.", request.model),
+            )
+            .with_param("model")
+            .with_code("model_not_found");
+            return proxy.gateway_error(session, ctx, error).await;
+        }
+    };
+    let target_model = entry.map_or(request.model.as_ref(), |e| e.draw()).to_owned();
+    let criticality = entry.map_or(Criticality::Standard, |e| e.criticality);
+    let outgoing = if target_model != request.model {
+        request.rewrite_model(&body, &target_model)
+    } else {
+        body.clone()
+    };
+    let prompt = pool.strategy.inputs().prompt.then(|| request.prompt_text()).flatten();
+    let prompt_tokens = request.estimated_prompt_tokens();
+    let headers = session.req_header().headers.clone();
+    let request_id = ctx.request_id.clone();
+    let view = RequestView {
+        request_id: &request_id,
+        model: &request.model,
+        target_model: &target_model,
+        criticality,
+        prompt: prompt.as_deref(),
+        prompt_tokens,
+        max_tokens: request.max_tokens,
+        stream: request.stream,
+        headers: &headers,
+    };
+    let metrics: Vec<_> = pool.endpoints.iter().map(|e| e.metrics()).collect();
+    let views = endpoint_views(&pool.endpoints, &metrics, Instant::now());
+    let pool_name = pool.key.qualified_name();
+    let picked = pool.strategy.pick(&view, &PoolView { name: &pool_name, endpoints: &views });
+    ctx.inference = Some(InferenceInfo {
+        pool: Arc::clone(&pool),
+        model: request.model.clone().into_owned(),
+        target_model: target_model.clone(),
+        strategy: pool.resolution.implementation.clone(),
+        prompt_tokens,
+    });
+    let candidates = match picked {
+        Ok(candidates) => candidates,
+        Err(no_endpoint) => {
+            let kind = if no_endpoint.status() == 429 { "rate_limit_error" } else { "service_unavailable" };
+            let error = ApiError::new(no_endpoint.status(), kind, format!("{no_endpoint}."));
+            return proxy.gateway_error(session, ctx, error).await;
+        }
+    };
+    dispatch(proxy, session, ctx, &pool, Some(&view), candidates, outgoing).await
+}
+
+async fn dispatch(
+    proxy: &GatewayProxy,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    pool: &Arc<Pool>,
+    view: Option<&RequestView<'_>>,
+    candidates: Candidates,
+    body: Bytes,
+) -> Result<bool> {
+    let header = forward::upstream_header(session.req_header(), body.len());
+    let tokens = u64::from(view.map_or(0, |v| v.prompt_tokens));
+    let pool_name = pool.key.qualified_name();
+    let metrics = &proxy.shared.metrics;
+    let mut order = candidates.into_iter();
+    let mut next = |_tried: &[SocketAddr]| -> Option<Target> {
+        let endpoint = order.by_ref().find_map(|i| pool.endpoints.get(i))?;
+        if let Some(view) = view {
+            pool.strategy.on_dispatched(view, &endpoint.id);
+        }
+        metrics
+            .picks
+            .with_label_values(&[pool_name.as_str(), pool.resolution.implementation.as_str(), endpoint.id.name()])
+            .inc();
+        Some(Target {
+            address: endpoint.id.address(),
+            in_flight: Some(endpoint.dispatch(tokens)),
+        })
+    };
+    let report = forward::forward(
+        session,
+        &proxy.shared.connector,
+        proxy.shared.upstream,
+        header,
+        body,
+        &mut next,
+        ctx.deadline,
+        &mut ctx.observer,
+    )
+    .await;
+    ctx.upstream = report.served_by;
+    ctx.forwarded = Some(report);
+    Ok(true)
+}
+
+/// Report a finished inference request to the pool's strategy.
+pub fn completed(
+    info: &InferenceInfo,
+    report: Option<&ForwardReport>,
+    observer: &ResponseObserver,
+    duration: Duration,
+    status: u16,
+) {
+    let Some(in_flight) = report.and_then(|r| r.in_flight.as_ref()) else {
+        return;
+    };
+    let outcome = report.and_then(|r| r.outcome).unwrap_or(Outcome::Failed);
+    info.pool.strategy.on_completed(&Completion {
+        endpoint: &in_flight.endpoint().id,
+        target_model: &info.target_model,
+        outcome,
+        status: (status > 0).then_some(status),
+        time_to_first_byte: observer.time_to_first_byte(),
+        duration,
+        prompt_tokens: info.prompt_tokens,
+        completion_tokens: None,
+    });
+}

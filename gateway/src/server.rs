@@ -1,0 +1,238 @@
+//! Assembling and running the gateway process: configuration, Pingora server, listeners, admin
+//! listener and background tasks.
+//!
+//! [`GatewayBuilder`] is the public entry point: `inference-gateway`'s `main` is
+//! `GatewayBuilder::new().run()`, and a third-party binary registers its own strategies first and
+//! then runs exactly the same gateway (same flags, same sources, same metrics).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use clap::Parser;
+use pingora::connectors::ConnectorOptions;
+use pingora::connectors::http::Connector;
+use pingora::server::Server;
+use pingora::server::configuration::ServerConf;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use plugins::{Registry, StrategyFactory};
+
+use crate::admin::{AdminApp, AdminState, ConfigStatus};
+use crate::cli::{Args, LogFormat};
+use crate::config::Severity;
+use crate::metrics::GatewayMetrics;
+use crate::proxy::forward::UpstreamSettings;
+use crate::proxy::{GatewayProxy, Shared};
+use crate::snapshot::{Backend, SnapshotStore};
+use crate::source::{BuildSettings, Built, ConfigSource, ConfigWatcher, load_and_build};
+
+/// Idle upstream connections kept per process.
+const UPSTREAM_POOL_SIZE: usize = 1024;
+
+/// Builds and runs a gateway.
+#[derive(Debug)]
+pub struct GatewayBuilder {
+    registry: Registry,
+}
+
+impl Default for GatewayBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GatewayBuilder {
+    /// A builder with the built-in strategies.
+    pub fn new() -> Self {
+        Self {
+            registry: Registry::with_builtins(),
+        }
+    }
+
+    /// Register an extra strategy, selectable by `name` in the pool annotation.
+    pub fn strategy(mut self, name: impl Into<String>, factory: impl StrategyFactory) -> Self {
+        self.registry.register(name, factory);
+        self
+    }
+
+    /// The registry as it stands.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Parse the process arguments and run. Returns only on a configuration error or after
+    /// `--validate`.
+    pub fn run(self) -> anyhow::Result<()> {
+        self.run_with(Args::parse())
+    }
+
+    /// Run with already-parsed arguments.
+    pub fn run_with(self, args: Args) -> anyhow::Result<()> {
+        init_logging(args.log_format);
+        let source = if args.config.is_empty() {
+            ConfigSource::Embedded
+        } else {
+            ConfigSource::Files(args.config.clone())
+        };
+        let settings = BuildSettings {
+            controller_name: args.controller_name.clone(),
+            default_request_timeout: args.default_request_timeout(),
+            registry: Arc::new(self.registry),
+        };
+        let built = load_and_build(&source, &settings, None);
+        if args.validate {
+            return report_validation(&source, &built);
+        }
+        for issue in &built.issues {
+            match issue.severity {
+                Severity::Error => tracing::error!(target: "config", "{issue}"),
+                Severity::Warning => tracing::warn!(target: "config", "{issue}"),
+            }
+        }
+        if !built.is_usable() {
+            bail!("the configuration has errors (run with --validate for the full list)");
+        }
+        tracing::info!(target: "config", source = %source.describe(), "{}", summary(&built));
+        serve(args, source, settings, built)
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// One line describing what a snapshot serves.
+pub fn summary(built: &Built) -> String {
+    let snapshot = &built.snapshot;
+    let listeners: usize = snapshot.ports.values().map(|p| p.listeners.len()).sum();
+    let ports: Vec<String> = snapshot.ports.keys().map(ToString::to_string).collect();
+    let routes: usize = snapshot
+        .ports
+        .values()
+        .flat_map(|p| &p.listeners)
+        .map(|l| l.entries.len())
+        .sum();
+    let pools: Vec<String> = snapshot
+        .pools
+        .values()
+        .map(|p| {
+            let strategy = if p.resolution.requested == p.resolution.implementation {
+                p.resolution.requested.clone()
+            } else {
+                format!("{} -> {}", p.resolution.requested, p.resolution.implementation)
+            };
+            format!(
+                "{} ({} endpoints, {} models, strategy {strategy})",
+                p.key.qualified_name(),
+                p.endpoints.len(),
+                p.models.len()
+            )
+        })
+        .collect();
+    let services: Vec<String> = snapshot
+        .services
+        .values()
+        .map(|s| format!("{}:{} ({} endpoints)", s.key.qualified_name(), s.port, s.endpoints.len()))
+        .collect();
+    let invalid = snapshot
+        .ports
+        .values()
+        .flat_map(|p| &p.listeners)
+        .flat_map(|l| &l.entries)
+        .flat_map(|e| &e.action.backends)
+        .filter(|b| matches!(b.backend, Backend::Invalid(_)))
+        .count();
+    format!(
+        "{listeners} listeners on ports {}; {routes} route matches ({invalid} invalid backend refs); pools: {}; services: {}",
+        ports.join(", "),
+        if pools.is_empty() { "none".into() } else { pools.join("; ") },
+        if services.is_empty() { "none".into() } else { services.join("; ") },
+    )
+}
+
+fn report_validation(source: &ConfigSource, built: &Built) -> anyhow::Result<()> {
+    for issue in &built.issues {
+        println!("{issue}");
+    }
+    for ignored in &built.ignored {
+        let origin = ignored.origin.as_ref().map_or_else(String::new, |o| format!(" ({o})"));
+        println!(
+            "note: {} {}{origin}: kind {} of {} is not used by the gateway; ignored",
+            ignored.kind, ignored.name, ignored.kind, ignored.api_version
+        );
+    }
+    let errors = built.issues.iter().filter(|i| i.severity == Severity::Error).count();
+    let warnings = built.issues.len() - errors;
+    if errors > 0 {
+        bail!("{}: {errors} error(s), {warnings} warning(s)", source.describe());
+    }
+    println!("ok: {}: {}; {warnings} warning(s)", source.describe(), summary(built));
+    Ok(())
+}
+
+fn serve(args: Args, source: ConfigSource, settings: BuildSettings, built: Built) -> anyhow::Result<()> {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime_dir = std::env::temp_dir().join(format!("inference-gateway-{}", std::process::id()));
+    std::fs::create_dir_all(&runtime_dir).context("creating the runtime directory")?;
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(args.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
+        upstream_keepalive_pool_size: UPSTREAM_POOL_SIZE,
+        pid_file: runtime_dir.join("gateway.pid").display().to_string(),
+        upgrade_sock: runtime_dir.join("upgrade.sock").display().to_string(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let metrics = Arc::new(GatewayMetrics::new());
+    let ports: Vec<u16> = built.snapshot.ports.keys().copied().collect();
+    let snapshots = Arc::new(SnapshotStore::new(built.snapshot));
+    metrics.snapshot_generation.set(0);
+    let state = Arc::new(AdminState {
+        snapshots: Arc::clone(&snapshots),
+        metrics: Arc::clone(&metrics),
+        config: ArcSwap::from_pointee(ConfigStatus {
+            source: source.describe(),
+            last_result: "initial".into(),
+            issues: built.issues,
+        }),
+        bound_ports: ports.clone(),
+        ready: AtomicBool::new(true),
+    });
+
+    let shared = Arc::new(Shared {
+        snapshots,
+        metrics,
+        connector: Connector::new(Some(ConnectorOptions::new(UPSTREAM_POOL_SIZE))),
+        upstream: UpstreamSettings {
+            connect_timeout: args.connect_timeout,
+            idle_timeout: args.upstream_idle_timeout,
+        },
+        max_body_bytes: args.max_body_bytes,
+    });
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, GatewayProxy::new(shared), "gateway");
+    for port in &ports {
+        proxy.add_tcp(&format!("{}:{port}", args.listen_host));
+    }
+    let mut admin = Service::new("admin".to_owned(), AdminApp::new(Arc::clone(&state)));
+    admin.add_tcp(&args.admin_addr.to_string());
+    let watcher = ConfigWatcher::new(source, settings, state, args.config_poll_interval, built.fingerprint);
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(background_service("config watcher", watcher));
+    tracing::info!(ports = ?ports, admin = %args.admin_addr, threads, "inference gateway starting");
+    server.run_forever()
+}

@@ -77,7 +77,11 @@ impl ServeHttp for AdminApp {
                 if self.state.ready.load(Ordering::Relaxed) {
                     respond(StatusCode::OK, "text/plain", b"ready\n".to_vec())
                 } else {
-                    respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"not ready\n".to_vec())
+                    respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        b"not ready\n".to_vec(),
+                    )
                 }
             }
             "/metrics" => respond(
@@ -86,7 +90,8 @@ impl ServeHttp for AdminApp {
                 self.state.metrics.render(),
             ),
             "/debug/snapshot" => {
-                let body = serde_json::to_vec_pretty(&debug_snapshot(&self.state)).unwrap_or_default();
+                let body =
+                    serde_json::to_vec_pretty(&debug_snapshot(&self.state)).unwrap_or_default();
                 respond(StatusCode::OK, "application/json", body)
             }
             _ => respond(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),

@@ -11,7 +11,8 @@ use clap::Parser;
 pub const DEFAULT_CONTROLLER_NAME: &str = "inference-gateway.dev/controller";
 
 fn duration(text: &str) -> Result<Duration, String> {
-    crate::snapshot::build::parse_duration(text)?.ok_or_else(|| "must be greater than zero".to_owned())
+    crate::snapshot::build::parse_duration(text)?
+        .ok_or_else(|| "must be greater than zero".to_owned())
 }
 
 fn duration_or_zero(text: &str) -> Result<Duration, String> {
@@ -137,7 +138,10 @@ mod tests {
         let args = Args::parse_from(["inference-gateway"]);
         assert_eq!(args.max_body_bytes, 16 << 20);
         assert_eq!(args.admin_addr.to_string(), "127.0.0.1:9090");
-        assert_eq!(args.default_request_timeout(), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            args.default_request_timeout(),
+            Some(Duration::from_secs(3600))
+        );
         let none = Args::parse_from(["inference-gateway", "--request-timeout", "0s"]);
         assert_eq!(none.default_request_timeout(), None);
         assert!(args.config.is_empty());

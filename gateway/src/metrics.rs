@@ -5,8 +5,7 @@
 //! configuration (route, pool, endpoint names), never from unbounded client input.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds: sub-millisecond proxy overhead up to hour-long streams.
@@ -40,13 +39,19 @@ impl GatewayMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("gateway_requests_total", "Requests handled, by listener port, backend kind and status."),
+            Opts::new(
+                "gateway_requests_total",
+                "Requests handled, by listener port, backend kind and status.",
+            ),
             &["port", "backend", "code"],
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("gateway_request_duration_seconds", "Time from request start to the end of the response.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "gateway_request_duration_seconds",
+                "Time from request start to the end of the response.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["port", "backend"],
         )
         .expect("valid metric");
@@ -60,23 +65,34 @@ impl GatewayMetrics {
         )
         .expect("valid metric");
         let upstream_attempts = IntCounterVec::new(
-            Opts::new("gateway_upstream_attempts_total", "Upstream connection attempts by result."),
+            Opts::new(
+                "gateway_upstream_attempts_total",
+                "Upstream connection attempts by result.",
+            ),
             &["result"],
         )
         .expect("valid metric");
         let picks = IntCounterVec::new(
-            Opts::new("gateway_picks_total", "Endpoints chosen for inference requests, by pool, strategy and endpoint."),
+            Opts::new(
+                "gateway_picks_total",
+                "Endpoints chosen for inference requests, by pool, strategy and endpoint.",
+            ),
             &["pool", "strategy", "endpoint"],
         )
         .expect("valid metric");
         let config_reloads = IntCounterVec::new(
-            Opts::new("gateway_config_reloads_total", "Configuration reloads by result."),
+            Opts::new(
+                "gateway_config_reloads_total",
+                "Configuration reloads by result.",
+            ),
             &["result"],
         )
         .expect("valid metric");
-        let snapshot_generation =
-            IntGauge::new("gateway_snapshot_generation", "Generation of the routing snapshot being served.")
-                .expect("valid metric");
+        let snapshot_generation = IntGauge::new(
+            "gateway_snapshot_generation",
+            "Generation of the routing snapshot being served.",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -86,7 +102,9 @@ impl GatewayMetrics {
             Box::new(config_reloads.clone()),
             Box::new(snapshot_generation.clone()),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         Self {
             registry,
@@ -123,8 +141,14 @@ mod tests {
     #[test]
     fn renders_registered_metrics() {
         let metrics = GatewayMetrics::new();
-        metrics.requests.with_label_values(&["8081", "pool", "200"]).inc();
+        metrics
+            .requests
+            .with_label_values(&["8081", "pool", "200"])
+            .inc();
         let text = String::from_utf8(metrics.render()).unwrap();
-        assert!(text.contains("gateway_requests_total{backend=\"pool\",code=\"200\",port=\"8081\"} 1"), "{text}");
+        assert!(
+            text.contains("gateway_requests_total{backend=\"pool\",code=\"200\",port=\"8081\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -120,11 +120,19 @@ pub fn parse(body: &[u8]) -> Result<InferenceRequest<'_>, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let is_type_error = inner.classify() == serde_json::error::Category::Data;
-        let error = ApiError::bad_request(format!("We could not parse the JSON body of your request: {inner}"));
-        if is_type_error && path != "." { error.with_param(path) } else { error }
+        let error = ApiError::bad_request(format!(
+            "We could not parse the JSON body of your request: {inner}"
+        ));
+        if is_type_error && path != "." {
+            error.with_param(path)
+        } else {
+            error
+        }
     })?;
     deserializer.end().map_err(|e| {
-        ApiError::bad_request(format!("We could not parse the JSON body of your request: {e}"))
+        ApiError::bad_request(format!(
+            "We could not parse the JSON body of your request: {e}"
+        ))
     })?;
     let raw_model = probe.model.filter(|m| m.get() != "null").ok_or_else(|| {
         ApiError::bad_request("you must provide a model parameter").with_param("model")
@@ -155,7 +163,9 @@ pub fn parse(body: &[u8]) -> Result<InferenceRequest<'_>, ApiError> {
 impl InferenceRequest<'_> {
     /// Size of the prompt in bytes of JSON (prompt or messages), the basis of token estimates.
     pub fn prompt_bytes(&self) -> usize {
-        self.prompt.or(self.messages).map_or(0, |raw| raw.get().len())
+        self.prompt
+            .or(self.messages)
+            .map_or(0, |raw| raw.get().len())
     }
 
     /// Estimated prompt tokens: about four bytes of text per token.
@@ -244,7 +254,8 @@ mod tests {
     #[test]
     fn max_completion_tokens_wins_over_max_tokens() {
         let request =
-            parse(br#"{"model":"m","messages":[],"max_tokens":5,"max_completion_tokens":7}"#).unwrap();
+            parse(br#"{"model":"m","messages":[],"max_tokens":5,"max_completion_tokens":7}"#)
+                .unwrap();
         assert_eq!(request.max_tokens, Some(7));
     }
 
@@ -258,7 +269,11 @@ mod tests {
             br#"{ "stream":false, "model" : "travel-helper-v1" ,"x":{"model":"inner"}}"#
         );
         let quoted = request.rewrite_model(body, "a\"b");
-        assert!(std::str::from_utf8(&quoted).unwrap().contains(r#""model" : "a\"b""#));
+        assert!(
+            std::str::from_utf8(&quoted)
+                .unwrap()
+                .contains(r#""model" : "a\"b""#)
+        );
     }
 
     #[test]
@@ -277,7 +292,10 @@ mod tests {
             (b"{\"model\":null}", Some("model")),
             (b"{\"model\":7}", Some("model")),
             (b"{\"model\":\"m\",\"stream\":\"yes\"}", Some("stream")),
-            (b"{\"model\":\"m\",\"max_tokens\":99999999999}", Some("max_tokens")),
+            (
+                b"{\"model\":\"m\",\"max_tokens\":99999999999}",
+                Some("max_tokens"),
+            ),
         ];
         for (body, param) in cases {
             let error = parse(body).unwrap_err();
@@ -285,7 +303,11 @@ mod tests {
             assert_eq!(error.param.as_deref(), param, "{body:?}: {}", error.message);
         }
         let duplicate = parse(br#"{"model":"a","model":"b"}"#).unwrap_err();
-        assert!(duplicate.message.contains("duplicate field"), "{}", duplicate.message);
+        assert!(
+            duplicate.message.contains("duplicate field"),
+            "{}",
+            duplicate.message
+        );
         let invalid = parse(b"{\"model\":\"\xff\"}").unwrap_err();
         assert!(invalid.message.contains("UTF-8"));
         let trailing = parse(br#"{"model":"a"} x"#).unwrap_err();
@@ -297,7 +319,10 @@ mod tests {
         let body = br#"{"model":"m","messages":[{"role":"system","content":"be brief"},
             {"role":"user","content":[{"type":"text","text":"hi "},{"type":"text","text":"there"}]}]}"#;
         let request = parse(body).unwrap();
-        assert_eq!(request.prompt_text().unwrap(), "system: be brief\nuser: hi there\n");
+        assert_eq!(
+            request.prompt_text().unwrap(),
+            "system: be brief\nuser: hi there\n"
+        );
         assert!(request.estimated_prompt_tokens() > 10);
     }
 
@@ -309,9 +334,13 @@ mod tests {
 
     #[test]
     fn error_body_has_openai_shape() {
-        let error = ApiError::new(404, "invalid_request_error", "The model `x` does not exist.")
-            .with_param("model")
-            .with_code("model_not_found");
+        let error = ApiError::new(
+            404,
+            "invalid_request_error",
+            "The model `x` does not exist.",
+        )
+        .with_param("model")
+        .with_code("model_not_found");
         let value: serde_json::Value = serde_json::from_slice(&error.body()).unwrap();
         assert_eq!(
             value,

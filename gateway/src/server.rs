@@ -102,7 +102,11 @@ impl GatewayBuilder {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -127,7 +131,10 @@ pub fn summary(built: &Built) -> String {
             let strategy = if p.resolution.requested == p.resolution.implementation {
                 p.resolution.requested.clone()
             } else {
-                format!("{} -> {}", p.resolution.requested, p.resolution.implementation)
+                format!(
+                    "{} -> {}",
+                    p.resolution.requested, p.resolution.implementation
+                )
             };
             format!(
                 "{} ({} endpoints, {} models, strategy {strategy})",
@@ -140,7 +147,14 @@ pub fn summary(built: &Built) -> String {
     let services: Vec<String> = snapshot
         .services
         .values()
-        .map(|s| format!("{}:{} ({} endpoints)", s.key.qualified_name(), s.port, s.endpoints.len()))
+        .map(|s| {
+            format!(
+                "{}:{} ({} endpoints)",
+                s.key.qualified_name(),
+                s.port,
+                s.endpoints.len()
+            )
+        })
         .collect();
     let invalid = snapshot
         .ports
@@ -153,8 +167,16 @@ pub fn summary(built: &Built) -> String {
     format!(
         "{listeners} listeners on ports {}; {routes} route matches ({invalid} invalid backend refs); pools: {}; services: {}",
         ports.join(", "),
-        if pools.is_empty() { "none".into() } else { pools.join("; ") },
-        if services.is_empty() { "none".into() } else { services.join("; ") },
+        if pools.is_empty() {
+            "none".into()
+        } else {
+            pools.join("; ")
+        },
+        if services.is_empty() {
+            "none".into()
+        } else {
+            services.join("; ")
+        },
     )
 }
 
@@ -163,26 +185,46 @@ fn report_validation(source: &ConfigSource, built: &Built) -> anyhow::Result<()>
         println!("{issue}");
     }
     for ignored in &built.ignored {
-        let origin = ignored.origin.as_ref().map_or_else(String::new, |o| format!(" ({o})"));
+        let origin = ignored
+            .origin
+            .as_ref()
+            .map_or_else(String::new, |o| format!(" ({o})"));
         println!(
             "note: {} {}{origin}: kind {} of {} is not used by the gateway; ignored",
             ignored.kind, ignored.name, ignored.kind, ignored.api_version
         );
     }
-    let errors = built.issues.iter().filter(|i| i.severity == Severity::Error).count();
+    let errors = built
+        .issues
+        .iter()
+        .filter(|i| i.severity == Severity::Error)
+        .count();
     let warnings = built.issues.len() - errors;
     if errors > 0 {
-        bail!("{}: {errors} error(s), {warnings} warning(s)", source.describe());
+        bail!(
+            "{}: {errors} error(s), {warnings} warning(s)",
+            source.describe()
+        );
     }
-    println!("ok: {}: {}; {warnings} warning(s)", source.describe(), summary(built));
+    println!(
+        "ok: {}: {}; {warnings} warning(s)",
+        source.describe(),
+        summary(built)
+    );
     Ok(())
 }
 
-fn serve(args: Args, source: ConfigSource, settings: BuildSettings, built: Built) -> anyhow::Result<()> {
+fn serve(
+    args: Args,
+    source: ConfigSource,
+    settings: BuildSettings,
+    built: Built,
+) -> anyhow::Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let runtime_dir = std::env::temp_dir().join(format!("inference-gateway-{}", std::process::id()));
+    let runtime_dir =
+        std::env::temp_dir().join(format!("inference-gateway-{}", std::process::id()));
     std::fs::create_dir_all(&runtime_dir).context("creating the runtime directory")?;
     let conf = ServerConf {
         threads,
@@ -222,13 +264,23 @@ fn serve(args: Args, source: ConfigSource, settings: BuildSettings, built: Built
         },
         max_body_bytes: args.max_body_bytes,
     });
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, GatewayProxy::new(shared), "gateway");
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        GatewayProxy::new(shared),
+        "gateway",
+    );
     for port in &ports {
         proxy.add_tcp(&format!("{}:{port}", args.listen_host));
     }
     let mut admin = Service::new("admin".to_owned(), AdminApp::new(Arc::clone(&state)));
     admin.add_tcp(&args.admin_addr.to_string());
-    let watcher = ConfigWatcher::new(source, settings, state, args.config_poll_interval, built.fingerprint);
+    let watcher = ConfigWatcher::new(
+        source,
+        settings,
+        state,
+        args.config_poll_interval,
+        built.fingerprint,
+    );
 
     server.add_service(proxy);
     server.add_service(admin);

@@ -25,11 +25,26 @@ use crate::snapshot::{BuildOptions, Snapshot, build};
 /// The configuration the gateway embeds, used when no `--config` is given: the local example
 /// (the seed's objects plus five Pods on 127.0.0.2-6:8000).
 pub const EMBEDDED_CONFIG: &[(&str, &str)] = &[
-    ("vllm-service.yaml", include_str!("../../manifests/examples/local/vllm-service.yaml")),
-    ("inference-pool.yaml", include_str!("../../manifests/examples/local/inference-pool.yaml")),
-    ("inference-models.yaml", include_str!("../../manifests/examples/local/inference-models.yaml")),
-    ("inference-gateway.yaml", include_str!("../../manifests/examples/local/inference-gateway.yaml")),
-    ("pods.yaml", include_str!("../../manifests/examples/local/pods.yaml")),
+    (
+        "vllm-service.yaml",
+        include_str!("../../manifests/examples/local/vllm-service.yaml"),
+    ),
+    (
+        "inference-pool.yaml",
+        include_str!("../../manifests/examples/local/inference-pool.yaml"),
+    ),
+    (
+        "inference-models.yaml",
+        include_str!("../../manifests/examples/local/inference-models.yaml"),
+    ),
+    (
+        "inference-gateway.yaml",
+        include_str!("../../manifests/examples/local/inference-gateway.yaml"),
+    ),
+    (
+        "pods.yaml",
+        include_str!("../../manifests/examples/local/pods.yaml"),
+    ),
 ];
 
 /// Settings for building snapshots from any source.
@@ -122,7 +137,11 @@ impl Built {
 }
 
 /// Load `source` and build a snapshot, reusing runtime state from `previous`.
-pub fn load_and_build(source: &ConfigSource, settings: &BuildSettings, previous: Option<&Snapshot>) -> Built {
+pub fn load_and_build(
+    source: &ConfigSource,
+    settings: &BuildSettings,
+    previous: Option<&Snapshot>,
+) -> Built {
     let loaded = source.load();
     let (snapshot, build_issues) = build(&loaded.objects, &settings.options(), previous);
     let mut issues = loaded.issues;
@@ -147,7 +166,13 @@ pub struct ConfigWatcher {
 
 impl ConfigWatcher {
     /// A watcher that starts from the already-applied `fingerprint`.
-    pub fn new(source: ConfigSource, settings: BuildSettings, state: Arc<AdminState>, interval: Duration, fingerprint: u64) -> Self {
+    pub fn new(
+        source: ConfigSource,
+        settings: BuildSettings,
+        state: Arc<AdminState>,
+        interval: Duration,
+        fingerprint: u64,
+    ) -> Self {
         Self {
             source,
             settings,
@@ -177,7 +202,11 @@ impl ConfigWatcher {
         }
         let usable = built.is_usable();
         let result = if usable { "applied" } else { "rejected" };
-        self.state.metrics.config_reloads.with_label_values(&[result]).inc();
+        self.state
+            .metrics
+            .config_reloads
+            .with_label_values(&[result])
+            .inc();
         self.state.config.store(Arc::new(ConfigStatus {
             source: self.source.describe(),
             last_result: result.into(),
@@ -187,12 +216,20 @@ impl ConfigWatcher {
             tracing::error!(target: "config", "configuration rejected; still serving generation {}", previous.generation);
             return false;
         }
-        for port in built.snapshot.ports.keys().filter(|p| !self.state.bound_ports.contains(p)) {
+        for port in built
+            .snapshot
+            .ports
+            .keys()
+            .filter(|p| !self.state.bound_ports.contains(p))
+        {
             tracing::warn!(target: "config", port, "the configuration adds listener port {port}; new ports are bound at the next restart");
         }
         self.state.snapshots.publish(built.snapshot);
         let generation = self.state.snapshots.load().generation;
-        self.state.metrics.snapshot_generation.set(generation as i64);
+        self.state
+            .metrics
+            .snapshot_generation
+            .set(generation as i64);
         tracing::info!(target: "config", generation, "configuration applied");
         true
     }

@@ -71,6 +71,13 @@ pub struct Resolution {
     pub note: Option<String>,
 }
 
+/// A name followed through its aliases.
+struct Resolved<'a> {
+    implementation: &'a str,
+    factory: &'a Arc<dyn StrategyFactory>,
+    note: Option<&'a str>,
+}
+
 /// Maps strategy names to factories.
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -150,16 +157,19 @@ impl Registry {
         self.entries.keys().map(String::as_str).collect()
     }
 
-    fn resolve<'a>(
-        &'a self,
-        name: &str,
-    ) -> Result<(&'a str, &'a Arc<dyn StrategyFactory>, Option<&'a str>), RegistryError> {
+    fn resolve<'a>(&'a self, name: &str) -> Result<Resolved<'a>, RegistryError> {
         let mut current = name;
         let mut note = None;
         // Aliases may chain; the bound stops a cycle.
         for _ in 0..8 {
             match self.entries.get_key_value(current).map(|(k, v)| (k, &**v)) {
-                Some((key, Entry::Factory(factory))) => return Ok((key, factory, note)),
+                Some((key, Entry::Factory(factory))) => {
+                    return Ok(Resolved {
+                        implementation: key,
+                        factory,
+                        note,
+                    });
+                }
                 Some((_, Entry::Alias { target, note: n })) => {
                     note = note.or(Some(n.as_str()));
                     current = target;
@@ -175,11 +185,11 @@ impl Registry {
 
     /// What `name` runs.
     pub fn describe(&self, name: &str) -> Result<Resolution, RegistryError> {
-        let (implementation, _, note) = self.resolve(name)?;
+        let resolved = self.resolve(name)?;
         Ok(Resolution {
             requested: name.to_owned(),
-            implementation: implementation.to_owned(),
-            note: note.map(str::to_owned),
+            implementation: resolved.implementation.to_owned(),
+            note: resolved.note.map(str::to_owned),
         })
     }
 
@@ -189,11 +199,12 @@ impl Registry {
         name: &str,
         config: &StrategyConfig,
     ) -> Result<Arc<dyn Strategy>, RegistryError> {
-        let (implementation, factory, _) = self.resolve(name)?;
-        factory
+        let resolved = self.resolve(name)?;
+        resolved
+            .factory
             .build(config)
             .map_err(|source| RegistryError::Config {
-                name: implementation.to_owned(),
+                name: resolved.implementation.to_owned(),
                 source,
             })
     }

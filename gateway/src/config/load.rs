@@ -13,7 +13,7 @@ use super::issues::ConfigIssue;
 use super::objects::ObjectSet;
 
 /// Files named by `paths`, expanded and sorted per directory.
-pub fn config_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigIssue> {
+pub fn config_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Box<ConfigIssue>> {
     let mut files = Vec::new();
     for path in paths {
         let meta = std::fs::metadata(path).map_err(|e| read_error(path, &e))?;
@@ -41,13 +41,13 @@ fn is_config_file(path: &Path) -> bool {
     !hidden && matches!(extension, "yaml" | "yml" | "json") && path.is_file()
 }
 
-fn read_error(path: &Path, error: &std::io::Error) -> ConfigIssue {
-    ConfigIssue::error(
+fn read_error(path: &Path, error: &std::io::Error) -> Box<ConfigIssue> {
+    Box::new(ConfigIssue::error(
         "file",
         path.display().to_string(),
         "",
         format!("cannot read: {error}"),
-    )
+    ))
 }
 
 /// What one load read: the objects, the problems, and a fingerprint of the bytes.
@@ -68,7 +68,7 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
     let files = match config_files(paths) {
         Ok(files) => files,
         Err(issue) => {
-            loaded.issues.push(issue);
+            loaded.issues.push(*issue);
             return loaded;
         }
     };
@@ -80,7 +80,7 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
                 let issues = loaded.objects.add_yaml(&text, &file);
                 loaded.issues.extend(issues);
             }
-            Err(e) => loaded.issues.push(read_error(&file, &e)),
+            Err(e) => loaded.issues.push(*read_error(&file, &e)),
         }
     }
     loaded.fingerprint = hasher.digest();

@@ -366,13 +366,15 @@ impl ObjectSet {
                 | "gateway.networking.k8s.io",
                 _,
                 "InferencePool" | "InferenceModel" | "GatewayClass" | "Gateway" | "HTTPRoute",
-            ) => Err(ConfigIssue::error(
-                label.clone(),
-                "apiVersion",
-                &api_version,
-                format!("unsupported API version for {kind}"),
-            )
-            .at(Some(origin))),
+            ) => Err(Box::new(
+                ConfigIssue::error(
+                    label.clone(),
+                    "apiVersion",
+                    &api_version,
+                    format!("unsupported API version for {kind}"),
+                )
+                .at(Some(origin)),
+            )),
             _ => {
                 self.ignored.push(IgnoredDocument {
                     origin: Some(origin.clone()),
@@ -394,7 +396,7 @@ impl ObjectSet {
                 origin: Some(origin.clone()),
                 object,
             }),
-            Err(issue) => issues.push(issue),
+            Err(issue) => issues.push(*issue),
         }
     }
 
@@ -425,7 +427,7 @@ fn typed<T: serde::de::DeserializeOwned>(
     value: serde_yaml::Value,
     label: &str,
     origin: &Origin,
-) -> Result<Box<T>, ConfigIssue> {
+) -> Result<Box<T>, Box<ConfigIssue>> {
     serde_path_to_error::deserialize(value)
         .map(Box::new)
         .map_err(|e| {
@@ -435,7 +437,9 @@ fn typed<T: serde::de::DeserializeOwned>(
             } else {
                 path
             };
-            ConfigIssue::error(label, field, "", e.into_inner().to_string()).at(Some(origin))
+            Box::new(
+                ConfigIssue::error(label, field, "", e.into_inner().to_string()).at(Some(origin)),
+            )
         })
 }
 

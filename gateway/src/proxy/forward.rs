@@ -108,13 +108,28 @@ pub async fn forward(
     observer: &mut ResponseObserver,
 ) -> ForwardReport {
     let mut report = ForwardReport::default();
-    let exchange = attempts(session, connector, settings, &header, &body, next, observer, &mut report);
+    // While the gateway waits on the upstream it watches the client connection for a close. A
+    // client that sends its next request early must not lose those bytes to that watch:
+    // Pingora's pipelining support keeps them for the next request on the connection.
+    session.as_downstream_mut().set_pipelining_enabled(true);
+    let exchange = attempts(
+        session,
+        connector,
+        settings,
+        &header,
+        &body,
+        next,
+        observer,
+        &mut report,
+    );
     let finished = match deadline {
         None => {
             exchange.await;
             true
         }
-        Some(deadline) => tokio::time::timeout_at(deadline.into(), exchange).await.is_ok(),
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), exchange)
+            .await
+            .is_ok(),
     };
     if !finished {
         report.timed_out = true;
@@ -124,7 +139,11 @@ pub async fn forward(
             // The client sees the stream end without its terminator; the connection is closed.
             session.set_keepalive(None);
         } else {
-            let error = ApiError::new(504, "timeout_error", "The request timed out before the model server answered.");
+            let error = ApiError::new(
+                504,
+                "timeout_error",
+                "The request timed out before the model server answered.",
+            );
             report.status = Some(error.status);
             let _ = super::respond_error(session, &error).await;
         }
@@ -150,7 +169,11 @@ async fn attempts(
         let mut stale_retries = 0;
         loop {
             report.attempts += 1;
-            match attempt(session, connector, settings, &peer, header, body, observer, report).await {
+            match attempt(
+                session, connector, settings, &peer, header, body, observer, report,
+            )
+            .await
+            {
                 Attempt::Done => {
                     report.served_by = Some(target.address);
                     report.in_flight = target.in_flight;
@@ -165,12 +188,20 @@ async fn attempts(
         }
     }
     let error = if tried.is_empty() {
-        ApiError::new(503, "service_unavailable", "No endpoint is available to serve this request.")
+        ApiError::new(
+            503,
+            "service_unavailable",
+            "No endpoint is available to serve this request.",
+        )
     } else {
         ApiError::new(
             502,
             "upstream_error",
-            format!("Could not connect to any of {} endpoint(s): {}", tried.len(), report.error.as_deref().unwrap_or("unknown error")),
+            format!(
+                "Could not connect to any of {} endpoint(s): {}",
+                tried.len(),
+                report.error.as_deref().unwrap_or("unknown error")
+            ),
         )
     };
     report.status = Some(error.status);
@@ -226,12 +257,18 @@ async fn attempt(
         Ok(connection) => connection,
         Err(e) => {
             tracing::warn!(endpoint = %peer.address(), error = %e, "connect failed; trying the next endpoint");
-            report.error = Some(format!("connect to {}: {}", peer.address(), e.etype().as_str()));
+            report.error = Some(format!(
+                "connect to {}: {}",
+                peer.address(),
+                e.etype().as_str()
+            ));
             return Attempt::NextCandidate;
         }
     };
     let sent = async {
-        upstream.write_request_header(Box::new(header.clone())).await?;
+        upstream
+            .write_request_header(Box::new(header.clone()))
+            .await?;
         if !body.is_empty() {
             upstream.write_request_body(body.clone(), true).await?;
         }
@@ -239,11 +276,20 @@ async fn attempt(
     }
     .await;
     if let Err(e) = sent {
-        report.error = Some(format!("send to {}: {}", peer.address(), e.etype().as_str()));
+        report.error = Some(format!(
+            "send to {}: {}",
+            peer.address(),
+            e.etype().as_str()
+        ));
         return if reused {
             Attempt::SameCandidate
         } else {
-            respond_bad_gateway(session, report, "The model server closed the connection while the request was sent.").await;
+            respond_bad_gateway(
+                session,
+                report,
+                "The model server closed the connection while the request was sent.",
+            )
+            .await;
             Attempt::Done
         };
     }
@@ -262,11 +308,20 @@ async fn attempt(
         }
     };
     if let Err(e) = header_read {
-        report.error = Some(format!("response from {}: {}", peer.address(), e.etype().as_str()));
+        report.error = Some(format!(
+            "response from {}: {}",
+            peer.address(),
+            e.etype().as_str()
+        ));
         return if reused {
             Attempt::SameCandidate
         } else {
-            respond_bad_gateway(session, report, "The model server closed the connection without a response.").await;
+            respond_bad_gateway(
+                session,
+                report,
+                "The model server closed the connection without a response.",
+            )
+            .await;
             Attempt::Done
         };
     }
@@ -278,7 +333,10 @@ async fn attempt(
     report.status = Some(response.status.as_u16());
     let _ = response.insert_header(SERVED_BY_HEADER, peer.address().to_string());
     let end_of_stream = upstream.response_done();
-    if let Err(e) = session.write_response_header(Box::new(response), end_of_stream).await {
+    if let Err(e) = session
+        .write_response_header(Box::new(response), end_of_stream)
+        .await
+    {
         tracing::debug!(error = %e, "client went away before the response header");
         abort(session, report, upstream).await;
         return Attempt::Done;
@@ -307,10 +365,17 @@ async fn attempt(
                     abort(session, report, upstream).await;
                     return Attempt::Done;
                 }
+                // With a Content-Length the client now has the whole response and may send its
+                // next request at once: stop watching the connection before reading that.
+                complete = upstream.response_done();
             }
             Ok(None) => complete = true,
             Err(e) => {
-                report.error = Some(format!("response body from {}: {}", peer.address(), e.etype().as_str()));
+                report.error = Some(format!(
+                    "response body from {}: {}",
+                    peer.address(),
+                    e.etype().as_str()
+                ));
                 report.outcome = Some(Outcome::Failed);
                 // The client sees a truncated stream and a closed connection.
                 session.set_keepalive(None);
@@ -325,7 +390,9 @@ async fn attempt(
         report.outcome = Some(Outcome::Completed);
     }
     if upstream.response_done() {
-        connector.release_http_session(upstream, peer, Some(settings.idle_timeout)).await;
+        connector
+            .release_http_session(upstream, peer, Some(settings.idle_timeout))
+            .await;
     }
     Attempt::Done
 }

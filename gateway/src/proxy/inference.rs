@@ -51,7 +51,16 @@ pub async fn handle(
         // No body, no model (GET /v1/models, /health): any endpoint will do.
         let mut order: Vec<usize> = (0..pool.endpoints.len()).collect();
         fastrand::shuffle(&mut order);
-        return dispatch(proxy, session, ctx, &pool, None, Candidates::new(order), body).await;
+        return dispatch(
+            proxy,
+            session,
+            ctx,
+            &pool,
+            None,
+            Candidates::new(order),
+            body,
+        )
+        .await;
     }
     let request = match openai::parse(&body) {
         Ok(request) => request,
@@ -70,14 +79,21 @@ pub async fn handle(
             return proxy.gateway_error(session, ctx, error).await;
         }
     };
-    let target_model = entry.map_or(request.model.as_ref(), |e| e.draw()).to_owned();
+    let target_model = entry
+        .map_or(request.model.as_ref(), |e| e.draw())
+        .to_owned();
     let criticality = entry.map_or(Criticality::Standard, |e| e.criticality);
     let outgoing = if target_model != request.model {
         request.rewrite_model(&body, &target_model)
     } else {
         body.clone()
     };
-    let prompt = pool.strategy.inputs().prompt.then(|| request.prompt_text()).flatten();
+    let prompt = pool
+        .strategy
+        .inputs()
+        .prompt
+        .then(|| request.prompt_text())
+        .flatten();
     let prompt_tokens = request.estimated_prompt_tokens();
     let headers = session.req_header().headers.clone();
     let request_id = ctx.request_id.clone();
@@ -95,7 +111,13 @@ pub async fn handle(
     let metrics: Vec<_> = pool.endpoints.iter().map(|e| e.metrics()).collect();
     let views = endpoint_views(&pool.endpoints, &metrics, Instant::now());
     let pool_name = pool.key.qualified_name();
-    let picked = pool.strategy.pick(&view, &PoolView { name: &pool_name, endpoints: &views });
+    let picked = pool.strategy.pick(
+        &view,
+        &PoolView {
+            name: &pool_name,
+            endpoints: &views,
+        },
+    );
     ctx.inference = Some(InferenceInfo {
         pool: Arc::clone(&pool),
         model: request.model.clone().into_owned(),
@@ -106,12 +128,25 @@ pub async fn handle(
     let candidates = match picked {
         Ok(candidates) => candidates,
         Err(no_endpoint) => {
-            let kind = if no_endpoint.status() == 429 { "rate_limit_error" } else { "service_unavailable" };
+            let kind = if no_endpoint.status() == 429 {
+                "rate_limit_error"
+            } else {
+                "service_unavailable"
+            };
             let error = ApiError::new(no_endpoint.status(), kind, format!("{no_endpoint}."));
             return proxy.gateway_error(session, ctx, error).await;
         }
     };
-    dispatch(proxy, session, ctx, &pool, Some(&view), candidates, outgoing).await
+    dispatch(
+        proxy,
+        session,
+        ctx,
+        &pool,
+        Some(&view),
+        candidates,
+        outgoing,
+    )
+    .await
 }
 
 async fn dispatch(
@@ -135,7 +170,11 @@ async fn dispatch(
         }
         metrics
             .picks
-            .with_label_values(&[pool_name.as_str(), pool.resolution.implementation.as_str(), endpoint.id.name()])
+            .with_label_values(&[
+                pool_name.as_str(),
+                pool.resolution.implementation.as_str(),
+                endpoint.id.name(),
+            ])
             .inc();
         Some(Target {
             address: endpoint.id.address(),

@@ -147,7 +147,9 @@ pub async fn respond_error(session: &mut Session, error: &ApiError) -> Result<()
     let mut header = ResponseHeader::build(error.status, Some(3))?;
     header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    session.write_response_header(Box::new(header), false).await?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
     session.write_response_body(Some(body), true).await
 }
 
@@ -161,7 +163,10 @@ pub enum BodyError {
 }
 
 /// Read the whole request body, up to `limit` bytes.
-pub async fn read_body(session: &mut Session, limit: usize) -> std::result::Result<Bytes, BodyError> {
+pub async fn read_body(
+    session: &mut Session,
+    limit: usize,
+) -> std::result::Result<Bytes, BodyError> {
     let declared = session
         .req_header()
         .headers
@@ -177,10 +182,18 @@ pub async fn read_body(session: &mut Session, limit: usize) -> std::result::Resu
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects_continue {
-        session.as_downstream_mut().write_continue_response().await.map_err(BodyError::Client)?;
+        session
+            .as_downstream_mut()
+            .write_continue_response()
+            .await
+            .map_err(BodyError::Client)?;
     }
     let mut body = BytesMut::with_capacity(declared.map_or(0, |len| len as usize));
-    while let Some(chunk) = session.read_request_body().await.map_err(BodyError::Client)? {
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(BodyError::Client)?
+    {
         if body.len() + chunk.len() > limit {
             return Err(BodyError::TooLarge((body.len() + chunk.len()) as u64));
         }
@@ -208,14 +221,21 @@ fn host_of(session: &Session) -> Option<String> {
         .or_else(|| header.uri.authority().map(|a| a.as_str()))?;
     // Strip a port, keeping IPv6 literals (`[::1]:8080`) intact.
     let host = match host.strip_prefix('[') {
-        Some(rest) => rest.split_once(']').map_or(host, |(inner, _)| &host[..inner.len() + 2]),
+        Some(rest) => rest
+            .split_once(']')
+            .map_or(host, |(inner, _)| &host[..inner.len() + 2]),
         None => host.split(':').next().unwrap_or(host),
     };
     Some(host.to_ascii_lowercase())
 }
 
 impl GatewayProxy {
-    async fn gateway_error(&self, session: &mut Session, ctx: &mut RequestCtx, error: ApiError) -> Result<bool> {
+    async fn gateway_error(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: ApiError,
+    ) -> Result<bool> {
         ctx.status = Some(error.status);
         respond_error(session, &error).await?;
         Ok(true)
@@ -224,8 +244,15 @@ impl GatewayProxy {
     async fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snapshot = self.shared.snapshots.load();
         let host = host_of(session);
-        let Some(listener) = snapshot.port(ctx.port).and_then(|p| p.listener(host.as_deref())) else {
-            let error = ApiError::new(404, "not_found_error", "No listener of this gateway accepts this host and port.");
+        let Some(listener) = snapshot
+            .port(ctx.port)
+            .and_then(|p| p.listener(host.as_deref()))
+        else {
+            let error = ApiError::new(
+                404,
+                "not_found_error",
+                "No listener of this gateway accepts this host and port.",
+            );
             return self.gateway_error(session, ctx, error).await;
         };
 
@@ -235,7 +262,10 @@ impl GatewayProxy {
             match self.read_body_or_answer(session, ctx).await? {
                 Some(read) => {
                     if let Ok(request) = crate::openai::parse(&read) {
-                        session.req_header_mut().insert_header(crate::snapshot::build::MODEL_NAME_HEADER, request.model.as_ref())?;
+                        session.req_header_mut().insert_header(
+                            crate::snapshot::build::MODEL_NAME_HEADER,
+                            request.model.as_ref(),
+                        )?;
                     }
                     body = Some(read);
                 }
@@ -252,7 +282,11 @@ impl GatewayProxy {
             headers: &header.headers,
         };
         let Some(entry) = listener.route(&parts) else {
-            let error = ApiError::new(404, "not_found_error", format!("No route matches {} {}.", header.method, header.uri.path()));
+            let error = ApiError::new(
+                404,
+                "not_found_error",
+                format!("No route matches {} {}.", header.method, header.uri.path()),
+            );
             return self.gateway_error(session, ctx, error).await;
         };
         ctx.route = Some(format!("{}#{}", entry.route.qualified_name(), entry.rule));
@@ -260,11 +294,19 @@ impl GatewayProxy {
         let action = Arc::clone(&entry.action);
         match action.pick_backend() {
             None => {
-                let error = ApiError::new(500, "server_error", "The matching route rule has no backend with a weight.");
+                let error = ApiError::new(
+                    500,
+                    "server_error",
+                    "The matching route rule has no backend with a weight.",
+                );
                 self.gateway_error(session, ctx, error).await
             }
             Some(Backend::Invalid(reason)) => {
-                let error = ApiError::new(500, "server_error", format!("The route's backend is invalid: {reason}"));
+                let error = ApiError::new(
+                    500,
+                    "server_error",
+                    format!("The route's backend is invalid: {reason}"),
+                );
                 self.gateway_error(session, ctx, error).await
             }
             Some(Backend::Service(service)) => {
@@ -273,13 +315,17 @@ impl GatewayProxy {
                     let error = ApiError::new(
                         503,
                         "service_unavailable",
-                        format!("Service {} has no ready endpoints.", service.key.qualified_name()),
+                        format!(
+                            "Service {} has no ready endpoints.",
+                            service.key.qualified_name()
+                        ),
                     );
                     return self.gateway_error(session, ctx, error).await;
                 }
                 match body {
                     Some(body) => {
-                        self.forward_to_service(session, ctx, Arc::clone(service), body).await?;
+                        self.forward_to_service(session, ctx, Arc::clone(service), body)
+                            .await?;
                         Ok(true)
                     }
                     None => {
@@ -297,7 +343,11 @@ impl GatewayProxy {
     }
 
     /// Read the body, or answer 413 (or give up on a failed client) and return `None`.
-    async fn read_body_or_answer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Option<Bytes>> {
+    async fn read_body_or_answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
         match read_body(session, self.shared.max_body_bytes).await {
             Ok(body) => Ok(Some(body)),
             Err(BodyError::TooLarge(size)) => {
@@ -307,7 +357,10 @@ impl GatewayProxy {
                     self.shared.max_body_bytes
                 ))
                 .with_code("request_too_large");
-                let error = ApiError { status: 413, ..error };
+                let error = ApiError {
+                    status: 413,
+                    ..error
+                };
                 self.gateway_error(session, ctx, error).await?;
                 Ok(None)
             }
@@ -383,7 +436,11 @@ impl ProxyHttp for GatewayProxy {
         self.route(session, ctx).await
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
         let service = ctx
             .service
             .as_ref()
@@ -397,7 +454,12 @@ impl ProxyHttp for GatewayProxy {
                     healthy && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
                 })
             })
-            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "every endpoint of the Service failed"))?;
+            .ok_or_else(|| {
+                Error::explain(
+                    ErrorType::HTTPStatus(502),
+                    "every endpoint of the Service failed",
+                )
+            })?;
         let address = *backend
             .addr
             .as_inet()
@@ -411,8 +473,18 @@ impl ProxyHttp for GatewayProxy {
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut Self::CTX, mut e: Box<Error>) -> Box<Error> {
-        self.shared.metrics.upstream_attempts.with_label_values(&["connect_error"]).inc();
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.shared
+            .metrics
+            .upstream_attempts
+            .with_label_values(&["connect_error"])
+            .inc();
         tracing::warn!(endpoint = %peer.address(), error = %e, "connect failed; trying the next endpoint");
         let endpoints = ctx.service.as_ref().map_or(0, |s| s.endpoints.len());
         if ctx.tried.len() < endpoints {
@@ -427,7 +499,11 @@ impl ProxyHttp for GatewayProxy {
         _upstream_request: &mut pingora::http::RequestHeader,
         _ctx: &mut Self::CTX,
     ) -> Result<()> {
-        self.shared.metrics.upstream_attempts.with_label_values(&["ok"]).inc();
+        self.shared
+            .metrics
+            .upstream_attempts
+            .with_label_values(&["ok"])
+            .inc();
         Ok(())
     }
 
@@ -457,10 +533,18 @@ impl ProxyHttp for GatewayProxy {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Self::CTX) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ConnectTimedout | ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute => 502,
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectError
+            | ErrorType::ConnectNoRoute => 502,
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
@@ -472,8 +556,19 @@ impl ProxyHttp for GatewayProxy {
             },
         };
         if code > 0 && !ctx.observer.response_started() {
-            let kind = if code == 504 { "timeout_error" } else { "upstream_error" };
-            let error = ApiError::new(code, kind, format!("The gateway could not complete the request: {}", e.etype().as_str()));
+            let kind = if code == 504 {
+                "timeout_error"
+            } else {
+                "upstream_error"
+            };
+            let error = ApiError::new(
+                code,
+                kind,
+                format!(
+                    "The gateway could not complete the request: {}",
+                    e.etype().as_str()
+                ),
+            );
             ctx.status = Some(code);
             let _ = respond_error(session, &error).await;
         } else if code == 0 {
@@ -496,21 +591,35 @@ impl ProxyHttp for GatewayProxy {
         let backend = ctx.backend.label();
         let metrics = &self.shared.metrics;
         let code = status.to_string();
-        metrics.requests.with_label_values(&[port.as_str(), backend, code.as_str()]).inc();
+        metrics
+            .requests
+            .with_label_values(&[port.as_str(), backend, code.as_str()])
+            .inc();
         let elapsed = ctx.started.elapsed();
         metrics
             .request_duration
             .with_label_values(&[port.as_str(), backend])
             .observe(elapsed.as_secs_f64());
         if let Some(ttfb) = ctx.observer.time_to_first_byte() {
-            metrics.time_to_first_byte.with_label_values(&[port.as_str(), backend]).observe(ttfb.as_secs_f64());
+            metrics
+                .time_to_first_byte
+                .with_label_values(&[port.as_str(), backend])
+                .observe(ttfb.as_secs_f64());
         }
         if let Some(report) = &forwarded {
             let ok = report.attempts.saturating_sub(report.connect_failures);
-            metrics.upstream_attempts.with_label_values(&["ok"]).inc_by(u64::from(ok));
-            metrics.upstream_attempts.with_label_values(&["connect_error"]).inc_by(u64::from(report.connect_failures));
+            metrics
+                .upstream_attempts
+                .with_label_values(&["ok"])
+                .inc_by(u64::from(ok));
+            metrics
+                .upstream_attempts
+                .with_label_values(&["connect_error"])
+                .inc_by(u64::from(report.connect_failures));
         }
-        let attempts = forwarded.as_ref().map_or(ctx.tried.len() as u32, |f| f.attempts);
+        let attempts = forwarded
+            .as_ref()
+            .map_or(ctx.tried.len() as u32, |f| f.attempts);
         if let Some(info) = &ctx.inference {
             inference::completed(info, forwarded.as_ref(), &ctx.observer, elapsed, status);
         }

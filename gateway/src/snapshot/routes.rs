@@ -345,7 +345,7 @@ mod tests {
             path,
             ..RouteMatch::any()
         };
-        let mut entries = vec![
+        let mut entries = [
             entry("root", RouteMatch::any(), Some(1), 0),
             entry("v1", with_path(PathMatch::prefix("/v1")), Some(5), 1),
             entry(

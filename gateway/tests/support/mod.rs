@@ -1,0 +1,528 @@
+//! Test harness: a real `inference-gateway` process in front of real HTTP backends.
+//!
+//! Backends are small hyper servers, each on its own loopback address (127.0.0.N) and a port
+//! shared by all backends of a test, exactly like pod IPs behind one target port. They record
+//! what they receive and can stream, echo, or hold a stream open until the test releases it.
+//! Nothing here sleeps to "wait a bit": waits are on conditions with a deadline.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// How long any wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Wait until `condition` holds, polling every 10 ms, or panic after [`DEADLINE`].
+pub async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A request a backend received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub model: Option<String>,
+    pub body_len: usize,
+    pub headers: http::HeaderMap,
+}
+
+/// Shared state of one backend.
+#[derive(Debug, Default)]
+pub struct BackendState {
+    pub seen: Mutex<Vec<Seen>>,
+    /// Streams whose client (the gateway) went away before the end.
+    pub aborted: AtomicUsize,
+    /// Streams currently being served.
+    pub open_streams: AtomicUsize,
+    gates: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl BackendState {
+    fn gate(&self, name: &str) -> Arc<Notify> {
+        Arc::clone(self.gates.lock().entry(name.to_owned()).or_default())
+    }
+}
+
+/// A running test backend.
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub state: Arc<BackendState>,
+}
+
+impl Backend {
+    /// Requests received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().clone()
+    }
+
+    /// Number of requests received.
+    pub fn count(&self) -> usize {
+        self.state.seen.lock().len()
+    }
+
+    /// Let held streams waiting on `gate` finish.
+    pub fn release(&self, gate: &str) {
+        self.state.gate(gate).notify_waiters();
+        self.state.gate(gate).notify_one();
+    }
+}
+
+/// Start `n` backends on 127.0.0.{first}.. with one shared port.
+pub async fn start_backends(first: u8, n: u8) -> (u16, Vec<Backend>) {
+    'retry: for _ in 0..50 {
+        let port = free_port();
+        let mut listeners = Vec::new();
+        for i in 0..n {
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, first + i));
+            match TcpListener::bind(SocketAddr::new(ip, port)).await {
+                Ok(listener) => listeners.push(listener),
+                Err(_) => continue 'retry,
+            }
+        }
+        let backends = listeners.into_iter().map(serve).collect();
+        return (port, backends);
+    }
+    panic!("no free port for backends");
+}
+
+/// A port that was free on 127.0.0.1 a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve(listener: TcpListener) -> Backend {
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(BackendState::default());
+    let server_state = Arc::clone(&state);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let state = Arc::clone(&server_state);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    handle(addr, Arc::clone(&state), request)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Backend { addr, state }
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A streaming body that counts itself aborted when dropped before its end.
+struct TrackedBody {
+    inner: http_body_util::channel::Channel<Bytes, Infallible>,
+    finished: bool,
+    state: Arc<BackendState>,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            self.finished = true;
+        }
+        polled
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.state.open_streams.fetch_sub(1, Ordering::SeqCst);
+        if !self.finished {
+            self.state.aborted.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn sse_event(server: SocketAddr, model: &str, text: &str) -> Bytes {
+    let chunk = serde_json::json!({
+        "object": "text_completion",
+        "model": model,
+        "server": server.to_string(),
+        "choices": [{"index": 0, "text": text, "finish_reason": null}],
+    });
+    Bytes::from(format!("data: {chunk}\n\n"))
+}
+
+async fn handle(
+    server: SocketAddr,
+    state: Arc<BackendState>,
+    request: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let model = json
+        .as_ref()
+        .and_then(|j| j.get("model"))
+        .and_then(|m| m.as_str())
+        .map(str::to_owned);
+    let stream = json
+        .as_ref()
+        .and_then(|j| j.get("stream"))
+        .and_then(|s| s.as_bool())
+        .unwrap_or(false);
+    state.seen.lock().push(Seen {
+        path: parts.uri.path().to_owned(),
+        model: model.clone(),
+        body_len: body.len(),
+        headers: parts.headers.clone(),
+    });
+    let mode = parts
+        .headers
+        .get("x-test-mode")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let model = model.unwrap_or_default();
+    if mode == "echo" {
+        return Ok(Response::new(Full::new(body).boxed()));
+    }
+    if !stream && mode != "hold" {
+        let out = serde_json::json!({"server": server.to_string(), "model": model, "body_len": body.len()});
+        let response = Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(out.to_string())).boxed())
+            .unwrap();
+        return Ok(response);
+    }
+    let (mut tx, channel) = http_body_util::channel::Channel::<Bytes, Infallible>::new(4);
+    state.open_streams.fetch_add(1, Ordering::SeqCst);
+    let tracked = TrackedBody {
+        inner: channel,
+        finished: false,
+        state: Arc::clone(&state),
+    };
+    let gate = parts
+        .headers
+        .get("x-test-gate")
+        .and_then(|v| v.to_str().ok())
+        .map(|g| state.gate(g));
+    tokio::spawn(async move {
+        if tx
+            .send_data(sse_event(server, &model, "first"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if let Some(gate) = gate {
+            let released = gate.notified();
+            tokio::pin!(released);
+            loop {
+                // Heartbeat comments, like tokens of a long generation: a closed client shows
+                // up as a failed write.
+                tokio::select! {
+                    _ = &mut released => break,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                        if tx.send_data(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        let _ = tx.send_data(sse_event(server, &model, "last")).await;
+        let _ = tx.send_data(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    });
+    let response = Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(tracked.boxed())
+        .unwrap();
+    Ok(response)
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    child: tokio::process::Child,
+    pub admin: SocketAddr,
+    pub config_dir: PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.config_dir);
+    }
+}
+
+impl Gateway {
+    /// Write `config` to a fresh directory and start the gateway on it.
+    pub async fn start(config: &str, extra_args: &[&str]) -> Gateway {
+        let config_dir = std::env::temp_dir().join(format!(
+            "igw-test-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&config_dir).unwrap();
+        std::fs::write(config_dir.join("config.yaml"), config).unwrap();
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
+            .arg("--config")
+            .arg(&config_dir)
+            .args([
+                "--admin-addr",
+                &admin.to_string(),
+                "--listen-host",
+                "127.0.0.1",
+                "--threads",
+                "2",
+            ])
+            .args(["--config-poll-interval", "100ms", "--grace-period", "1s"])
+            .args(extra_args)
+            .env(
+                "RUST_LOG",
+                std::env::var("IGW_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the gateway binary starts");
+        let gateway = Gateway {
+            child,
+            admin,
+            config_dir,
+        };
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    async fn wait_ready(&self) {
+        let client = client();
+        let start = Instant::now();
+        loop {
+            let uri = format!("http://{}/readyz", self.admin);
+            if let Ok(response) = client.get(uri.parse().unwrap()).await
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(start.elapsed() < DEADLINE, "gateway did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Replace the configuration file.
+    pub fn rewrite_config(&self, config: &str) {
+        let tmp = self.config_dir.join(".config.yaml.tmp");
+        std::fs::write(&tmp, config).unwrap();
+        std::fs::rename(&tmp, self.config_dir.join("config.yaml")).unwrap();
+    }
+
+    /// `/debug/snapshot`.
+    pub async fn snapshot(&self) -> serde_json::Value {
+        let (_, body) = get(&format!("http://{}/debug/snapshot", self.admin)).await;
+        serde_json::from_slice(&body).unwrap()
+    }
+}
+
+/// The HTTP client used by tests.
+pub type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+pub fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build_http()
+}
+
+/// GET `uri`, returning status and body.
+pub async fn get(uri: &str) -> (u16, Bytes) {
+    let response = client().get(uri.parse().unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+/// POST `body` to `uri` with extra headers, returning status and body.
+pub async fn post(
+    client: &Client,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> (u16, Bytes) {
+    let mut request = Request::post(uri).header("content-type", "application/json");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = client
+        .request(request.body(Full::new(body.into())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+/// Pods for backends, as YAML documents.
+pub fn pods(prefix: &str, labels: &str, backends: &[Backend]) -> String {
+    backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {prefix}-{i}, labels: {{{labels}}}}}\n\
+                 status: {{podIP: {}, conditions: [{{type: Ready, status: 'True'}}]}}\n",
+                b.addr.ip()
+            )
+        })
+        .collect()
+}
+
+/// A GatewayClass and Gateway with an `http` listener and an `llm` listener.
+pub fn gateway_yaml(http_port: u16, llm_port: u16) -> String {
+    format!(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: test-class}}
+spec: {{controllerName: inference-gateway.dev/controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  gatewayClassName: test-class
+  listeners:
+  - {{name: http, protocol: HTTP, port: {http_port}}}
+  - {{name: llm, protocol: HTTP, port: {llm_port}}}
+"
+    )
+}
+
+/// An HTTPRoute on the `llm` listener to pool `pool`.
+pub fn pool_route(pool: &str) -> String {
+    format!(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: llm-route}}
+spec:
+  parentRefs: [{{name: gw, sectionName: llm}}]
+  rules:
+  - backendRefs: [{{group: inference.networking.x-k8s.io, kind: InferencePool, name: {pool}}}]
+"
+    )
+}
+
+/// A v1alpha2 InferencePool selecting `app: {app}` on `port`.
+pub fn pool(name: &str, app: &str, port: u16) -> String {
+    format!(
+        "---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferencePool
+metadata: {{name: {name}}}
+spec:
+  targetPortNumber: {port}
+  selector: {{app: {app}}}
+  extensionRef: {{name: unused}}
+"
+    )
+}
+
+/// A streaming request through the gateway whose chunks the test reads one by one.
+pub struct Stream {
+    body: Incoming,
+    pub status: u16,
+    pub headers: http::HeaderMap,
+}
+
+impl Stream {
+    /// Open a stream: POST with `"stream": true`.
+    pub async fn open(client: &Client, uri: &str, headers: &[(&str, &str)], body: &str) -> Stream {
+        let mut request = Request::post(uri).header("content-type", "application/json");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = client
+            .request(
+                request
+                    .body(Full::new(Bytes::from(body.to_owned())))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        Stream {
+            body: response.into_body(),
+            status,
+            headers,
+        }
+    }
+
+    /// The next data chunk, or `None` at the end; panics after [`DEADLINE`].
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.body.frame())
+                .await
+                .expect("a chunk within the deadline")?
+                .ok()?;
+            if let Ok(data) = frame.into_data()
+                && !data.is_empty()
+            {
+                return Some(data);
+            }
+        }
+    }
+
+    /// Read until a chunk containing `needle` arrives.
+    pub async fn read_until(&mut self, needle: &str) -> String {
+        let mut seen = String::new();
+        while let Some(chunk) = self.next_chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains(needle) {
+                return seen;
+            }
+        }
+        panic!("stream ended without {needle:?}; got {seen:?}");
+    }
+}

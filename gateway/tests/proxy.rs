@@ -471,3 +471,75 @@ async fn a_config_edit_applies_without_failing_requests_in_flight() {
     let (status, _) = post(&client, &uri, &[], r#"{"model":"travel-helper"}"#).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_error_statuses_and_route_timeouts() {
+    let (port, backends) = start_backends(100, 2).await;
+    let (http_port, llm_port) = (free_port(), free_port());
+    let extra = "---
+apiVersion: v1
+kind: Service
+metadata: {name: empty}
+spec:
+  selector: {app: nobody}
+  ports: [{port: 80, targetPort: 1234}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: edge-cases}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - matches: [{path: {type: Exact, value: /no-pods}}]
+    backendRefs: [{kind: Service, name: empty, port: 80}]
+  - matches: [{path: {type: Exact, value: /missing}}]
+    backendRefs: [{kind: Service, name: does-not-exist, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /slow}}]
+    timeouts: {request: 300ms}
+    backendRefs: [{group: inference.networking.x-k8s.io, kind: InferencePool, name: pool}]
+";
+    let config = config(http_port, llm_port, port, &backends, extra);
+    let gateway = Gateway::start(&config, &[]).await;
+    let client = client();
+    let base = format!("http://127.0.0.1:{http_port}");
+
+    let (status, body) = post(&client, &format!("{base}/no-pods"), &[], "{}").await;
+    assert_eq!(status, 503, "a Service without ready endpoints");
+    assert!(
+        json(&body)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no ready endpoints")
+    );
+
+    let (status, body) = post(&client, &format!("{base}/missing"), &[], "{}").await;
+    assert_eq!(status, 500, "a backendRef that does not resolve");
+    assert!(
+        json(&body)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("BackendNotFound")
+    );
+
+    let (status, body) = post(
+        &client,
+        &format!("{base}/slow"),
+        &[("x-test-delay-ms", "3000")],
+        r#"{"model":"/model/qwen"}"#,
+    )
+    .await;
+    assert_eq!(
+        status, 504,
+        "the rule's timeouts.request cuts a request the model server sits on"
+    );
+    assert_eq!(json(&body)["error"]["type"], "timeout_error");
+    let (status, _) = post(
+        &client,
+        &format!("{base}/slow"),
+        &[],
+        r#"{"model":"/model/qwen"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "a fast answer within the timeout");
+    drop(gateway);
+}

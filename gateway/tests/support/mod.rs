@@ -217,6 +217,14 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    let delay = parts
+        .headers
+        .get("x-test-delay-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    if let Some(delay) = delay {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let model = model.unwrap_or_default();
     if mode == "echo" {
         return Ok(Response::new(Full::new(body).boxed()));

@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Proxy overhead: requests/s and added latency through the gateway's plain route (8080-style) and
+# inference route (8081-style), against going direct to the backend and against nginx proxying
+# the same backend. Everything runs in one go on this machine, interleaved round by round, and the
+# result is written to docs/benchmarks/overhead.md.
+#
+#   scripts/bench-overhead.sh [ROUNDS] [SECONDS] [CONNECTIONS]
+#
+# Backend: nginx answering every request with a fixed 300-byte JSON completion from five loopback
+# addresses (127.0.0.2-6:18000), like five pods. Client: wrk, one thread, a 1 KiB OpenAI
+# completions body. Proxies get one worker each (gateway --threads 1, nginx worker_processes 1),
+# so the comparison is per core.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${1:-3}
+SECONDS_PER_RUN=${2:-10}
+CONNECTIONS=${3:-32}
+BACKEND_PORT=18000
+NGINX_PORT=18090
+GW_HTTP=18080
+GW_LLM=18081
+ADMIN=127.0.0.1:18099
+OUT=docs/benchmarks/overhead.md
+
+./scripts/setup.sh nginx-light wrk
+cargo build --release -p inference-gateway >&2
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+body_file="$work/body.json"
+python3 - "$body_file" <<'PY'
+import json, sys
+prompt = ("Summarise the following travel notes for a weekend in Hangzhou. " * 20)[:900]
+json.dump({"model": "/model/qwen", "prompt": prompt, "max_tokens": 128, "temperature": 0}, open(sys.argv[1], "w"))
+PY
+cat > "$work/post.lua" <<EOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("$body_file", "r")
+wrk.body = f:read("*a")
+f:close()
+EOF
+
+reply='{"id":"cmpl-bench","object":"text_completion","created":1,"model":"/model/qwen","choices":[{"index":0,"text":" West Lake at dawn, Longjing tea in the hills, and an evening on the Grand Canal.","logprobs":null,"finish_reason":"length","stop_reason":null}],"usage":{"prompt_tokens":210,"total_tokens":338,"completion_tokens":128}}'
+listen=""
+upstream=""
+for i in 2 3 4 5 6; do
+  listen+="    listen 127.0.0.$i:$BACKEND_PORT reuseport;"$'\n'
+  upstream+="    server 127.0.0.$i:$BACKEND_PORT;"$'\n'
+done
+mkdir -p "$work/backend" "$work/proxy"
+cat > "$work/backend/nginx.conf" <<EOF
+worker_processes 1;
+pid $work/backend/nginx.pid;
+error_log $work/backend/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_buffer_size 64k;
+  server {
+$listen
+    default_type application/json;
+    location / { return 200 '$reply'; }
+  }
+}
+EOF
+cat > "$work/proxy/nginx.conf" <<EOF
+worker_processes 1;
+pid $work/proxy/nginx.pid;
+error_log $work/proxy/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_buffer_size 64k;
+  upstream pods {
+$upstream
+    keepalive 256;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://pods;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+nginx -c "$work/backend/nginx.conf" -g 'daemon off;' & pids+=($!)
+nginx -c "$work/proxy/nginx.conf" -g 'daemon off;' & pids+=($!)
+
+mkdir -p "$work/gw"
+{
+  sed -e "s/port: 8080/port: $GW_HTTP/" -e "s/port: 8081/port: $GW_LLM/" manifests/examples/local/inference-gateway.yaml
+  sed -e "s/targetPortNumber: 8000/targetPortNumber: $BACKEND_PORT/" manifests/examples/local/inference-pool.yaml
+  echo "---"
+  sed -e "s/targetPort: 8000/targetPort: $BACKEND_PORT/" manifests/examples/local/vllm-service.yaml
+  echo "---"
+  cat manifests/examples/local/pods.yaml
+} > "$work/gw/config.yaml"
+RUST_LOG=warn ./target/release/inference-gateway --config "$work/gw/config.yaml" --threads 1 \
+  --admin-addr "$ADMIN" --listen-host 127.0.0.1 >"$work/gw.log" 2>&1 & pids+=($!)
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    if curl -s -o /dev/null "http://$1/"; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing answers on $1" >&2; exit 1
+}
+wait_port "127.0.0.2:$BACKEND_PORT"
+wait_port "127.0.0.1:$NGINX_PORT"
+wait_port "127.0.0.1:$GW_HTTP"
+wait_port "127.0.0.1:$GW_LLM"
+
+# Each target must answer the benchmark request with 200 before it is measured.
+for target in "127.0.0.2:$BACKEND_PORT" "127.0.0.1:$NGINX_PORT" "127.0.0.1:$GW_HTTP" "127.0.0.1:$GW_LLM"; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' --data-binary @"$body_file" "http://$target/v1/completions")
+  [ "$code" = 200 ] || { echo "$target answered $code" >&2; exit 1; }
+done
+
+names=(direct nginx gateway-plain gateway-inference)
+targets=("127.0.0.2:$BACKEND_PORT" "127.0.0.1:$NGINX_PORT" "127.0.0.1:$GW_HTTP" "127.0.0.1:$GW_LLM")
+results="$work/results.tsv"
+: > "$results"
+to_ms() { # wrk prints 512.00us, 1.20ms, 1.01s
+  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+for i in "${!targets[@]}"; do # warm-up: connection pools, caches
+  wrk -t1 -c"$CONNECTIONS" -d2s -s "$work/post.lua" "http://${targets[$i]}/v1/completions" >/dev/null
+done
+for round in $(seq 1 "$ROUNDS"); do
+  for i in "${!targets[@]}"; do
+    out=$(wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency -s "$work/post.lua" "http://${targets[$i]}/v1/completions")
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+    echo -e "${names[$i]}\t$round\t$rps\t$p50\t$p99\t$errors" | tee -a "$results" >&2
+  done
+done
+
+python3 - "$results" "$OUT" "$ROUNDS" "$SECONDS_PER_RUN" "$CONNECTIONS" <<'PY'
+import platform, statistics, subprocess, sys
+results, out, rounds, seconds, conns = sys.argv[1:6]
+rows = {}
+errors = {}
+for line in open(results):
+    name, rnd, rps, p50, p99, err = (line.rstrip("\n").split("\t") + [""])[:6]
+    rows.setdefault(name, []).append((float(rps), float(p50), float(p99)))
+    if err.strip():
+        errors.setdefault(name, []).append(err.strip())
+med = {n: tuple(statistics.median(v[i] for v in vals) for i in range(3)) for n, vals in rows.items()}
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+wrk_version = (wrk.stdout + wrk.stderr).splitlines()[0]
+nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+direct, ngx = med["direct"], med["nginx"]
+labels = {"direct": "direct to the backend", "nginx": "nginx proxy (1 worker)",
+          "gateway-plain": "gateway, plain route (Service, round-robin)",
+          "gateway-inference": "gateway, inference route (InferencePool, body parsed)"}
+lines = [
+    "# Proxy overhead",
+    "",
+    "Produced by `scripts/bench-overhead.sh " + " ".join([rounds, seconds, conns]) + "` (`make bench-overhead`).",
+    "",
+    f"- Machine: {cores} cores ({cpu}), shared with the client and the backend; numbers are medians of {rounds} interleaved rounds of {seconds} s.",
+    f"- Client: {wrk_version}, 1 thread, {conns} connections, keep-alive, a 1 KiB OpenAI completions body (`POST /v1/completions`).",
+    f"- Backend: {nginx}, 1 worker, a fixed 300-byte JSON completion from five loopback addresses (127.0.0.2-6).",
+    "- Proxies: nginx with `proxy_pass` to an upstream of the five addresses (keepalive 256), 1 worker; the gateway with `--threads 1`,",
+    "  the local example configuration (plain route: Service round-robin; inference route: InferencePool with the seed's InferenceModel, strategy DEFAULT = ROUND_ROBIN).",
+    "",
+    "| Target | Requests/s | p50 (ms) | p99 (ms) | Added p50 (ms) | Added p99 (ms) | Requests/s vs nginx |",
+    "|---|---:|---:|---:|---:|---:|---:|",
+]
+for name in ["direct", "nginx", "gateway-plain", "gateway-inference"]:
+    rps, p50, p99 = med[name]
+    added50 = "" if name == "direct" else f"{p50 - direct[1]:.3f}"
+    added99 = "" if name == "direct" else f"{p99 - direct[2]:.3f}"
+    ratio = "" if name == "direct" else f"{rps / ngx[0]:.2f}"
+    lines.append(f"| {labels[name]} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {added50} | {added99} | {ratio} |")
+lines.append("")
+if errors:
+    lines.append("Errors reported by wrk: " + "; ".join(f"{k}: {' / '.join(v)}" for k, v in errors.items()))
+else:
+    lines.append("wrk reported no socket errors and no non-2xx responses in any run.")
+lines.append("")
+lines.append("Every round, per target:")
+lines.append("")
+lines.append("| Target | Round | Requests/s | p50 (ms) | p99 (ms) |")
+lines.append("|---|---:|---:|---:|---:|")
+for line in open(results):
+    name, rnd, rps, p50, p99 = line.split("\t")[:5]
+    lines.append(f"| {name} | {rnd} | {float(rps):,.0f} | {p50} | {p99} |")
+open(out, "w").write("\n".join(lines) + "\n")
+print("\n".join(lines[:16]))
+PY

@@ -69,6 +69,16 @@ async fn setup(first_ip: u8, extra_args: &[&str]) -> Setup {
     }
 }
 
+/// Requests in flight over every endpoint of the first pool, from `/debug/snapshot`.
+fn in_flight(snapshot: &serde_json::Value) -> u64 {
+    snapshot["pools"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["in_flight"].as_u64().unwrap())
+        .sum()
+}
+
 fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
@@ -361,7 +371,7 @@ async fn a_dead_endpoint_fails_no_request() {
     let snapshot = gateway.snapshot().await;
     let endpoints = snapshot["pools"][0]["endpoints"].as_array().unwrap();
     assert_eq!(endpoints.len(), 4);
-    assert!(endpoints.iter().all(|e| e["in_flight"] == 0));
+    assert_eq!(in_flight(&snapshot), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,14 +386,7 @@ async fn a_client_abort_closes_the_upstream_connection_and_releases_the_count() 
     )
     .await;
     stream.read_until("first").await;
-    let snapshot = s.gateway.snapshot().await;
-    let in_flight: u64 = snapshot["pools"][0]["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["in_flight"].as_u64().unwrap())
-        .sum();
-    assert_eq!(in_flight, 1);
+    assert_eq!(in_flight(&s.gateway.snapshot().await), 1);
     drop(stream);
     wait_for("the backend to see its client go away", || {
         s.backends
@@ -393,22 +396,12 @@ async fn a_client_abort_closes_the_upstream_connection_and_releases_the_count() 
             == 1
     })
     .await;
-    let mut released = false;
-    for _ in 0..200 {
-        let snapshot = s.gateway.snapshot().await;
-        let in_flight: u64 = snapshot["pools"][0]["endpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["in_flight"].as_u64().unwrap())
-            .sum();
-        if in_flight == 0 {
-            released = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(released, "in-flight count released after the abort");
+    s.gateway
+        .wait_for_snapshot(
+            "the in-flight count to be released after the abort",
+            |snapshot| in_flight(snapshot) == 0,
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,15 +426,11 @@ async fn a_config_edit_applies_without_failing_requests_in_flight() {
     );
     assert_ne!(edited, s.config);
     s.gateway.rewrite_config(&edited);
-    let mut applied = false;
-    for _ in 0..500 {
-        if s.gateway.snapshot().await["generation"].as_u64().unwrap() > generation {
-            applied = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(applied, "the edit was applied");
+    s.gateway
+        .wait_for_snapshot("the edit to be applied", |snapshot| {
+            snapshot["generation"].as_u64().unwrap() > generation
+        })
+        .await;
     for _ in 0..20 {
         let (status, body) = post(&client, &uri, &[], r#"{"model":"travel-helper"}"#).await;
         assert_eq!(status, 200);
@@ -458,16 +447,11 @@ async fn a_config_edit_applies_without_failing_requests_in_flight() {
 
     // A broken edit is rejected and the last good configuration keeps serving.
     s.gateway.rewrite_config("apiVersion: v1\nkind: [broken\n");
-    let mut rejected = false;
-    for _ in 0..500 {
-        let snapshot = s.gateway.snapshot().await;
-        if snapshot["config"]["last_result"] == "rejected" {
-            rejected = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(rejected, "the broken edit was rejected");
+    s.gateway
+        .wait_for_snapshot("the broken edit to be rejected", |snapshot| {
+            snapshot["config"]["last_result"] == "rejected"
+        })
+        .await;
     let (status, _) = post(&client, &uri, &[], r#"{"model":"travel-helper"}"#).await;
     assert_eq!(status, 200);
 }

@@ -181,19 +181,7 @@ async fn dispatch(
             in_flight: Some(endpoint.dispatch(tokens)),
         })
     };
-    let report = forward::forward(
-        session,
-        &proxy.shared.connector,
-        proxy.shared.upstream,
-        header,
-        body,
-        &mut next,
-        ctx.deadline,
-        &mut ctx.observer,
-    )
-    .await;
-    ctx.upstream = report.served_by;
-    ctx.forwarded = Some(report);
+    proxy.forward(session, ctx, header, body, &mut next).await;
     Ok(true)
 }
 

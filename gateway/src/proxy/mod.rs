@@ -372,6 +372,30 @@ impl GatewayProxy {
         }
     }
 
+    /// Forward an already-read request to the candidates `next` yields (see [`forward`]).
+    async fn forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        header: pingora::http::RequestHeader,
+        body: Bytes,
+        next: &mut (dyn FnMut(&[SocketAddr]) -> Option<Target> + Send),
+    ) {
+        let report = forward::forward(
+            session,
+            &self.shared.connector,
+            self.shared.upstream,
+            header,
+            body,
+            next,
+            ctx.deadline,
+            &mut ctx.observer,
+        )
+        .await;
+        ctx.upstream = report.served_by;
+        ctx.forwarded = Some(report);
+    }
+
     async fn forward_to_service(
         &self,
         session: &mut Session,
@@ -391,19 +415,7 @@ impl GatewayProxy {
                 in_flight: None,
             })
         };
-        let report = forward::forward(
-            session,
-            &self.shared.connector,
-            self.shared.upstream,
-            header,
-            body,
-            &mut next,
-            ctx.deadline,
-            &mut ctx.observer,
-        )
-        .await;
-        ctx.upstream = report.served_by;
-        ctx.forwarded = Some(report);
+        self.forward(session, ctx, header, body, &mut next).await;
         Ok(())
     }
 }

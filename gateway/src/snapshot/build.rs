@@ -695,41 +695,31 @@ fn rule_matches(
                 );
                 continue;
             };
-            let value = match header.r#type {
-                Some(HttpRouteRulesMatchesHeadersType::RegularExpression) => {
-                    match full_match_regex(&header.value) {
-                        Ok(regex) => ValueMatch::Regex(regex),
-                        Err(e) => {
-                            error(
-                                format!(".headers[{h}].value"),
-                                &header.value,
-                                format!("invalid regular expression: {e}"),
-                            );
-                            continue;
-                        }
-                    }
+            let regex = matches!(
+                header.r#type,
+                Some(HttpRouteRulesMatchesHeadersType::RegularExpression)
+            );
+            let value = match value_match(regex, &header.value) {
+                Ok(value) => value,
+                Err(reason) => {
+                    error(format!(".headers[{h}].value"), &header.value, reason);
+                    continue;
                 }
-                _ => ValueMatch::Exact(header.value.clone()),
             };
             headers.push((name, value));
         }
         let mut query = Vec::new();
         for (q, param) in m.query_params.iter().flatten().enumerate() {
-            let value = match param.r#type {
-                Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
-                    match full_match_regex(&param.value) {
-                        Ok(regex) => ValueMatch::Regex(regex),
-                        Err(e) => {
-                            error(
-                                format!(".queryParams[{q}].value"),
-                                &param.value,
-                                format!("invalid regular expression: {e}"),
-                            );
-                            continue;
-                        }
-                    }
+            let regex = matches!(
+                param.r#type,
+                Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression)
+            );
+            let value = match value_match(regex, &param.value) {
+                Ok(value) => value,
+                Err(reason) => {
+                    error(format!(".queryParams[{q}].value"), &param.value, reason);
+                    continue;
                 }
-                _ => ValueMatch::Exact(param.value.clone()),
             };
             query.push((param.name.clone(), value));
         }
@@ -741,6 +731,17 @@ fn rule_matches(
         });
     }
     (issues.len() == before).then_some(out)
+}
+
+/// An exact or regular-expression value match.
+fn value_match(regex: bool, value: &str) -> Result<ValueMatch, String> {
+    if regex {
+        full_match_regex(value)
+            .map(ValueMatch::Regex)
+            .map_err(|e| format!("invalid regular expression: {e}"))
+    } else {
+        Ok(ValueMatch::Exact(value.to_owned()))
+    }
 }
 
 /// The Gateway API's path value rules.

@@ -359,6 +359,19 @@ impl Gateway {
         std::fs::rename(&tmp, self.config_dir.join("config.yaml")).unwrap();
     }
 
+    /// Poll `/debug/snapshot` until `condition` holds on it, or panic after [`DEADLINE`].
+    pub async fn wait_for_snapshot(
+        &self,
+        what: &str,
+        mut condition: impl FnMut(&serde_json::Value) -> bool,
+    ) {
+        let start = Instant::now();
+        while !condition(&self.snapshot().await) {
+            assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// `/debug/snapshot`.
     pub async fn snapshot(&self) -> serde_json::Value {
         let (_, body) = get(&format!("http://{}/debug/snapshot", self.admin)).await;

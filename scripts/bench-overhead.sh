@@ -102,6 +102,7 @@ nginx -c "$work/proxy/nginx.conf" -g 'daemon off;' & pids+=($!)
 mkdir -p "$work/gw"
 {
   sed -e "s/port: 8080/port: $GW_HTTP/" -e "s/port: 8081/port: $GW_LLM/" manifests/examples/local/inference-gateway.yaml
+  echo "---"
   sed -e "s/targetPortNumber: 8000/targetPortNumber: $BACKEND_PORT/" manifests/examples/local/inference-pool.yaml
   echo "---"
   sed -e "s/targetPort: 8000/targetPort: $BACKEND_PORT/" manifests/examples/local/vllm-service.yaml

@@ -97,6 +97,14 @@ pub struct Args {
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub config_poll_interval: Duration,
 
+    /// How often every pool endpoint's /metrics is scraped.
+    #[arg(long, default_value = "50ms", value_parser = duration)]
+    pub scrape_interval: Duration,
+
+    /// Limit of one metrics scrape; a slower endpoint's metrics go stale and it counts as saturated.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub scrape_timeout: Duration,
+
     /// Proxy worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,

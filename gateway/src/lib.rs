@@ -11,6 +11,7 @@ pub mod config;
 pub mod metrics;
 pub mod openai;
 pub mod proxy;
+pub mod scrape;
 pub mod server;
 pub mod snapshot;
 pub mod source;

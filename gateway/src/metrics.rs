@@ -5,7 +5,8 @@
 //! configuration (route, pool, endpoint names), never from unbounded client input.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Latency buckets in seconds: sub-millisecond proxy overhead up to hour-long streams.
@@ -28,6 +29,12 @@ pub struct GatewayMetrics {
     pub upstream_attempts: IntCounterVec,
     /// Picks by pool, strategy and endpoint.
     pub picks: IntCounterVec,
+    /// Failed metrics scrapes by endpoint and reason.
+    pub scrape_errors: IntCounterVec,
+    /// Duration of metrics scrapes.
+    pub scrape_duration: Histogram,
+    /// Requests rejected with 429 because their pool was saturated, by pool.
+    pub sheds: IntCounterVec,
     /// Configuration reloads by result (`applied`, `rejected`, `unchanged`).
     pub config_reloads: IntCounterVec,
     /// Generation of the snapshot being served.
@@ -80,6 +87,32 @@ impl GatewayMetrics {
             &["pool", "strategy", "endpoint"],
         )
         .expect("valid metric");
+        let scrape_errors = IntCounterVec::new(
+            Opts::new(
+                "gateway_scrape_errors_total",
+                "Failed model-server metrics scrapes, by endpoint and reason.",
+            ),
+            &["endpoint", "reason"],
+        )
+        .expect("valid metric");
+        let scrape_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "gateway_scrape_duration_seconds",
+                "Duration of model-server metrics scrapes.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        )
+        .expect("valid metric");
+        let sheds = IntCounterVec::new(
+            Opts::new(
+                "gateway_sheds_total",
+                "Sheddable requests rejected with 429 because their pool was saturated.",
+            ),
+            &["pool"],
+        )
+        .expect("valid metric");
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "gateway_config_reloads_total",
@@ -99,6 +132,9 @@ impl GatewayMetrics {
             Box::new(time_to_first_byte.clone()),
             Box::new(upstream_attempts.clone()),
             Box::new(picks.clone()),
+            Box::new(scrape_errors.clone()),
+            Box::new(scrape_duration.clone()),
+            Box::new(sheds.clone()),
             Box::new(config_reloads.clone()),
             Box::new(snapshot_generation.clone()),
         ] {
@@ -113,6 +149,9 @@ impl GatewayMetrics {
             time_to_first_byte,
             upstream_attempts,
             picks,
+            scrape_errors,
+            scrape_duration,
+            sheds,
             config_reloads,
             snapshot_generation,
         }

@@ -25,6 +25,7 @@ use crate::config::Severity;
 use crate::metrics::GatewayMetrics;
 use crate::proxy::forward::UpstreamSettings;
 use crate::proxy::{GatewayProxy, Shared};
+use crate::scrape::{ScrapeSettings, Scraper};
 use crate::snapshot::{Backend, SnapshotStore};
 use crate::source::{BuildSettings, Built, ConfigSource, ConfigWatcher, load_and_build};
 
@@ -251,7 +252,8 @@ fn serve(
             issues: built.issues,
         }),
         bound_ports: ports.clone(),
-        ready: AtomicBool::new(true),
+        // Ready after the first round of metrics scrapes (the scraper sets it).
+        ready: AtomicBool::new(false),
     });
 
     let shared = Arc::new(Shared {
@@ -274,6 +276,13 @@ fn serve(
     }
     let mut admin = Service::new("admin".to_owned(), AdminApp::new(Arc::clone(&state)));
     admin.add_tcp(&args.admin_addr.to_string());
+    let scraper = Scraper::new(
+        Arc::clone(&state),
+        ScrapeSettings {
+            interval: args.scrape_interval,
+            timeout: args.scrape_timeout,
+        },
+    );
     let watcher = ConfigWatcher::new(
         source,
         settings,
@@ -285,6 +294,7 @@ fn serve(
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("config watcher", watcher));
+    server.add_service(background_service("metrics scraper", scraper));
     tracing::info!(ports = ?ports, admin = %args.admin_addr, threads, "inference gateway starting");
     server.run_forever()
 }

@@ -119,6 +119,15 @@ pub struct EndpointMetrics {
     pub block_size: Option<u32>,
     /// KV blocks in the cache (`cache_config_info{num_gpu_blocks}`), when reported.
     pub num_blocks: Option<u64>,
+    /// The served (base) model name, from the metrics' `model_name` label, when reported.
+    pub model_name: Option<String>,
+}
+
+impl EndpointMetrics {
+    /// KV-cache capacity in tokens, when both block size and block count are known.
+    pub fn kv_capacity_tokens(&self) -> Option<u64> {
+        Some(u64::from(self.block_size?) * self.num_blocks?)
+    }
 }
 
 /// One eligible endpoint as a strategy sees it at pick time.

@@ -17,8 +17,12 @@
 //! gateway treats it exactly like a built-in one.
 
 pub mod endpoint;
+pub mod load;
+pub mod params;
+pub mod prefix;
 pub mod registry;
 pub mod request;
+pub mod scorers;
 pub mod strategies;
 pub mod strategy;
 
@@ -60,6 +64,17 @@ pub(crate) mod testing {
             })
             .collect();
         (ids, views)
+    }
+
+    /// Give `views` fresh copies of `metrics` (leaked: test-only).
+    pub(crate) fn with_metrics(
+        views: &mut [EndpointView<'static>],
+        metrics: &[crate::EndpointMetrics],
+    ) {
+        for (view, metrics) in views.iter_mut().zip(metrics) {
+            view.metrics = Some(Box::leak(Box::new(metrics.clone())));
+            view.metrics_age = Some(std::time::Duration::ZERO);
+        }
     }
 
     /// A plain Standard request for `model`.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::strategies::{Random, RoundRobin};
+use crate::strategies::{DefaultStrategy, LoraAffinity, PrefixCache, Random, RoundRobin};
 use crate::strategy::{ConfigError, Strategy};
 
 /// Parameters of one strategy instance: pool annotations under
@@ -94,14 +94,7 @@ impl fmt::Debug for Registry {
 
 /// Parameter-less factories reject any parameter.
 fn no_parameters(name: &str, config: &StrategyConfig) -> Result<(), ConfigError> {
-    match config.iter().next() {
-        None => Ok(()),
-        Some((key, value)) => Err(ConfigError::new(
-            key.as_str(),
-            value.as_str(),
-            format!("{name} takes no parameters"),
-        )),
-    }
+    crate::params::Params::new(name, config).finish()
 }
 
 impl Registry {
@@ -110,8 +103,8 @@ impl Registry {
         Self::default()
     }
 
-    /// The built-in strategies: `ROUND_ROBIN`, `RANDOM`, and `DEFAULT` as an alias of
-    /// `ROUND_ROBIN` until the load-aware default lands.
+    /// The built-in strategies: `DEFAULT`, `PREFIX_CACHE`, `LORA_AFFINITY`, `ROUND_ROBIN` and
+    /// `RANDOM`.
     pub fn with_builtins() -> Self {
         let mut registry = Self::new();
         registry.register(RoundRobin::NAME, |config: &StrategyConfig| {
@@ -122,11 +115,15 @@ impl Registry {
             no_parameters(Random::NAME, config)?;
             Ok(Arc::new(Random::new()) as Arc<dyn Strategy>)
         });
-        registry.alias(
-            "DEFAULT",
-            RoundRobin::NAME,
-            "the load-aware DEFAULT strategy is not built yet; DEFAULT runs ROUND_ROBIN",
-        );
+        registry.register(DefaultStrategy::NAME, |config: &StrategyConfig| {
+            Ok(Arc::new(DefaultStrategy::from_config(config)?) as Arc<dyn Strategy>)
+        });
+        registry.register(PrefixCache::NAME, |config: &StrategyConfig| {
+            Ok(Arc::new(PrefixCache::from_config(config)?) as Arc<dyn Strategy>)
+        });
+        registry.register(LoraAffinity::NAME, |config: &StrategyConfig| {
+            Ok(Arc::new(LoraAffinity::from_config(config)?) as Arc<dyn Strategy>)
+        });
         registry
     }
 
@@ -215,15 +212,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builtins_resolve_and_default_says_it_is_an_alias() {
+    fn builtins_resolve() {
         let registry = Registry::with_builtins();
-        assert_eq!(registry.names(), vec!["DEFAULT", "RANDOM", "ROUND_ROBIN"]);
-        let d = registry.describe("DEFAULT").unwrap();
+        assert_eq!(
+            registry.names(),
+            vec![
+                "DEFAULT",
+                "LORA_AFFINITY",
+                "PREFIX_CACHE",
+                "RANDOM",
+                "ROUND_ROBIN"
+            ]
+        );
+        for name in registry.names() {
+            let strategy = registry.build(name, &StrategyConfig::new()).unwrap();
+            assert_eq!(strategy.name(), name);
+            assert_eq!(registry.describe(name).unwrap().note, None);
+        }
+    }
+
+    #[test]
+    fn aliases_say_what_runs() {
+        let mut registry = Registry::with_builtins();
+        registry.alias(
+            "LEGACY",
+            "ROUND_ROBIN",
+            "LEGACY is ROUND_ROBIN under an old name",
+        );
+        let d = registry.describe("LEGACY").unwrap();
         assert_eq!(d.implementation, "ROUND_ROBIN");
-        assert!(d.note.unwrap().contains("ROUND_ROBIN"));
-        let s = registry.build("DEFAULT", &StrategyConfig::new()).unwrap();
-        assert_eq!(s.name(), "ROUND_ROBIN");
-        assert_eq!(registry.describe("RANDOM").unwrap().note, None);
+        assert!(d.note.unwrap().contains("old name"));
+        assert_eq!(
+            registry
+                .build("LEGACY", &StrategyConfig::new())
+                .unwrap()
+                .name(),
+            "ROUND_ROBIN"
+        );
     }
 
     #[test]
@@ -235,7 +260,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             err.to_string(),
-            "unknown routing strategy \"FASTEST\"; known strategies: DEFAULT, RANDOM, ROUND_ROBIN"
+            "unknown routing strategy \"FASTEST\"; known strategies: DEFAULT, LORA_AFFINITY, PREFIX_CACHE, RANDOM, ROUND_ROBIN"
         );
     }
 

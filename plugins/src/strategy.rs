@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use crate::endpoint::{EndpointId, PoolView};
+use crate::endpoint::{EndpointId, EndpointView, PoolView};
 use crate::request::RequestView;
 
 /// The request parts a strategy reads, so the gateway parses the body only as far as needed.
@@ -179,8 +179,9 @@ pub trait Strategy: Send + Sync + 'static {
         pool: &PoolView<'_>,
     ) -> Result<Candidates, NoEndpoint>;
 
-    /// The gateway sent `request` to `endpoint` (called once per attempt, before any byte is sent).
-    fn on_dispatched(&self, _request: &RequestView<'_>, _endpoint: &EndpointId) {}
+    /// The gateway sent `request` to `endpoint` (called once per attempt, before any byte is sent),
+    /// with the endpoint's view as the pick saw it.
+    fn on_dispatched(&self, _request: &RequestView<'_>, _endpoint: &EndpointView<'_>) {}
 
     /// A dispatched request ended.
     fn on_completed(&self, _completion: &Completion<'_>) {}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pingora::Result;
 use pingora::proxy::Session;
-use plugins::{Candidates, Completion, Criticality, Outcome, PoolView, RequestView};
+use plugins::{Candidates, Completion, Criticality, EndpointView, Outcome, PoolView, RequestView};
 
 use super::forward::{self, ForwardReport, Target};
 use super::response::ResponseObserver;
@@ -16,6 +16,7 @@ use super::{GatewayProxy, RequestCtx};
 use crate::openai::{self, ApiError};
 use crate::snapshot::endpoint::endpoint_views;
 use crate::snapshot::{Pool, UnknownModel};
+use plugins::load::{LoadConfig, pool_saturation};
 
 /// What the logging phase needs to know about an inference request.
 #[derive(Debug)]
@@ -111,6 +112,29 @@ pub async fn handle(
     let metrics: Vec<_> = pool.endpoints.iter().map(|e| e.metrics()).collect();
     let views = endpoint_views(&pool.endpoints, &metrics, Instant::now());
     let pool_name = pool.key.qualified_name();
+    if criticality == Criticality::Sheddable {
+        let pool_view = PoolView {
+            name: &pool_name,
+            endpoints: &views,
+        };
+        let saturation = pool_saturation(&pool_view, &LoadConfig::default());
+        if saturation >= 1.0 {
+            proxy
+                .shared
+                .metrics
+                .sheds
+                .with_label_values(&[pool_name.as_str()])
+                .inc();
+            let error = ApiError::new(
+                429,
+                "rate_limit_error",
+                format!(
+                    "The pool {pool_name} is saturated (saturation {saturation:.2}) and this model is sheddable; retry later."
+                ),
+            );
+            return proxy.gateway_error(session, ctx, error).await;
+        }
+    }
     let picked = pool.strategy.pick(
         &view,
         &PoolView {
@@ -142,7 +166,7 @@ pub async fn handle(
         session,
         ctx,
         &pool,
-        Some(&view),
+        Some((&view, &views)),
         candidates,
         outgoing,
     )
@@ -154,19 +178,21 @@ async fn dispatch(
     session: &mut Session,
     ctx: &mut RequestCtx,
     pool: &Arc<Pool>,
-    view: Option<&RequestView<'_>>,
+    picked: Option<(&RequestView<'_>, &[EndpointView<'_>])>,
     candidates: Candidates,
     body: Bytes,
 ) -> Result<bool> {
     let header = forward::upstream_header(session.req_header(), body.len());
-    let tokens = u64::from(view.map_or(0, |v| v.prompt_tokens));
+    let tokens = u64::from(picked.map_or(0, |(request, _)| request.prompt_tokens));
     let pool_name = pool.key.qualified_name();
     let metrics = &proxy.shared.metrics;
     let mut order = candidates.into_iter();
     let mut next = |_tried: &[SocketAddr]| -> Option<Target> {
-        let endpoint = order.by_ref().find_map(|i| pool.endpoints.get(i))?;
-        if let Some(view) = view {
-            pool.strategy.on_dispatched(view, &endpoint.id);
+        let (index, endpoint) = order
+            .by_ref()
+            .find_map(|i| pool.endpoints.get(i).map(|e| (i, e)))?;
+        if let Some((request, views)) = picked {
+            pool.strategy.on_dispatched(request, &views[index]);
         }
         metrics
             .picks

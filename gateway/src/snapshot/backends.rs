@@ -18,6 +18,13 @@ use super::models::{ModelEntry, TargetModel};
 use super::{Pool, ServiceBackend, Snapshot};
 use crate::config::crds::{v1, v1alpha2};
 use crate::config::{ConfigIssue, Kind, ObjectKey, Origin};
+use crate::scrape::Engine;
+
+/// Pool annotation choosing the metric dialect of its model servers (ACK's key).
+pub const MODEL_SERVER_RUNTIME_ANNOTATION: &str =
+    "inference.networking.x-k8s.io/model-server-runtime";
+/// Pod label choosing the metric dialect of one model server (the Inference Extension's key).
+pub const ENGINE_TYPE_LABEL: &str = "inference.networking.k8s.io/engine-type";
 
 /// The routing-strategy annotation's value when it is absent.
 pub const DEFAULT_STRATEGY: &str = "DEFAULT";
@@ -305,7 +312,24 @@ pub fn build_pool(
         },
     };
     let resolution = registry.describe(&strategy_name).ok();
-    let (Some(strategy), Some(resolution), true) = (strategy, resolution, valid) else {
+    let pool_engine = match spec.annotations.get(MODEL_SERVER_RUNTIME_ANNOTATION) {
+        None => Some(Engine::Vllm),
+        Some(value) => Engine::parse(value).or_else(|| {
+            issues.push(
+                ConfigIssue::error(
+                    &object,
+                    format!("metadata.annotations[{MODEL_SERVER_RUNTIME_ANNOTATION}]"),
+                    value,
+                    "unknown model-server runtime; expected vllm, sglang, trtllm or triton",
+                )
+                .at(spec.origin),
+            );
+            None
+        }),
+    };
+    let (Some(strategy), Some(resolution), Some(pool_engine), true) =
+        (strategy, resolution, pool_engine, valid)
+    else {
         return None;
     };
 
@@ -315,9 +339,26 @@ pub fn build_pool(
     let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
     for pod in selected_pods(pods, &spec.selector) {
         let Some(ip) = pod_ip(pod) else { continue };
+        let label = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ENGINE_TYPE_LABEL));
+        let engine = match label {
+            None => pool_engine,
+            Some(value) => Engine::parse(value).unwrap_or_else(|| {
+                issues.push(ConfigIssue::warning(
+                    format!("Pod {}", pod_name(pod)),
+                    format!("metadata.labels[{ENGINE_TYPE_LABEL}]"),
+                    value,
+                    "unknown engine type; the pool's model-server runtime is used",
+                ));
+                pool_engine
+            }),
+        };
         for &port in &ports {
             let address = SocketAddr::new(ip, port);
-            let endpoint = match reuse.get(&address) {
+            let endpoint = match reuse.get(&address).filter(|e| e.engine == engine) {
                 Some(existing) => Arc::clone(existing),
                 None => {
                     let name = if ports.len() == 1 {
@@ -325,7 +366,7 @@ pub fn build_pool(
                     } else {
                         format!("{}:{port}", pod_name(pod))
                     };
-                    Arc::new(Endpoint::new(EndpointId::new(address, name)))
+                    Arc::new(Endpoint::new(EndpointId::new(address, name), engine))
                 }
             };
             endpoints.push(endpoint);

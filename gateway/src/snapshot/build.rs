@@ -1019,7 +1019,7 @@ spec:
             "127.0.0.2:8000".parse().unwrap()
         );
         assert_eq!(pool.endpoints[0].id.name(), "default/qwen-0");
-        assert_eq!(pool.resolution.implementation, "ROUND_ROBIN");
+        assert_eq!(pool.resolution.implementation, "DEFAULT");
         let mut models: Vec<&str> = pool.models.keys().map(String::as_str).collect();
         models.sort_unstable();
         assert_eq!(models, vec!["/model/qwen", "travel-helper"]);

@@ -12,6 +12,8 @@ use std::time::Instant;
 use arc_swap::ArcSwapOption;
 use plugins::{EndpointId, EndpointMetrics, EndpointView};
 
+use crate::scrape::Engine;
+
 /// Metrics of one endpoint with the time they were scraped.
 #[derive(Debug, Clone)]
 pub struct ScrapedMetrics {
@@ -26,6 +28,8 @@ pub struct ScrapedMetrics {
 pub struct Endpoint {
     /// Identity.
     pub id: EndpointId,
+    /// The metric dialect its `/metrics` speaks.
+    pub engine: Engine,
     in_flight: AtomicU32,
     in_flight_tokens: AtomicU64,
     dispatched_total: AtomicU64,
@@ -35,9 +39,10 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// A fresh endpoint with no load and no metrics.
-    pub fn new(id: EndpointId) -> Self {
+    pub fn new(id: EndpointId, engine: Engine) -> Self {
         Self {
             id,
+            engine,
             in_flight: AtomicU32::new(0),
             in_flight_tokens: AtomicU64::new(0),
             dispatched_total: AtomicU64::new(0),
@@ -141,10 +146,10 @@ mod tests {
 
     #[test]
     fn in_flight_is_released_when_the_guard_drops() {
-        let endpoint = Arc::new(Endpoint::new(EndpointId::new(
-            "127.0.0.1:1".parse().unwrap(),
-            "e",
-        )));
+        let endpoint = Arc::new(Endpoint::new(
+            EndpointId::new("127.0.0.1:1".parse().unwrap(), "e"),
+            Engine::Vllm,
+        ));
         let a = endpoint.dispatch(100);
         let b = endpoint.dispatch(50);
         assert_eq!(

@@ -189,6 +189,13 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<TestBody>, Infallible> {
     let (parts, body) = request.into_parts();
+    if parts.uri.path() == "/metrics" {
+        // The gateway's scraper; these backends publish no metrics.
+        let mut response =
+            Response::new(Full::new(Bytes::from_static(b"no metrics here\n")).boxed());
+        *response.status_mut() = http::StatusCode::NOT_FOUND;
+        return Ok(response);
+    }
     let body = body
         .collect()
         .await

@@ -1,0 +1,282 @@
+//! Load of an endpoint as a strategy should see it: scraped numbers corrected by what the gateway
+//! itself sent since the scrape, and stale numbers treated as saturation.
+//!
+//! Two lessons from the reference systems are built in here rather than left to each strategy:
+//! scraped metrics are already old when they arrive (a burst decided on one scrape herds onto the
+//! endpoint that looked emptiest, so requests dispatched since the scrape are added to the queue),
+//! and an endpoint whose metrics stopped coming is not empty but unknown (it is treated as
+//! saturated: never preferred, still used when nothing else is left).
+
+use std::time::Duration;
+
+use crate::endpoint::{EndpointView, PoolView};
+
+/// Thresholds shared by load estimates and the saturation detector.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadConfig {
+    /// Metrics older than this are stale. Default 200 ms: four missed scrapes at the default 50 ms
+    /// interval, the same limit the Inference Extension's saturation detector uses.
+    pub stale_after: Duration,
+    /// A queue this long counts as saturated. Default 5 (the Inference Extension's
+    /// `QUEUE_THRESHOLD_CRITICAL`): beyond it, time to first token grows by whole prefills.
+    pub queue_threshold: f64,
+    /// KV-cache usage this high counts as saturated. Default 0.8: above it vLLM starts preempting
+    /// under bursty decode growth.
+    pub kv_threshold: f64,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        Self {
+            stale_after: Duration::from_millis(200),
+            queue_threshold: 5.0,
+            kv_threshold: 0.8,
+        }
+    }
+}
+
+/// The load estimate of one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Load {
+    /// Whether scraped metrics are present and fresh.
+    pub fresh: bool,
+    /// Waiting requests: scraped, plus requests dispatched since the scrape.
+    pub queue: f64,
+    /// Running requests, as scraped.
+    pub running: f64,
+    /// KV-cache usage in `0..=1`, as scraped.
+    pub kv: f64,
+    /// Requests this gateway has in flight there.
+    pub in_flight: u32,
+}
+
+impl Load {
+    /// The estimate for `view`.
+    pub fn of(view: &EndpointView<'_>, config: &LoadConfig) -> Self {
+        let fresh_metrics = view.metrics.filter(|_| {
+            view.metrics_age
+                .is_some_and(|age| age <= config.stale_after)
+        });
+        match fresh_metrics {
+            Some(m) => Load {
+                fresh: true,
+                queue: f64::from(m.waiting) + f64::from(view.dispatched_since_scrape),
+                running: f64::from(m.running),
+                kv: m.kv_usage.clamp(0.0, 1.0),
+                in_flight: view.in_flight,
+            },
+            None => Load {
+                fresh: false,
+                queue: config.queue_threshold,
+                running: 0.0,
+                kv: 1.0,
+                in_flight: view.in_flight,
+            },
+        }
+    }
+
+    /// Requests the endpoint has or is about to have: running plus queued.
+    pub fn requests(&self) -> f64 {
+        self.running + self.queue
+    }
+
+    /// Saturation: `max(queue / queue threshold, kv / kv threshold)`; at least 1 when stale.
+    pub fn saturation(&self, config: &LoadConfig) -> f64 {
+        let value = (self.queue / config.queue_threshold).max(self.kv / config.kv_threshold);
+        if self.fresh { value } else { value.max(1.0) }
+    }
+}
+
+/// How far above the least-loaded endpoint an endpoint may be and still be chosen for affinity
+/// (a cached prefix, a resident adapter).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadWindow {
+    /// Extra requests (running plus queued) allowed over the least-loaded endpoint.
+    pub requests: f64,
+    /// Extra load allowed as a fraction of the least-loaded endpoint's requests.
+    pub ratio: f64,
+}
+
+impl LoadWindow {
+    /// Which endpoints are inside the window. With fresh metrics somewhere, the measure is running
+    /// plus queued requests among fresh endpoints, and endpoints over the KV threshold are out while
+    /// some endpoint is under it; with no fresh metrics at all, it is the gateway's in-flight count
+    /// over every endpoint.
+    pub fn members(&self, loads: &[Load], config: &LoadConfig) -> Vec<bool> {
+        let any_fresh = loads.iter().any(|l| l.fresh);
+        let measure = |l: &Load| {
+            if any_fresh {
+                l.requests()
+            } else {
+                f64::from(l.in_flight)
+            }
+        };
+        let eligible = |l: &Load| !any_fresh || l.fresh;
+        let minimum = loads
+            .iter()
+            .filter(|l| eligible(l))
+            .map(measure)
+            .fold(f64::INFINITY, f64::min);
+        let limit = minimum + self.requests.max(self.ratio * minimum);
+        let kv_room = loads.iter().any(|l| l.fresh && l.kv < config.kv_threshold);
+        loads
+            .iter()
+            .map(|l| eligible(l) && measure(l) <= limit && (!kv_room || l.kv < config.kv_threshold))
+            .collect()
+    }
+}
+
+/// Load estimates of every endpoint of `pool`, in order.
+pub fn loads(pool: &PoolView<'_>, config: &LoadConfig) -> Vec<Load> {
+    pool.endpoints.iter().map(|e| Load::of(e, config)).collect()
+}
+
+/// Pool saturation: the average of the endpoints' saturation. The pool is saturated at 1 or
+/// more; an empty pool counts as saturated.
+pub fn pool_saturation(pool: &PoolView<'_>, config: &LoadConfig) -> f64 {
+    if pool.is_empty() {
+        return f64::INFINITY;
+    }
+    let total: f64 = pool
+        .endpoints
+        .iter()
+        .map(|e| Load::of(e, config).saturation(config))
+        .sum();
+    total / pool.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::{EndpointId, EndpointMetrics};
+
+    fn view<'a>(
+        id: &'a EndpointId,
+        metrics: Option<&'a EndpointMetrics>,
+        age_ms: u64,
+        since: u32,
+    ) -> EndpointView<'a> {
+        EndpointView {
+            id,
+            metrics,
+            metrics_age: metrics.map(|_| Duration::from_millis(age_ms)),
+            in_flight: 3,
+            in_flight_tokens: 0,
+            dispatched_since_scrape: since,
+        }
+    }
+
+    #[test]
+    fn dispatches_since_the_scrape_count_as_queue() {
+        let id = EndpointId::new("10.0.0.1:8000".parse().unwrap(), "a");
+        let m = EndpointMetrics {
+            waiting: 2,
+            running: 7,
+            kv_usage: 0.4,
+            ..Default::default()
+        };
+        let load = Load::of(&view(&id, Some(&m), 10, 3), &LoadConfig::default());
+        assert!(load.fresh);
+        assert_eq!(
+            (load.queue, load.running, load.kv, load.in_flight),
+            (5.0, 7.0, 0.4, 3)
+        );
+        assert_eq!(load.requests(), 12.0);
+        assert_eq!(load.saturation(&LoadConfig::default()), 1.0);
+    }
+
+    #[test]
+    fn stale_or_missing_metrics_are_saturated() {
+        let id = EndpointId::new("10.0.0.1:8000".parse().unwrap(), "a");
+        let m = EndpointMetrics::default();
+        let config = LoadConfig::default();
+        let stale = Load::of(&view(&id, Some(&m), 500, 0), &config);
+        assert!(!stale.fresh);
+        assert!(stale.saturation(&config) >= 1.0);
+        let missing = Load::of(&view(&id, None, 0, 0), &config);
+        assert!(!missing.fresh && missing.saturation(&config) >= 1.0);
+    }
+
+    #[test]
+    fn windows_bound_load_above_the_minimum() {
+        let fresh = |requests: f64, kv: f64| Load {
+            fresh: true,
+            queue: 0.0,
+            running: requests,
+            kv,
+            in_flight: 0,
+        };
+        let config = LoadConfig::default();
+        let window = LoadWindow {
+            requests: 4.0,
+            ratio: 0.5,
+        };
+        let loads = [
+            fresh(10.0, 0.2),
+            fresh(14.0, 0.3),
+            fresh(16.0, 0.3),
+            fresh(11.0, 0.85),
+        ];
+        assert_eq!(
+            window.members(&loads, &config),
+            vec![true, true, false, false]
+        );
+        let stale = Load {
+            fresh: false,
+            queue: 5.0,
+            running: 0.0,
+            kv: 1.0,
+            in_flight: 1,
+        };
+        let mut mixed = loads.to_vec();
+        mixed.push(stale);
+        assert!(
+            !window.members(&mixed, &config)[4],
+            "stale endpoints are outside"
+        );
+        let blind = [
+            Load {
+                in_flight: 2,
+                ..stale
+            },
+            Load {
+                in_flight: 9,
+                ..stale
+            },
+        ];
+        assert_eq!(
+            window.members(&blind, &config),
+            vec![true, false],
+            "in-flight counts without metrics"
+        );
+    }
+
+    #[test]
+    fn pool_saturation_averages() {
+        let a = EndpointId::new("10.0.0.1:8000".parse().unwrap(), "a");
+        let b = EndpointId::new("10.0.0.2:8000".parse().unwrap(), "b");
+        let idle = EndpointMetrics::default();
+        let full = EndpointMetrics {
+            waiting: 10,
+            kv_usage: 0.9,
+            ..Default::default()
+        };
+        let views = [view(&a, Some(&idle), 0, 0), view(&b, Some(&full), 0, 0)];
+        let pool = PoolView {
+            name: "p",
+            endpoints: &views,
+        };
+        let s = pool_saturation(&pool, &LoadConfig::default());
+        assert!((s - 1.0).abs() < 1e-9, "{s}");
+        assert!(
+            pool_saturation(
+                &PoolView {
+                    name: "p",
+                    endpoints: &[]
+                },
+                &LoadConfig::default()
+            )
+            .is_infinite()
+        );
+    }
+}

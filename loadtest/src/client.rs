@@ -1,0 +1,1 @@
+//! A minimal streaming OpenAI client (placeholder).

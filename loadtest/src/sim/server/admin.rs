@@ -41,6 +41,7 @@ pub(super) fn pacing_stats(state: &SimState) -> hyper::Response<SimBody> {
         "itl_model_mean_seconds": stats.itl_model_sum / samples,
         "itl_measured_mean_seconds": stats.itl_wall_sum * scale / samples,
         "itl_measured_over_model": if stats.itl_model_sum > 0.0 { stats.itl_wall_sum * scale / stats.itl_model_sum } else { 1.0 },
+        "itl_mean_abs_error_seconds": stats.itl_abs_error_sum / samples,
         "slips": stats.slips,
         "slip_wall_seconds": stats.slip_wall_seconds,
     });

@@ -59,6 +59,8 @@ pub struct PacingStats {
     pub itl_model_sum: f64,
     /// Σ gaps as measured on the wall clock at delivery.
     pub itl_wall_sum: f64,
+    /// Σ |measured gap − model gap| (virtual seconds): per-token pacing error, not just the mean.
+    pub itl_abs_error_sum: f64,
     pub slips: u64,
     pub slip_wall_seconds: f64,
 }
@@ -209,6 +211,7 @@ impl Driver {
         stats.itl_samples += pacing.itl_samples;
         stats.itl_model_sum += pacing.itl_model_sum;
         stats.itl_wall_sum += pacing.itl_wall_sum;
+        stats.itl_abs_error_sum += pacing.itl_abs_error_sum;
     }
 
     fn resync_if_late(&mut self) {

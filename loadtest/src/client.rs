@@ -79,6 +79,17 @@ impl StreamClient {
         Ok((status, body))
     }
 
+    /// Sends a prepared request and returns the response with its whole body.
+    pub async fn send(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<Bytes>, ClientError> {
+        let response = self.inner.request(request).await?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(http::Response::from_parts(parts, body))
+    }
+
     /// Posts `body` to `url` and reads the SSE stream into `outcome` as it arrives.
     pub async fn stream(
         &self,

@@ -57,6 +57,7 @@ fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     for profile in profiles {
         println!("{}", calibrate::render(&profile));
     }
+    println!("{}", calibrate::render_kv_capacity());
     Ok(())
 }
 

@@ -174,12 +174,6 @@ impl FaultState {
         RequestFault::Proceed
     }
 
-    /// Whether this request is the one that reaches `--exit-after-requests` (the crash happens
-    /// when the next one arrives, so the N-th is still served).
-    pub fn requests_seen(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-
     /// The injected failure status for a `/metrics` scrape, if any.
     pub fn metrics_failure(&self) -> Option<u16> {
         (self.config.metrics_fail_rate > 0.0

@@ -30,8 +30,6 @@ pub fn chained_block_hash(parent: Option<BlockHash>, tokens: &[u32], extra_key: 
     seed
 }
 
-const NONE: u32 = u32::MAX;
-
 /// The block pool: reference counts, hashes, the LRU free queue and the hash index.
 #[derive(Debug, Clone)]
 pub struct KvCache {
@@ -187,7 +185,6 @@ impl KvCache {
 
     fn unlink(&mut self, block: BlockId) {
         let (p, n) = (self.prev[block as usize], self.next[block as usize]);
-        debug_assert!(p != NONE && n != NONE);
         self.next[p as usize] = n;
         self.prev[n as usize] = p;
         self.num_free -= 1;

@@ -191,9 +191,8 @@ impl SimMetrics {
         self.prompt_tokens += outcome.first_tokens_prompt_len as u64;
         self.generation_tokens += outcome.tokens.len() as u64;
         for token in &outcome.tokens {
-            match token.since_previous {
-                Some(gap) => self.itl.observe(gap),
-                None => {}
+            if let Some(gap) = token.since_previous {
+                self.itl.observe(gap);
             }
         }
         for finished in &outcome.finished {

@@ -498,11 +498,11 @@ impl Engine {
             }
         }
         let mut free = 0;
-        for block in 1..self.kv.num_blocks() {
-            if refs[block] != self.kv.ref_count(block as u32) {
+        for (block, &count) in refs.iter().enumerate().skip(1) {
+            if count != self.kv.ref_count(block as u32) {
                 return Err(format!("block {block} ref count mismatch"));
             }
-            free += usize::from(refs[block] == 0);
+            free += usize::from(count == 0);
         }
         if free != self.kv.num_free() {
             return Err(format!(

@@ -179,9 +179,11 @@ impl Driver {
                     Some(gap) => {
                         pacing.itl_samples += 1;
                         pacing.itl_model_sum += gap;
-                        pacing.itl_wall_sum += delivered
+                        let wall = delivered
                             .saturating_duration_since(route.last_delivery)
                             .as_secs_f64();
+                        pacing.itl_wall_sum += wall;
+                        pacing.itl_abs_error_sum += (wall * self.context.time_scale - gap).abs();
                     }
                 }
                 route.last_delivery = delivered;

@@ -167,7 +167,8 @@ pub fn render(profile: &Profile) -> String {
 
 /// KV capacity of every profile as a Markdown table.
 pub fn render_kv_capacity() -> String {
-    let mut out = String::from("KV capacity (16-token blocks, including vLLM's reserved null block):\n\n");
+    let mut out =
+        String::from("KV capacity (16-token blocks, including vLLM's reserved null block):\n\n");
     out.push_str("| profile | util 0.90 | tokens | util 0.95 + 2 LoRA slots (the seed's flags) | tokens |\n|---|---:|---:|---:|---:|\n");
     for p in PROFILES {
         let (plain, seed) = (p.kv_blocks(0.9, 16, 0), p.kv_blocks(0.95, 16, 2));

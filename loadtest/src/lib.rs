@@ -2,3 +2,7 @@
 //! harness that runs one workload through several routes and strategies (`compare`).
 //!
 //! Nothing here is linked into the gateway: the kit talks to it over real HTTP, like a user would.
+
+pub mod client;
+pub mod fleet;
+pub mod sim;

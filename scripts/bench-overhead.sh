@@ -151,9 +151,59 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$results" "$OUT" "$ROUNDS" "$SECONDS_PER_RUN" "$CONNECTIONS" <<'PY'
+
+# Unloaded latency: one connection, so no proxy is anywhere near saturation; what a request pays for
+# going through the proxy when the machine is not the bottleneck.
+idle_results="$work/idle.tsv"
+: > "$idle_results"
+for round in $(seq 1 "$ROUNDS"); do
+  for i in "${!targets[@]}"; do
+    out=$(wrk -t1 -c1 -d5s --latency -s "$work/post.lua" "http://${targets[$i]}/v1/completions")
+    p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    echo -e "${names[$i]}\t$round\t$p50\t$p99" | tee -a "$idle_results" >&2
+  done
+done
+
+# Instructions per request under callgrind: a count of user-space instructions, repeatable whatever
+# else the machine is doing (kernel time is not included). Each proxy runs alone under valgrind;
+# counters are zeroed after a warm-up and dumped after a fixed load. The gateway's metrics scraper
+# is slowed to once an hour here so its background work is not charged to requests.
+kill "${pids[@]:1}" 2>/dev/null || true   # the nginx proxy and the gateway; the backend stays
+sleep 1
+cg_results="$work/callgrind.tsv"
+: > "$cg_results"
+callgrind_run() { # name url command...
+  local name=$1 url=$2; shift 2
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$name" "$@" >"$work/cg.$name.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 600); do
+    if curl -s -o /dev/null -H 'Content-Type: application/json' --data-binary @"$body_file" "$url"; then break; fi
+    sleep 0.1
+  done
+  wrk -t1 -c8 -d3s -s "$work/post.lua" "$url" >/dev/null
+  callgrind_control -z "$pid" >/dev/null
+  local requests
+  requests=$(wrk -t1 -c8 -d10s -s "$work/post.lua" "$url" | awk '/requests in/ {print $1}')
+  callgrind_control -d "$pid" >/dev/null
+  local total
+  total=$(awk '/^totals:/ {print $2}' "$work/cg.$name.1")
+  kill -INT "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  echo -e "$name\t$requests\t$total" | tee -a "$cg_results" >&2
+}
+callgrind_run nginx "http://127.0.0.1:$NGINX_PORT/v1/completions" \
+  nginx -c "$work/proxy/nginx.conf" -g 'daemon off; master_process off;'
+callgrind_run gateway-plain "http://127.0.0.1:$GW_HTTP/v1/completions" \
+  ./target/release/inference-gateway --config "$work/gw/config.yaml" --threads 1 --admin-addr "$ADMIN" \
+  --listen-host 127.0.0.1 --scrape-interval 1h
+callgrind_run gateway-inference "http://127.0.0.1:$GW_LLM/v1/completions" \
+  ./target/release/inference-gateway --config "$work/gw/config.yaml" --threads 1 --admin-addr "$ADMIN" \
+  --listen-host 127.0.0.1 --scrape-interval 1h
+
+python3 - "$results" "$OUT" "$cg_results" "$idle_results" "$ROUNDS" "$SECONDS_PER_RUN" "$CONNECTIONS" <<'PY'
 import platform, statistics, subprocess, sys
-results, out, rounds, seconds, conns = sys.argv[1:6]
+results, out, cg_results, idle_results, rounds, seconds, conns = sys.argv[1:8]
 rows = {}
 errors = {}
 for line in open(results):
@@ -196,6 +246,40 @@ if errors:
     lines.append("Errors reported by wrk: " + "; ".join(f"{k}: {' / '.join(v)}" for k, v in errors.items()))
 else:
     lines.append("wrk reported no socket errors and no non-2xx responses in any run.")
+lines.append("")
+lines.append("## Latency on one connection")
+lines.append("")
+lines.append(f"`wrk -t1 -c1 -d5s`, medians of {rounds} rounds: no proxy is near saturation, so this is what a request pays for the extra hop.")
+lines.append("")
+lines.append("| Target | p50 (ms) | p99 (ms) | Added p50 (ms) | Added p99 (ms) |")
+lines.append("|---|---:|---:|---:|---:|")
+idle = {}
+for line in open(idle_results):
+    name, rnd, p50, p99 = line.split()
+    idle.setdefault(name, []).append((float(p50), float(p99)))
+idle = {n: (statistics.median(v[0] for v in vals), statistics.median(v[1] for v in vals)) for n, vals in idle.items()}
+for name in ["direct", "nginx", "gateway-plain", "gateway-inference"]:
+    p50, p99 = idle[name]
+    a50 = "" if name == "direct" else f"{p50 - idle['direct'][0]:.3f}"
+    a99 = "" if name == "direct" else f"{p99 - idle['direct'][1]:.3f}"
+    lines.append(f"| {labels[name]} | {p50:.3f} | {p99:.3f} | {a50} | {a99} |")
+lines.append("")
+lines.append("## Instructions per request (callgrind)")
+lines.append("")
+lines.append("User-space instructions per proxied request, counted by `valgrind --tool=callgrind` on each proxy running alone")
+lines.append("(counters zeroed after a 3 s warm-up, then 10 s of `wrk -t1 -c8`; the gateway's scraper slowed to hourly).")
+lines.append("Repeatable whatever else the machine does; kernel time (syscalls) is not counted.")
+lines.append("")
+lines.append("| Proxy | Requests counted | Instructions per request | vs nginx |")
+lines.append("|---|---:|---:|---:|")
+cg = {}
+for line in open(cg_results):
+    name, requests, total = line.split()
+    cg[name] = int(total) / int(requests)
+for name in ["nginx", "gateway-plain", "gateway-inference"]:
+    if name in cg:
+        requests = next(l.split()[1] for l in open(cg_results) if l.startswith(name + "\t"))
+        lines.append(f"| {labels[name]} | {int(requests):,} | {cg[name]:,.0f} | {cg[name] / cg['nginx']:.2f} |")
 lines.append("")
 lines.append("Every round, per target:")
 lines.append("")

@@ -200,10 +200,19 @@ fn pools_json(snapshot: &Snapshot) -> Vec<Value> {
                         "in_flight": e.in_flight(),
                         "in_flight_tokens": e.in_flight_tokens(),
                         "dispatched_total": e.dispatched_total(),
+                        "engine": e.engine,
                         "metrics": scraped.as_ref().map(|s| json!({
                             "waiting": s.metrics.waiting,
                             "running": s.metrics.running,
                             "kv_usage": s.metrics.kv_usage,
+                            "model_name": s.metrics.model_name,
+                            "block_size": s.metrics.block_size,
+                            "num_blocks": s.metrics.num_blocks,
+                            "lora": s.metrics.lora.as_ref().map(|l| json!({
+                                "max_loras": l.max_loras,
+                                "running": l.running,
+                                "waiting": l.waiting,
+                            })),
                             "age_ms": now.saturating_duration_since(s.at).as_millis() as u64,
                         })),
                     })

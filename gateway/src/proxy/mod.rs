@@ -109,7 +109,7 @@ pub struct RequestCtx {
     request_id: String,
     port: u16,
     backend: BackendKind,
-    route: Option<String>,
+    route: Option<Arc<str>>,
     deadline: Option<Instant>,
     service: Option<Arc<ServiceBackend>>,
     tried: Vec<SocketAddr>,
@@ -289,7 +289,7 @@ impl GatewayProxy {
             );
             return self.gateway_error(session, ctx, error).await;
         };
-        ctx.route = Some(format!("{}#{}", entry.route.qualified_name(), entry.rule));
+        ctx.route = Some(Arc::clone(&entry.label));
         ctx.deadline = entry.action.timeout.map(|t| ctx.started + t);
         let action = Arc::clone(&entry.action);
         match action.pick_backend() {
@@ -440,11 +440,21 @@ impl ProxyHttp for GatewayProxy {
             .and_then(|a| a.as_inet())
             .map_or(0, |a| a.port());
         let header = session.req_header_mut();
-        for name in CONTROL_HEADERS {
-            header.remove_header(name);
+        // Control headers all start with `x-gateway-`; most requests carry none, so look once.
+        let has_control = header
+            .headers
+            .keys()
+            .any(|name| name.as_str().starts_with("x-gateway-"));
+        if has_control {
+            for name in CONTROL_HEADERS {
+                header.remove_header(name);
+            }
+            header.remove_header(crate::snapshot::build::MODEL_NAME_HEADER);
         }
-        header.remove_header(crate::snapshot::build::MODEL_NAME_HEADER);
-        header.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        let current = header.headers.get(REQUEST_ID_HEADER).map(|v| v.as_bytes());
+        if current != Some(ctx.request_id.as_bytes()) {
+            header.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        }
         self.route(session, ctx).await
     }
 

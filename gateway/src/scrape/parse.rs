@@ -191,11 +191,28 @@ pub fn parse(page: &str, engine: Engine) -> Result<EndpointMetrics, ParseError> 
     let (mut waiting, mut running, mut kv, mut kv_fallback) =
         (None::<f64>, None::<f64>, None::<f64>, None::<f64>);
     let mut lora: Option<(f64, LoraState)> = None;
-    for line in page.lines() {
+    let mut rest = page;
+    while !rest.is_empty() {
+        let (line, next) = rest.split_once('\n').unwrap_or((rest, ""));
+        rest = next;
         let Some(first) = line.as_bytes().first() else {
             continue;
         };
         if *first == b'#' {
+            // The exposition format groups a family's samples after its `# TYPE` line: skip a
+            // family we do not read (histogram buckets are most of the page) at memchr speed. A
+            // family name is a prefix of its samples' names (`x` for `x_info`, `x_total`).
+            if let Some(family) = line.strip_prefix("# TYPE ")
+                && let Some(name) = family.split(' ').next()
+                && !table.iter().any(|r| r.name.starts_with(name))
+            {
+                rest = match memchr::memmem::find(rest.as_bytes(), b"\n#") {
+                    Some(_) if rest.starts_with('#') => rest,
+                    Some(i) => &rest[i + 1..],
+                    None if rest.starts_with('#') => rest,
+                    None => "",
+                };
+            }
             continue;
         }
         let name_end = line.find(['{', ' ']).unwrap_or(line.len());
@@ -372,6 +389,18 @@ vllm:num_requests_waiting_total{engine="0"} 99
         );
         assert!(parse("vllm:num_requests_running{", Engine::Vllm).is_err());
         assert!(parse("vllm:num_requests_running NaN\n", Engine::Vllm).is_err());
+    }
+
+    #[test]
+    fn families_are_skipped_whole_but_info_families_are_read() {
+        let page = "# HELP vllm:e2e histogram\n# TYPE vllm:e2e histogram\n\
+                    vllm:e2e_bucket{le=\"1\"} 3\nvllm:num_requests_running 99\n\
+                    # TYPE vllm:cache_config info\n\
+                    vllm:cache_config_info{block_size=\"32\",num_gpu_blocks=\"10\"} 1\n\
+                    # TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 4\n";
+        let m = parse(page, Engine::Vllm).unwrap();
+        assert_eq!(m.running, 4, "samples inside a skipped family are not read");
+        assert_eq!(m.block_size, Some(32));
     }
 
     #[test]

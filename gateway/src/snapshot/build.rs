@@ -569,6 +569,7 @@ fn attach_route(
             continue;
         };
         let action = Arc::new(action);
+        let label: Arc<str> = format!("{}#{rule_index}", route.key.qualified_name()).into();
         for &n in &targets {
             let listener = &mut listeners[n];
             // A rule without its own timeout takes its Gateway's (BackendTrafficPolicy or default).
@@ -591,6 +592,7 @@ fn attach_route(
                     action: Arc::clone(&action),
                     created,
                     order: route.order,
+                    label: Arc::clone(&label),
                 });
             }
         }

@@ -163,6 +163,8 @@ pub struct RouteEntry {
     pub created: Option<i64>,
     /// Document order of the route, the last tie-breaker before names for file sources.
     pub order: usize,
+    /// `namespace/name#rule`, for logs (built once, not per request).
+    pub label: std::sync::Arc<str>,
 }
 
 /// Sort key: Exact path, then the longest prefix, then method, most headers, most query params;
@@ -336,6 +338,7 @@ mod tests {
             action: Arc::new(RuleAction::invalid("test")),
             created,
             order,
+            label: format!("default/{name}#0").into(),
         }
     }
 

@@ -373,8 +373,15 @@ impl Gateway {
         mut condition: impl FnMut(&serde_json::Value) -> bool,
     ) {
         let start = Instant::now();
-        while !condition(&self.snapshot().await) {
-            assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        loop {
+            let snapshot = self.snapshot().await;
+            if condition(&snapshot) {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}; last snapshot: {snapshot:#}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -540,6 +547,12 @@ impl Stream {
                 return Some(data);
             }
         }
+    }
+
+    /// Read everything until the stream ends, however long that takes (for load held open on
+    /// purpose; abort the task to let go).
+    pub async fn hold(mut self) {
+        while let Some(Ok(_)) = self.body.frame().await {}
     }
 
     /// Read until a chunk containing `needle` arrives.

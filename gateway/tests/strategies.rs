@@ -1,0 +1,312 @@
+//! The strategies end to end: a real gateway process in front of real `vllm-sim` servers, whose
+//! `/metrics` the gateway scrapes. Assertions are on where requests land (the
+//! `x-gateway-destination-endpoint-served` header) and on status codes, never on timings.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use loadtest::sim::config::SimConfig;
+use loadtest::sim::server::SimServer;
+use support::*;
+
+/// `n` simulators on 127.0.0.{first}.. sharing one port, each started with `flags` on top of the
+/// seed's model and three adapters.
+async fn start_sims(first: u8, n: u8, flags: &[&str]) -> (u16, Vec<SimServer>) {
+    'retry: for _ in 0..20 {
+        let port = free_port();
+        let mut sims = Vec::new();
+        for i in 0..n {
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, first + i));
+            let mut args: Vec<String> = [
+                "/models/Qwen-2.5-7B-Instruct",
+                "--served-model-name",
+                "/model/qwen",
+                "--enable-lora",
+                "--max-loras",
+                "2",
+                "--lora-modules",
+                "a=/loras/a",
+                "b=/loras/b",
+                "c=/loras/c",
+                "--time-scale",
+                "20",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend([
+                "--host".into(),
+                ip.to_string(),
+                "--port".into(),
+                port.to_string(),
+            ]);
+            args.extend(flags.iter().map(|s| s.to_string()));
+            let config = SimConfig::from_command_line(args).expect("valid simulator flags");
+            match SimServer::start(config).await {
+                Ok(sim) => sims.push(sim),
+                Err(_) => continue 'retry,
+            }
+        }
+        return (port, sims);
+    }
+    panic!("no free port for simulators");
+}
+
+fn config(llm_port: u16, port: u16, sims: &[SimServer], strategy: &str) -> String {
+    let pods: String = sims
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: sim-{i}, labels: {{app: sim}}}}\n\
+                 status: {{podIP: {}, conditions: [{{type: Ready, status: 'True'}}]}}\n",
+                s.local_addr().ip()
+            )
+        })
+        .collect();
+    format!(
+        "{gateway}{pods}{route}---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferencePool
+metadata:
+  name: pool
+  annotations:
+    inference.networking.x-k8s.io/routing-strategy: {strategy}
+spec:
+  targetPortNumber: {port}
+  selector: {{app: sim}}
+  extensionRef: {{name: unused}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {{name: base}}
+spec: {{modelName: /model/qwen, criticality: Critical, poolRef: {{name: pool}}}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {{name: adapter-a}}
+spec: {{modelName: a, poolRef: {{name: pool}}}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {{name: adapter-b}}
+spec: {{modelName: b, poolRef: {{name: pool}}}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {{name: batch}}
+spec:
+  modelName: batch
+  criticality: Sheddable
+  poolRef: {{name: pool}}
+  targetModels: [{{name: /model/qwen}}]
+",
+        gateway = gateway_yaml(free_port(), llm_port),
+        route = pool_route("pool"),
+    )
+}
+
+struct Setup {
+    gateway: Gateway,
+    sims: Vec<SimServer>,
+    url: String,
+}
+
+async fn setup(first: u8, n: u8, strategy: &str, flags: &[&str]) -> Setup {
+    let (port, sims) = start_sims(first, n, flags).await;
+    let llm_port = free_port();
+    let gateway = Gateway::start(&config(llm_port, port, &sims, strategy), &[]).await;
+    Setup {
+        gateway,
+        sims,
+        url: format!("http://127.0.0.1:{llm_port}/v1/completions"),
+    }
+}
+
+/// POST a completion and return (status, served-by endpoint).
+async fn complete(client: &Client, url: &str, body: &str) -> (u16, Option<SocketAddr>) {
+    let mut stream = Stream::open(client, url, &[], body).await;
+    let served = stream
+        .headers
+        .get("x-gateway-destination-endpoint-served")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    while stream.next_chunk().await.is_some() {}
+    (stream.status, served)
+}
+
+fn endpoint<'a>(snapshot: &'a serde_json::Value, address: SocketAddr) -> &'a serde_json::Value {
+    snapshot["pools"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == address.to_string())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scraped_metrics_reach_the_pool_view() {
+    let s = setup(120, 2, "DEFAULT", &[]).await;
+    let address = s.sims[0].local_addr();
+    s.gateway
+        .wait_for_snapshot("the simulators' metrics", |snapshot| {
+            let metrics = &endpoint(snapshot, address)["metrics"];
+            metrics["model_name"] == "/model/qwen" && metrics["num_blocks"].as_u64().is_some()
+        })
+        .await;
+    let snapshot = s.gateway.snapshot().await;
+    let metrics = &endpoint(&snapshot, address)["metrics"];
+    assert_eq!(metrics["block_size"], 16);
+    assert!(metrics["num_blocks"].as_u64().unwrap() > 1000);
+    assert_eq!(
+        snapshot["pools"][0]["strategy"]["implementation"],
+        "DEFAULT"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_keeps_traffic_off_an_endpoint_with_a_long_queue() {
+    // Two running slots per simulator, so extra requests wait in the queue.
+    let s = setup(130, 3, "DEFAULT", &["--max-num-seqs", "2"]).await;
+    let busy = s.sims[0].local_addr();
+    let client = client();
+    // Twenty long generations straight to the first simulator, past the gateway.
+    // Streams answer only once their first token exists, so each is held by its own task.
+    let direct = format!("http://{busy}/v1/completions");
+    let held: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            let direct = direct.clone();
+            tokio::spawn(async move {
+                let body = r#"{"model":"/model/qwen","prompt":"hold the line","max_tokens":30000,"ignore_eos":true,"stream":true}"#;
+                Stream::open(&client, &direct, &[], body).await.hold().await;
+            })
+        })
+        .collect();
+    s.gateway
+        .wait_for_snapshot("the busy simulator's queue in the metrics", |snapshot| {
+            endpoint(snapshot, busy)["metrics"]["waiting"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 15
+        })
+        .await;
+    let mut landed: HashMap<SocketAddr, usize> = HashMap::new();
+    for _ in 0..30 {
+        let (status, served) = complete(
+            &client,
+            &s.url,
+            r#"{"model":"/model/qwen","prompt":"hi","max_tokens":2}"#,
+        )
+        .await;
+        assert_eq!(status, 200);
+        *landed.entry(served.unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        landed.get(&busy),
+        None,
+        "no request joined the long queue: {landed:?}"
+    );
+    assert_eq!(landed.len(), 2, "both idle simulators served: {landed:?}");
+    for task in held {
+        task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_cache_keeps_a_document_on_one_endpoint() {
+    let s = setup(140, 4, "PREFIX_CACHE", &[]).await;
+    let address = s.sims[0].local_addr();
+    s.gateway
+        .wait_for_snapshot("metrics", |snapshot| {
+            endpoint(snapshot, address)["metrics"].is_object()
+        })
+        .await;
+    let client = client();
+    let document = "The annual report of the Hangzhou tea cooperative. ".repeat(60);
+    let mut endpoints = std::collections::HashSet::new();
+    for question in 0..12 {
+        let body = serde_json::json!({
+            "model": "/model/qwen",
+            "prompt": format!("{document}\nQuestion {question}: how did the harvest go?"),
+            "max_tokens": 4,
+        });
+        let (status, served) = complete(&client, &s.url, &body.to_string()).await;
+        assert_eq!(status, 200);
+        endpoints.insert(served.unwrap());
+    }
+    assert_eq!(
+        endpoints.len(),
+        1,
+        "one endpoint served every question on the document: {endpoints:?}"
+    );
+    let snapshot = s.gateway.snapshot().await;
+    assert_eq!(
+        snapshot["pools"][0]["strategy"]["state"]["index"]["endpoints"],
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lora_affinity_keeps_an_adapter_where_it_is_loaded() {
+    let s = setup(150, 3, "LORA_AFFINITY", &[]).await;
+    let address = s.sims[0].local_addr();
+    s.gateway
+        .wait_for_snapshot("metrics", |snapshot| {
+            endpoint(snapshot, address)["metrics"].is_object()
+        })
+        .await;
+    let client = client();
+    let mut by_adapter: HashMap<&str, std::collections::HashSet<SocketAddr>> = HashMap::new();
+    for round in 0..8 {
+        for adapter in ["a", "b"] {
+            let body =
+                format!(r#"{{"model":"{adapter}","prompt":"round {round}","max_tokens":4}}"#);
+            let (status, served) = complete(&client, &s.url, &body).await;
+            assert_eq!(status, 200);
+            by_adapter
+                .entry(adapter)
+                .or_default()
+                .insert(served.unwrap());
+        }
+    }
+    for (adapter, endpoints) in &by_adapter {
+        assert_eq!(
+            endpoints.len(),
+            1,
+            "adapter {adapter} stayed on one endpoint: {endpoints:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sheddable_requests_are_shed_while_metrics_are_stale() {
+    // Every scrape stalls past the gateway's timeout: metrics never arrive, and a pool without
+    // fresh metrics counts as saturated.
+    let s = setup(160, 2, "DEFAULT", &["--metrics-delay", "30"]).await;
+    let client = client();
+    let (status, body) = post(
+        &client,
+        &s.url,
+        &[],
+        r#"{"model":"batch","prompt":"later is fine","max_tokens":2}"#,
+    )
+    .await;
+    assert_eq!(status, 429);
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["type"], "rate_limit_error");
+    let (status, _) = post(
+        &client,
+        &s.url,
+        &[],
+        r#"{"model":"/model/qwen","prompt":"now","max_tokens":2}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "critical requests are still served");
+    let (_, metrics) = get(&format!("http://{}/metrics", s.gateway.admin)).await;
+    assert!(
+        String::from_utf8_lossy(&metrics).contains("gateway_sheds_total{pool=\"default/pool\"} 1")
+    );
+}

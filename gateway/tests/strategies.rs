@@ -137,7 +137,7 @@ async fn complete(client: &Client, url: &str, body: &str) -> (u16, Option<Socket
     (stream.status, served)
 }
 
-fn endpoint<'a>(snapshot: &'a serde_json::Value, address: SocketAddr) -> &'a serde_json::Value {
+fn endpoint(snapshot: &serde_json::Value, address: SocketAddr) -> &serde_json::Value {
     snapshot["pools"][0]["endpoints"]
         .as_array()
         .unwrap()

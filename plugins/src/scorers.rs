@@ -40,7 +40,7 @@ fn inverse_min_max(values: impl Iterator<Item = (f64, bool)> + Clone, out: &mut 
     for (slot, (value, keep)) in out.iter_mut().zip(values) {
         *slot = if !keep {
             0.0
-        } else if max - min < f64::EPSILON {
+        } else if max <= min + f64::EPSILON {
             1.0
         } else {
             (max - value) / (max - min)

@@ -179,7 +179,7 @@ mod tests {
     use super::*;
     use crate::endpoint::EndpointMetrics;
     use crate::testing::{pool_of, request, with_metrics};
-    use proptest::prelude::*;
+    use proptest::{prop_assert_eq, proptest};
 
     fn strategy() -> PrefixCache {
         PrefixCache::from_config(&StrategyConfig::new()).unwrap()

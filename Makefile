@@ -8,7 +8,8 @@ setup:
 build: setup
 	cargo build --release --workspace
 
-test: setup
+test:
+	./scripts/setup.sh prometheus
 	cargo test --workspace
 
 validate: setup

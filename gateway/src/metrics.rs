@@ -1,165 +1,461 @@
 //! The gateway's own Prometheus metrics, served on the admin listener's `/metrics`.
 //!
-//! One registry per process, created at start-up and shared by reference; every metric is
-//! registered once here so names and labels live in one place. Label values come from the
-//! configuration (route, pool, endpoint names), never from unbounded client input.
+//! Names follow the Gateway API Inference Extension's endpoint picker where it has one
+//! (`inference_model_*`, `inference_pool_*`, `inference_extension_*`), so its dashboards and alerts
+//! work against this gateway, plus `gateway_*` metrics for what only a proxy sees (picks per
+//! endpoint, retries, sheds, scrapes, time to first token). Label values come from configuration
+//! (model names declared by InferenceModels, pools, endpoints) or from a small fixed set (status
+//! classes), never from raw client input: a request for an undeclared model is labelled
+//! `model_name=""` in a pool that declares models.
+//!
+//! Pool gauges are not updated on the request path: they are computed from the current snapshot
+//! when `/metrics` is scraped ([`GatewayMetrics::render`]).
+
+use std::time::Instant;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, core::Collector,
 };
+
+use crate::snapshot::Snapshot;
 
 /// Latency buckets in seconds: sub-millisecond proxy overhead up to hour-long streams.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
+/// Time to first token: vLLM's own buckets (`vllm:time_to_first_token_seconds`), so the two
+/// histograms can be compared bucket by bucket.
+const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+];
+/// Time per output token: vLLM's inter-token latency buckets.
+const TPOT_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+/// Sizes in bytes: a short chat turn up to the 16 MiB body limit.
+const SIZE_BUCKETS: &[f64] = &[
+    64.0,
+    256.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+];
+/// Token counts.
+const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+    32768.0, 65536.0, 131_072.0,
+];
+/// Scheduler (pick) durations, in seconds.
+const PICK_BUCKETS: &[f64] = &[
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.0025,
+    0.01,
+];
+
+fn histogram_vec(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric")
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+    prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
 
 /// Every metric the gateway exports.
 #[derive(Debug)]
 pub struct GatewayMetrics {
     registry: Registry,
+    // Inference Extension names.
+    /// `inference_model_request_total{model_name, target_model_name}`.
+    pub model_requests: IntCounterVec,
+    /// `inference_model_request_error_total{model_name, target_model_name, error_code}`.
+    pub model_errors: IntCounterVec,
+    /// `inference_model_request_duration_seconds{model_name, target_model_name}`.
+    pub model_duration: HistogramVec,
+    /// `normalized_time_per_output_token_seconds{model_name, target_model_name}`.
+    pub model_ntpot: HistogramVec,
+    /// `inference_model_request_sizes{model_name, target_model_name}` (bytes).
+    pub model_request_sizes: HistogramVec,
+    /// `inference_model_response_sizes{model_name, target_model_name}` (bytes).
+    pub model_response_sizes: HistogramVec,
+    /// `inference_model_input_tokens{model_name, target_model_name}`.
+    pub model_input_tokens: HistogramVec,
+    /// `inference_model_output_tokens{model_name, target_model_name}`.
+    pub model_output_tokens: HistogramVec,
+    /// `inference_model_running_requests{model_name}`.
+    pub model_running: IntGaugeVec,
+    /// `inference_pool_average_kv_cache_utilization{name}` (computed at scrape time).
+    pub pool_kv: prometheus::GaugeVec,
+    /// `inference_pool_average_queue_size{name}` (computed at scrape time).
+    pub pool_queue: prometheus::GaugeVec,
+    /// `inference_pool_per_pod_queue_size{name, model_server_pod}` (computed at scrape time).
+    pub pool_pod_queue: prometheus::GaugeVec,
+    /// `inference_pool_ready_pods{name}` (computed at scrape time).
+    pub pool_ready: prometheus::GaugeVec,
+    /// `inference_extension_scheduler_e2e_duration_seconds{pool, strategy}`: time to pick.
+    pub pick_duration: HistogramVec,
+    /// `inference_extension_prefix_indexer_size{pool}`: blocks in a PREFIX_CACHE index.
+    pub prefix_index_size: prometheus::GaugeVec,
+    /// `inference_extension_info{commit, build_ref}`.
+    pub info: IntGaugeVec,
+    // Gateway names.
     /// Requests by listener port, backend kind and status code.
     pub requests: IntCounterVec,
     /// Request duration by listener port and backend kind.
     pub request_duration: HistogramVec,
-    /// Time to the first response byte by listener port and backend kind.
+    /// Time to the first response body byte by listener port and backend kind.
     pub time_to_first_byte: HistogramVec,
-    /// Upstream connection attempts by result (`ok`, `connect_error`, `reused_error`).
+    /// Time to the first token of inference responses, by model and target model.
+    pub time_to_first_token: HistogramVec,
+    /// Time per output token after the first, by model and target model.
+    pub time_per_output_token: HistogramVec,
+    /// Upstream connection attempts by result (`ok`, `connect_error`).
     pub upstream_attempts: IntCounterVec,
+    /// Requests retried on another endpoint after a connection failure, by pool.
+    pub retries: IntCounterVec,
     /// Picks by pool, strategy and endpoint.
     pub picks: IntCounterVec,
     /// Failed metrics scrapes by endpoint and reason.
     pub scrape_errors: IntCounterVec,
     /// Duration of metrics scrapes.
     pub scrape_duration: Histogram,
+    /// Age of each endpoint's metrics, by pool and endpoint (computed at scrape time).
+    pub scrape_age: prometheus::GaugeVec,
     /// Requests rejected with 429 because their pool was saturated, by pool.
     pub sheds: IntCounterVec,
-    /// Configuration reloads by result (`applied`, `rejected`, `unchanged`).
+    /// Inference requests in flight per endpoint (computed at scrape time).
+    pub endpoint_in_flight: prometheus::GaugeVec,
+    /// Configuration reloads by result (`applied`, `rejected`).
     pub config_reloads: IntCounterVec,
     /// Generation of the snapshot being served.
     pub snapshot_generation: IntGauge,
 }
 
+const MODEL: &[&str] = &["model_name", "target_model_name"];
+
 impl GatewayMetrics {
     /// Create and register every metric.
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
+        let metrics = Self {
+            registry: Registry::new(),
+            model_requests: counter_vec(
+                "inference_model_request_total",
+                "Inference requests, by model and target model.",
+                MODEL,
+            ),
+            model_errors: counter_vec(
+                "inference_model_request_error_total",
+                "Inference requests that failed, by model, target model and error code.",
+                &["model_name", "target_model_name", "error_code"],
+            ),
+            model_duration: histogram_vec(
+                "inference_model_request_duration_seconds",
+                "Inference request latency, from the request to the end of the response.",
+                LATENCY_BUCKETS,
+                MODEL,
+            ),
+            model_ntpot: histogram_vec(
+                "normalized_time_per_output_token_seconds",
+                "Request latency divided by the output tokens of the response.",
+                TPOT_BUCKETS,
+                MODEL,
+            ),
+            model_request_sizes: histogram_vec(
+                "inference_model_request_sizes",
+                "Request body sizes in bytes.",
+                SIZE_BUCKETS,
+                MODEL,
+            ),
+            model_response_sizes: histogram_vec(
+                "inference_model_response_sizes",
+                "Response body sizes in bytes.",
+                SIZE_BUCKETS,
+                MODEL,
+            ),
+            model_input_tokens: histogram_vec(
+                "inference_model_input_tokens",
+                "Prompt tokens, from the response's usage.",
+                TOKEN_BUCKETS,
+                MODEL,
+            ),
+            model_output_tokens: histogram_vec(
+                "inference_model_output_tokens",
+                "Completion tokens, from the response's usage.",
+                TOKEN_BUCKETS,
+                MODEL,
+            ),
+            model_running: IntGaugeVec::new(
+                Opts::new(
+                    "inference_model_running_requests",
+                    "Inference requests in progress, by model.",
+                ),
+                &["model_name"],
+            )
+            .expect("valid metric"),
+            pool_kv: gauge_vec(
+                "inference_pool_average_kv_cache_utilization",
+                "Average KV-cache usage of a pool's endpoints with fresh metrics.",
+                &["name"],
+            ),
+            pool_queue: gauge_vec(
+                "inference_pool_average_queue_size",
+                "Average waiting requests of a pool's endpoints with fresh metrics.",
+                &["name"],
+            ),
+            pool_pod_queue: gauge_vec(
+                "inference_pool_per_pod_queue_size",
+                "Waiting requests per model server.",
+                &["name", "model_server_pod"],
+            ),
+            pool_ready: gauge_vec(
+                "inference_pool_ready_pods",
+                "Ready endpoints of a pool.",
+                &["name"],
+            ),
+            pick_duration: histogram_vec(
+                "inference_extension_scheduler_e2e_duration_seconds",
+                "Time the pool's strategy took to rank endpoints for one request.",
+                PICK_BUCKETS,
+                &["pool", "strategy"],
+            ),
+            prefix_index_size: gauge_vec(
+                "inference_extension_prefix_indexer_size",
+                "Prompt blocks held in a PREFIX_CACHE index.",
+                &["pool"],
+            ),
+            info: IntGaugeVec::new(
+                Opts::new("inference_extension_info", "Build information."),
+                &["commit", "build_ref"],
+            )
+            .expect("valid metric"),
+            requests: counter_vec(
                 "gateway_requests_total",
                 "Requests handled, by listener port, backend kind and status.",
+                &["port", "backend", "code"],
             ),
-            &["port", "backend", "code"],
-        )
-        .expect("valid metric");
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
+            request_duration: histogram_vec(
                 "gateway_request_duration_seconds",
                 "Time from request start to the end of the response.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["port", "backend"],
-        )
-        .expect("valid metric");
-        let time_to_first_byte = HistogramVec::new(
-            HistogramOpts::new(
+                LATENCY_BUCKETS,
+                &["port", "backend"],
+            ),
+            time_to_first_byte: histogram_vec(
                 "gateway_time_to_first_byte_seconds",
                 "Time from request start to the first response body byte from the upstream.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["port", "backend"],
-        )
-        .expect("valid metric");
-        let upstream_attempts = IntCounterVec::new(
-            Opts::new(
+                LATENCY_BUCKETS,
+                &["port", "backend"],
+            ),
+            time_to_first_token: histogram_vec(
+                "gateway_time_to_first_token_seconds",
+                "Time from request start to the first token passing the gateway (first event with a choice).",
+                TTFT_BUCKETS,
+                MODEL,
+            ),
+            time_per_output_token: histogram_vec(
+                "gateway_time_per_output_token_seconds",
+                "Time per output token after the first, as the gateway saw the stream.",
+                TPOT_BUCKETS,
+                MODEL,
+            ),
+            upstream_attempts: counter_vec(
                 "gateway_upstream_attempts_total",
                 "Upstream connection attempts by result.",
+                &["result"],
             ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let picks = IntCounterVec::new(
-            Opts::new(
+            retries: counter_vec(
+                "gateway_retries_total",
+                "Requests moved to another endpoint after a connection failure, by pool.",
+                &["pool"],
+            ),
+            picks: counter_vec(
                 "gateway_picks_total",
                 "Endpoints chosen for inference requests, by pool, strategy and endpoint.",
+                &["pool", "strategy", "endpoint"],
             ),
-            &["pool", "strategy", "endpoint"],
-        )
-        .expect("valid metric");
-        let scrape_errors = IntCounterVec::new(
-            Opts::new(
+            scrape_errors: counter_vec(
                 "gateway_scrape_errors_total",
                 "Failed model-server metrics scrapes, by endpoint and reason.",
+                &["endpoint", "reason"],
             ),
-            &["endpoint", "reason"],
-        )
-        .expect("valid metric");
-        let scrape_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "gateway_scrape_duration_seconds",
-                "Duration of model-server metrics scrapes.",
+            scrape_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "gateway_scrape_duration_seconds",
+                    "Duration of model-server metrics scrapes.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                ]),
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-            ]),
-        )
-        .expect("valid metric");
-        let sheds = IntCounterVec::new(
-            Opts::new(
+            .expect("valid metric"),
+            scrape_age: gauge_vec(
+                "gateway_endpoint_metrics_age_seconds",
+                "Age of each endpoint's latest scraped metrics.",
+                &["pool", "endpoint"],
+            ),
+            sheds: counter_vec(
                 "gateway_sheds_total",
                 "Sheddable requests rejected with 429 because their pool was saturated.",
+                &["pool"],
             ),
-            &["pool"],
-        )
-        .expect("valid metric");
-        let config_reloads = IntCounterVec::new(
-            Opts::new(
+            endpoint_in_flight: gauge_vec(
+                "gateway_endpoint_in_flight_requests",
+                "Inference requests in flight per endpoint.",
+                &["pool", "endpoint"],
+            ),
+            config_reloads: counter_vec(
                 "gateway_config_reloads_total",
                 "Configuration reloads by result.",
+                &["result"],
             ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let snapshot_generation = IntGauge::new(
-            "gateway_snapshot_generation",
-            "Generation of the routing snapshot being served.",
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(request_duration.clone()),
-            Box::new(time_to_first_byte.clone()),
-            Box::new(upstream_attempts.clone()),
-            Box::new(picks.clone()),
-            Box::new(scrape_errors.clone()),
-            Box::new(scrape_duration.clone()),
-            Box::new(sheds.clone()),
-            Box::new(config_reloads.clone()),
-            Box::new(snapshot_generation.clone()),
-        ] {
-            registry
+            snapshot_generation: IntGauge::new(
+                "gateway_snapshot_generation",
+                "Generation of the routing snapshot being served.",
+            )
+            .expect("valid metric"),
+        };
+        let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(metrics.model_requests.clone()),
+            Box::new(metrics.model_errors.clone()),
+            Box::new(metrics.model_duration.clone()),
+            Box::new(metrics.model_ntpot.clone()),
+            Box::new(metrics.model_request_sizes.clone()),
+            Box::new(metrics.model_response_sizes.clone()),
+            Box::new(metrics.model_input_tokens.clone()),
+            Box::new(metrics.model_output_tokens.clone()),
+            Box::new(metrics.model_running.clone()),
+            Box::new(metrics.pool_kv.clone()),
+            Box::new(metrics.pool_queue.clone()),
+            Box::new(metrics.pool_pod_queue.clone()),
+            Box::new(metrics.pool_ready.clone()),
+            Box::new(metrics.pick_duration.clone()),
+            Box::new(metrics.prefix_index_size.clone()),
+            Box::new(metrics.info.clone()),
+            Box::new(metrics.requests.clone()),
+            Box::new(metrics.request_duration.clone()),
+            Box::new(metrics.time_to_first_byte.clone()),
+            Box::new(metrics.time_to_first_token.clone()),
+            Box::new(metrics.time_per_output_token.clone()),
+            Box::new(metrics.upstream_attempts.clone()),
+            Box::new(metrics.retries.clone()),
+            Box::new(metrics.picks.clone()),
+            Box::new(metrics.scrape_errors.clone()),
+            Box::new(metrics.scrape_duration.clone()),
+            Box::new(metrics.scrape_age.clone()),
+            Box::new(metrics.sheds.clone()),
+            Box::new(metrics.endpoint_in_flight.clone()),
+            Box::new(metrics.config_reloads.clone()),
+            Box::new(metrics.snapshot_generation.clone()),
+        ];
+        for collector in collectors {
+            metrics
+                .registry
                 .register(collector)
                 .expect("metric names are unique");
         }
-        Self {
-            registry,
-            requests,
-            request_duration,
-            time_to_first_byte,
-            upstream_attempts,
-            picks,
-            scrape_errors,
-            scrape_duration,
-            sheds,
-            config_reloads,
-            snapshot_generation,
+        metrics
+            .info
+            .with_label_values(&[
+                option_env!("GATEWAY_COMMIT").unwrap_or("unknown"),
+                env!("CARGO_PKG_VERSION"),
+            ])
+            .set(1);
+        metrics
+    }
+
+    /// Update the gauges derived from `snapshot` (pool averages, per-endpoint queue, in-flight
+    /// and metrics age, prefix index sizes).
+    pub fn observe_snapshot(&self, snapshot: &Snapshot) {
+        let now = Instant::now();
+        for gauge in [
+            &self.pool_kv,
+            &self.pool_queue,
+            &self.pool_pod_queue,
+            &self.pool_ready,
+            &self.scrape_age,
+            &self.endpoint_in_flight,
+            &self.prefix_index_size,
+        ] {
+            gauge.reset();
+        }
+        for pool in snapshot.pools.values() {
+            let name = pool.key.name.as_str();
+            let qualified = pool.key.qualified_name();
+            self.pool_ready
+                .with_label_values(&[name])
+                .set(pool.endpoints.len() as f64);
+            // Zero-valued series for every known pool and endpoint, so rates read 0 rather than
+            // nothing before the first event.
+            self.retries.with_label_values(&[qualified.as_str()]);
+            self.sheds.with_label_values(&[qualified.as_str()]);
+            let (mut kv, mut queue, mut fresh) = (0.0, 0.0, 0usize);
+            for endpoint in &pool.endpoints {
+                let endpoint_name = endpoint.id.name();
+                self.picks.with_label_values(&[
+                    qualified.as_str(),
+                    pool.resolution.implementation.as_str(),
+                    endpoint_name,
+                ]);
+                self.endpoint_in_flight
+                    .with_label_values(&[qualified.as_str(), endpoint_name])
+                    .set(f64::from(endpoint.in_flight()));
+                if let Some(scraped) = endpoint.metrics() {
+                    let age = now.saturating_duration_since(scraped.at).as_secs_f64();
+                    self.scrape_age
+                        .with_label_values(&[qualified.as_str(), endpoint_name])
+                        .set(age);
+                    self.pool_pod_queue
+                        .with_label_values(&[name, endpoint_name])
+                        .set(f64::from(scraped.metrics.waiting));
+                    kv += scraped.metrics.kv_usage;
+                    queue += f64::from(scraped.metrics.waiting);
+                    fresh += 1;
+                }
+            }
+            if fresh > 0 {
+                self.pool_kv
+                    .with_label_values(&[name])
+                    .set(kv / fresh as f64);
+                self.pool_queue
+                    .with_label_values(&[name])
+                    .set(queue / fresh as f64);
+            }
+            if let Some(blocks) = pool.strategy.debug_state()["index"]["blocks"].as_u64() {
+                self.prefix_index_size
+                    .with_label_values(&[qualified.as_str()])
+                    .set(blocks as f64);
+            }
         }
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 * 1024);
+    /// The Prometheus text exposition of every metric, with gauges derived from `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot) -> Vec<u8> {
+        self.observe_snapshot(snapshot);
+        let mut out = Vec::with_capacity(32 * 1024);
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding into a Vec cannot fail");
@@ -184,10 +480,16 @@ mod tests {
             .requests
             .with_label_values(&["8081", "pool", "200"])
             .inc();
-        let text = String::from_utf8(metrics.render()).unwrap();
+        metrics
+            .model_requests
+            .with_label_values(&["/model/qwen", "travel-helper-v1"])
+            .inc();
+        let text = String::from_utf8(metrics.render(&Snapshot::default())).unwrap();
         assert!(
             text.contains("gateway_requests_total{backend=\"pool\",code=\"200\",port=\"8081\"} 1"),
             "{text}"
         );
+        assert!(text.contains("inference_model_request_total{model_name=\"/model/qwen\",target_model_name=\"travel-helper-v1\"} 1"));
+        assert!(text.contains("inference_extension_info{"));
     }
 }

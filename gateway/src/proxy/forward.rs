@@ -330,6 +330,11 @@ async fn attempt(
         return Attempt::Done;
     };
     let mut response: ResponseHeader = upstream_response.clone();
+    let content_type = response
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     report.status = Some(response.status.as_u16());
     let _ = response.insert_header(SERVED_BY_HEADER, peer.address().to_string());
     let end_of_stream = upstream.response_done();
@@ -341,7 +346,7 @@ async fn attempt(
         abort(session, report, upstream).await;
         return Attempt::Done;
     }
-    observer.on_header();
+    observer.on_header(content_type.as_deref());
 
     // Stream the body.
     let mut complete = end_of_stream;
@@ -384,6 +389,7 @@ async fn attempt(
             }
         }
     }
+    observer.on_end();
     if session.write_response_body(None, true).await.is_err() {
         report.outcome = Some(Outcome::Aborted);
     } else {

@@ -31,6 +31,25 @@ pub struct InferenceInfo {
     pub strategy: String,
     /// Estimated prompt tokens.
     pub prompt_tokens: u32,
+    /// Whether an InferenceModel declares the requested model (its name is then a safe label).
+    pub declared: bool,
+    /// Size of the request body sent upstream.
+    pub request_bytes: usize,
+    /// Whether the request counts in `inference_model_running_requests` (released in logging).
+    pub running: bool,
+}
+
+impl InferenceInfo {
+    /// The `(model_name, target_model_name)` metric labels. A name no InferenceModel declares
+    /// becomes a label only once a model server answered it with success, so clients cannot mint
+    /// series with made-up names.
+    pub fn labels(&self, status: u16) -> (&str, &str) {
+        if self.declared || (200..300).contains(&status) {
+            (&self.model, &self.target_model)
+        } else {
+            ("unknown", "unknown")
+        }
+    }
 }
 
 /// Serve a request routed to `pool`. `body` is the body if routing already read it.
@@ -135,19 +154,43 @@ pub async fn handle(
             return proxy.gateway_error(session, ctx, error).await;
         }
     }
-    let picked = pool.strategy.pick(
-        &view,
-        &PoolView {
-            name: &pool_name,
-            endpoints: &views,
-        },
-    );
+    let pick_started = Instant::now();
+    let span =
+        tracing::debug_span!("pick", pool = %pool_name, strategy = %pool.resolution.implementation);
+    let picked = span.in_scope(|| {
+        pool.strategy.pick(
+            &view,
+            &PoolView {
+                name: &pool_name,
+                endpoints: &views,
+            },
+        )
+    });
+    proxy
+        .shared
+        .metrics
+        .pick_duration
+        .with_label_values(&[pool_name.as_str(), pool.resolution.implementation.as_str()])
+        .observe(pick_started.elapsed().as_secs_f64());
+    let declared = entry.is_some();
+    let running = picked.is_ok() && declared;
+    if running {
+        proxy
+            .shared
+            .metrics
+            .model_running
+            .with_label_values(&[request.model.as_ref()])
+            .inc();
+    }
     ctx.inference = Some(InferenceInfo {
         pool: Arc::clone(&pool),
         model: request.model.clone().into_owned(),
         target_model: target_model.clone(),
         strategy: pool.resolution.implementation.clone(),
         prompt_tokens,
+        declared,
+        request_bytes: outgoing.len(),
+        running,
     });
     let candidates = match picked {
         Ok(candidates) => candidates,
@@ -194,6 +237,13 @@ async fn dispatch(
         if let Some((request, views)) = picked {
             pool.strategy.on_dispatched(request, &views[index]);
         }
+        tracing::debug!(
+            pool = %pool_name,
+            strategy = %pool.resolution.implementation,
+            endpoint = %endpoint.id.name(),
+            address = %endpoint.id.address(),
+            "picked endpoint"
+        );
         metrics
             .picks
             .with_label_values(&[
@@ -230,7 +280,9 @@ pub fn completed(
         status: (status > 0).then_some(status),
         time_to_first_byte: observer.time_to_first_byte(),
         duration,
-        prompt_tokens: info.prompt_tokens,
-        completion_tokens: None,
+        prompt_tokens: observer
+            .usage()
+            .map_or(info.prompt_tokens, |u| u.prompt_tokens),
+        completion_tokens: observer.usage().map(|u| u.completion_tokens),
     });
 }

@@ -10,6 +10,7 @@
 pub mod forward;
 pub mod inference;
 pub mod response;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -372,6 +373,85 @@ impl GatewayProxy {
         }
     }
 
+    /// The Inference Extension's per-model metrics and the gateway's token timings.
+    fn record_inference(
+        &self,
+        info: &inference::InferenceInfo,
+        report: Option<&ForwardReport>,
+        observer: &ResponseObserver,
+        elapsed: std::time::Duration,
+        status: u16,
+    ) {
+        let metrics = &self.shared.metrics;
+        let (model, target) = info.labels(status);
+        let labels = [model, target];
+        metrics.model_requests.with_label_values(&labels).inc();
+        let failed = report.is_some_and(|r| r.outcome != Some(plugins::Outcome::Completed));
+        if status >= 400 || status == 0 || failed {
+            let code = if status == 0 || (failed && status < 400) {
+                "aborted".to_owned()
+            } else {
+                status.to_string()
+            };
+            metrics
+                .model_errors
+                .with_label_values(&[model, target, code.as_str()])
+                .inc();
+        }
+        metrics
+            .model_duration
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64());
+        metrics
+            .model_request_sizes
+            .with_label_values(&labels)
+            .observe(info.request_bytes as f64);
+        metrics
+            .model_response_sizes
+            .with_label_values(&labels)
+            .observe(observer.body_bytes() as f64);
+        if let Some(usage) = observer.usage() {
+            metrics
+                .model_input_tokens
+                .with_label_values(&labels)
+                .observe(f64::from(usage.prompt_tokens));
+            metrics
+                .model_output_tokens
+                .with_label_values(&labels)
+                .observe(f64::from(usage.completion_tokens));
+            if usage.completion_tokens > 0 {
+                metrics
+                    .model_ntpot
+                    .with_label_values(&labels)
+                    .observe(elapsed.as_secs_f64() / f64::from(usage.completion_tokens));
+            }
+        }
+        if let Some(ttft) = observer.time_to_first_token() {
+            metrics
+                .time_to_first_token
+                .with_label_values(&labels)
+                .observe(ttft.as_secs_f64());
+        }
+        if let Some(tpot) = observer.time_per_output_token() {
+            metrics
+                .time_per_output_token
+                .with_label_values(&labels)
+                .observe(tpot.as_secs_f64());
+        }
+        if let Some(failures) = report.map(|r| r.connect_failures).filter(|&n| n > 0) {
+            metrics
+                .retries
+                .with_label_values(&[info.pool.key.qualified_name().as_str()])
+                .inc_by(u64::from(failures));
+        }
+        if info.running {
+            metrics
+                .model_running
+                .with_label_values(&[info.model.as_str()])
+                .dec();
+        }
+    }
+
     /// Forward an already-read request to the candidates `next` yields (see [`forward`]).
     async fn forward(
         &self,
@@ -533,11 +613,14 @@ impl ProxyHttp for GatewayProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<std::time::Duration>> {
         if let Some(chunk) = body {
             ctx.observer.on_body(chunk);
+        }
+        if end_of_stream {
+            ctx.observer.on_end();
         }
         if ctx.deadline.is_some_and(|d| Instant::now() > d) {
             return Error::e_explain(ErrorType::HTTPStatus(504), "request timeout");
@@ -548,10 +631,14 @@ impl ProxyHttp for GatewayProxy {
     async fn response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        ctx.observer.on_header();
+        let content_type = upstream_response
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        ctx.observer.on_header(content_type);
         Ok(())
     }
 
@@ -644,6 +731,7 @@ impl ProxyHttp for GatewayProxy {
             .map_or(ctx.tried.len() as u32, |f| f.attempts);
         if let Some(info) = &ctx.inference {
             inference::completed(info, forwarded.as_ref(), &ctx.observer, elapsed, status);
+            self.record_inference(info, forwarded.as_ref(), &ctx.observer, elapsed, status);
         }
         tracing::info!(
             target: "access",
@@ -660,6 +748,9 @@ impl ProxyHttp for GatewayProxy {
             status,
             attempts,
             ttfb_ms = ctx.observer.time_to_first_byte().map_or(-1.0, |d| d.as_secs_f64() * 1e3),
+            ttft_ms = ctx.observer.time_to_first_token().map_or(-1.0, |d| d.as_secs_f64() * 1e3),
+            prompt_tokens = ctx.observer.usage().map_or(-1, |u| i64::from(u.prompt_tokens)),
+            completion_tokens = ctx.observer.usage().map_or(-1, |u| i64::from(u.completion_tokens)),
             duration_ms = elapsed.as_secs_f64() * 1e3,
             bytes = ctx.observer.body_bytes(),
             error = error.map(|e| e.to_string()).or_else(|| forwarded.as_ref().and_then(|f| f.error.clone())),

@@ -115,6 +115,6 @@ mod tests {
         assert!(observer.time_to_first_token().is_some());
         assert_eq!(observer.usage().unwrap().completion_tokens, 3);
         assert!(observer.time_per_output_token().is_some());
-        assert_eq!(observer.body_bytes(), 135);
+        assert_eq!(observer.body_bytes(), 131);
     }
 }

@@ -3,58 +3,30 @@
 //! every committed dashboard and alert rule must return data. And the gateway's time to first token
 //! must agree with what the client measured.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use loadtest::sim::config::SimConfig;
 use loadtest::sim::server::SimServer;
-use support::*;
+use testkit::*;
 
-async fn start_sims(first: u8, n: u8, extra: &[&[&str]]) -> (u16, Vec<SimServer>) {
-    'retry: for _ in 0..20 {
-        let port = free_port();
-        let mut sims = Vec::new();
-        for i in 0..n {
-            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, first + i));
-            let mut args: Vec<String> = [
-                "/models/Qwen-2.5-7B-Instruct",
-                "--served-model-name",
-                "/model/qwen",
-                "--enable-lora",
-                "--max-loras",
-                "2",
-                "--lora-modules",
-                "travel-helper-v1=/loras/v1",
-                "travel-helper-v2=/loras/v2",
-                "--time-scale",
-                "20",
-                "--max-model-len",
-                "4096",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            args.extend([
-                "--host".into(),
-                ip.to_string(),
-                "--port".into(),
-                port.to_string(),
-            ]);
-            if let Some(flags) = extra.get(i as usize) {
-                args.extend(flags.iter().map(|s| s.to_string()));
-            }
-            let config = SimConfig::from_command_line(args).expect("valid simulator flags");
-            match SimServer::start(config).await {
-                Ok(sim) => sims.push(sim),
-                Err(_) => continue 'retry,
-            }
-        }
-        return (port, sims);
-    }
-    panic!("no free port for simulators");
+fn gateway_binary() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_inference-gateway"))
+}
+
+/// Simulators with the seed's adapters and a 4k context.
+async fn sims(first: u8, n: u8, per_sim: &[&[&str]]) -> (u16, Vec<SimServer>) {
+    let flags = [
+        "--enable-lora",
+        "--max-loras",
+        "2",
+        "--lora-modules",
+        "travel-helper-v1=/loras/v1",
+        "travel-helper-v2=/loras/v2",
+        "--max-model-len",
+        "4096",
+    ];
+    start_sims(first, n, &flags, per_sim).await
 }
 
 /// A pool of `sims` (plus one pod whose server is down, for retries) with a plain route on the
@@ -294,10 +266,15 @@ async fn stream_ttft(client: &Client, url: &str, body: &str) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_and_alert_query_returns_data() {
     let flaky_metrics: &[&str] = &["--metrics-fail-rate", "0.5"];
-    let (port, sims) = start_sims(170, 3, &[&[], &[], flaky_metrics]).await;
+    let (port, sims) = sims(170, 3, &[&[], &[], flaky_metrics]).await;
     let dead = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 179));
     let (http_port, llm_port) = (free_port(), free_port());
-    let gateway = Gateway::start(&config(http_port, llm_port, port, &sims, dead), &[]).await;
+    let gateway = Gateway::start(
+        gateway_binary(),
+        &config(http_port, llm_port, port, &sims, dead),
+        &[],
+    )
+    .await;
     let mut targets: Vec<SocketAddr> = sims.iter().map(SimServer::local_addr).collect();
     targets.push(gateway.admin);
     let prometheus = Prometheus::start(&targets).await;
@@ -365,14 +342,14 @@ async fn every_dashboard_and_alert_query_returns_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_time_to_first_token_agrees_with_the_client() {
-    let (port, sims) = start_sims(180, 2, &[]).await;
+    let (port, sims) = sims(180, 2, &[]).await;
     let dead = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 189));
     let (http_port, llm_port) = (free_port(), free_port());
     let config = config(http_port, llm_port, port, &sims, dead).replace(
         "status: {podIP: 127.0.0.189, conditions: [{type: Ready, status: 'True'}]}",
         "status: {podIP: 127.0.0.189, conditions: [{type: Ready, status: 'False'}]}",
     );
-    let gateway = Gateway::start(&config, &[]).await;
+    let gateway = Gateway::start(gateway_binary(), &config, &[]).await;
     let client = client();
     let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
     let mut client_total = Duration::ZERO;

@@ -1,11 +1,13 @@
 //! End-to-end tests of the gateway core: a real gateway process, real HTTP backends.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use support::*;
+use testkit::*;
+
+fn gateway_binary() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_inference-gateway"))
+}
 
 /// Five backends behind both a Service (the `http` listener) and a pool (the `llm` listener), plus
 /// the seed's two InferenceModels (a Critical base model and a weighted pair of adapters).
@@ -59,7 +61,7 @@ async fn setup(first_ip: u8, extra_args: &[&str]) -> Setup {
     let (port, backends) = start_backends(first_ip, 5).await;
     let (http_port, llm_port) = (free_port(), free_port());
     let config = config(http_port, llm_port, port, &backends, "");
-    let gateway = Gateway::start(&config, extra_args).await;
+    let gateway = Gateway::start(gateway_binary(), &config, extra_args).await;
     Setup {
         gateway,
         backends,
@@ -188,7 +190,7 @@ async fn unmatched_paths_get_404_and_control_headers_are_stripped() {
         "  - backendRefs: [{kind: Service, name: qwen, port: 80}]",
         "  - matches: [{path: {type: PathPrefix, value: /v1}}]\n    backendRefs: [{kind: Service, name: qwen, port: 80}]",
     );
-    let gateway = Gateway::start(&config, &[]).await;
+    let gateway = Gateway::start(gateway_binary(), &config, &[]).await;
     let client = client();
     let (status, body) = post(
         &client,
@@ -349,7 +351,7 @@ async fn a_dead_endpoint_fails_no_request() {
         "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: dead, labels: {{app: qwen}}}}\n\
          status: {{podIP: {dead_ip}, conditions: [{{type: Ready, status: 'True'}}]}}\n"
     ));
-    let gateway = Gateway::start(&config, &[]).await;
+    let gateway = Gateway::start(gateway_binary(), &config, &[]).await;
     let client = client();
     for base in [
         format!("http://127.0.0.1:{llm_port}"),
@@ -483,7 +485,7 @@ spec:
     backendRefs: [{group: inference.networking.x-k8s.io, kind: InferencePool, name: pool}]
 ";
     let config = config(http_port, llm_port, port, &backends, extra);
-    let gateway = Gateway::start(&config, &[]).await;
+    let gateway = Gateway::start(gateway_binary(), &config, &[]).await;
     let client = client();
     let base = format!("http://127.0.0.1:{http_port}");
 

@@ -2,56 +2,29 @@
 //! `/metrics` the gateway scrapes. Assertions are on where requests land (the
 //! `x-gateway-destination-endpoint-served` header) and on status codes, never on timings.
 
-mod support;
-
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
-use loadtest::sim::config::SimConfig;
 use loadtest::sim::server::SimServer;
-use support::*;
+use testkit::*;
 
-/// `n` simulators on 127.0.0.{first}.. sharing one port, each started with `flags` on top of the
-/// seed's model and three adapters.
-async fn start_sims(first: u8, n: u8, flags: &[&str]) -> (u16, Vec<SimServer>) {
-    'retry: for _ in 0..20 {
-        let port = free_port();
-        let mut sims = Vec::new();
-        for i in 0..n {
-            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, first + i));
-            let mut args: Vec<String> = [
-                "/models/Qwen-2.5-7B-Instruct",
-                "--served-model-name",
-                "/model/qwen",
-                "--enable-lora",
-                "--max-loras",
-                "2",
-                "--lora-modules",
-                "a=/loras/a",
-                "b=/loras/b",
-                "c=/loras/c",
-                "--time-scale",
-                "20",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            args.extend([
-                "--host".into(),
-                ip.to_string(),
-                "--port".into(),
-                port.to_string(),
-            ]);
-            args.extend(flags.iter().map(|s| s.to_string()));
-            let config = SimConfig::from_command_line(args).expect("valid simulator flags");
-            match SimServer::start(config).await {
-                Ok(sim) => sims.push(sim),
-                Err(_) => continue 'retry,
-            }
-        }
-        return (port, sims);
-    }
-    panic!("no free port for simulators");
+fn gateway_binary() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_inference-gateway"))
+}
+
+/// Simulators with the seed's two-slot LoRA setup and three adapters.
+async fn lora_sims(first: u8, n: u8, flags: &[&str]) -> (u16, Vec<SimServer>) {
+    let mut all = vec![
+        "--enable-lora",
+        "--max-loras",
+        "2",
+        "--lora-modules",
+        "a=/loras/a",
+        "b=/loras/b",
+        "c=/loras/c",
+    ];
+    all.extend_from_slice(flags);
+    start_sims(first, n, &all, &[]).await
 }
 
 fn config(llm_port: u16, port: u16, sims: &[SimServer], strategy: &str) -> String {
@@ -115,9 +88,14 @@ struct Setup {
 }
 
 async fn setup(first: u8, n: u8, strategy: &str, flags: &[&str]) -> Setup {
-    let (port, sims) = start_sims(first, n, flags).await;
+    let (port, sims) = lora_sims(first, n, flags).await;
     let llm_port = free_port();
-    let gateway = Gateway::start(&config(llm_port, port, &sims, strategy), &[]).await;
+    let gateway = Gateway::start(
+        gateway_binary(),
+        &config(llm_port, port, &sims, strategy),
+        &[],
+    )
+    .await;
     Setup {
         gateway,
         sims,

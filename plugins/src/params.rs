@@ -90,6 +90,17 @@ impl<'a> Params<'a> {
         Ok(value)
     }
 
+    /// A non-empty string, `default` when absent.
+    pub fn string(&mut self, key: &str, default: &str) -> Result<String, ConfigError> {
+        match self.raw(key) {
+            None => Ok(default.to_owned()),
+            Some(text) if text.trim().is_empty() => {
+                Err(ConfigError::new(key, text, "must not be empty"))
+            }
+            Some(text) => Ok(text.trim().to_owned()),
+        }
+    }
+
     /// A duration in milliseconds within `range` (milliseconds), `default` when absent.
     pub fn millis(
         &mut self,
@@ -153,6 +164,11 @@ mod tests {
             Ok(Duration::from_millis(250))
         );
         assert!(p.finish().is_ok());
+        let c = config(&[("h", " x-session "), ("e", "")]);
+        let mut p = Params::new("S", &c);
+        assert_eq!(p.string("h", "d"), Ok("x-session".into()));
+        assert_eq!(p.string("missing", "d"), Ok("d".into()));
+        assert_eq!(p.string("e", "d").unwrap_err().reason, "must not be empty");
         let c = config(&[("w", "9")]);
         assert_eq!(
             Params::new("S", &c).f64("w", 0.0, 0.0..=2.0),

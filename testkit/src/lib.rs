@@ -1,11 +1,12 @@
-//! Test harness: a real `inference-gateway` process in front of real HTTP backends.
+//! Test harness: a real gateway process in front of real HTTP backends or `vllm-sim` servers.
+//!
+//! Shared by the gateway's integration tests and by plugin examples, which run their own gateway
+//! binary ([`Gateway::start`] takes the binary's path).
 //!
 //! Backends are small hyper servers, each on its own loopback address (127.0.0.N) and a port
 //! shared by all backends of a test, exactly like pod IPs behind one target port. They record
 //! what they receive and can stream, echo, or hold a stream open until the test releases it.
 //! Nothing here sleeps to "wait a bit": waits are on conditions with a deadline.
-
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -305,8 +306,8 @@ impl Drop for Gateway {
 }
 
 impl Gateway {
-    /// Write `config` to a fresh directory and start the gateway on it.
-    pub async fn start(config: &str, extra_args: &[&str]) -> Gateway {
+    /// Write `config` to a fresh directory and start the gateway `binary` on it.
+    pub async fn start(binary: &std::path::Path, config: &str, extra_args: &[&str]) -> Gateway {
         let config_dir = std::env::temp_dir().join(format!(
             "igw-test-{}-{}",
             std::process::id(),
@@ -315,7 +316,7 @@ impl Gateway {
         std::fs::create_dir_all(&config_dir).unwrap();
         std::fs::write(config_dir.join("config.yaml"), config).unwrap();
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
+        let child = tokio::process::Command::new(binary)
             .arg("--config")
             .arg(&config_dir)
             .args([
@@ -566,4 +567,63 @@ impl Stream {
         }
         panic!("stream ended without {needle:?}; got {seen:?}");
     }
+}
+
+/// `n` simulators on 127.0.0.{first}.. sharing one port, serving `/model/qwen` at `--time-scale
+/// 20`, each started with the common `flags` and then its own entry of `per_sim` (if any).
+pub async fn start_sims(
+    first: u8,
+    n: u8,
+    flags: &[&str],
+    per_sim: &[&[&str]],
+) -> (u16, Vec<loadtest::sim::server::SimServer>) {
+    use loadtest::sim::config::SimConfig;
+    use loadtest::sim::server::SimServer;
+    'retry: for _ in 0..20 {
+        let port = free_port();
+        let mut sims = Vec::new();
+        for i in 0..n {
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, first + i));
+            let mut args: Vec<String> = [
+                "/models/Qwen-2.5-7B-Instruct",
+                "--served-model-name",
+                "/model/qwen",
+                "--time-scale",
+                "20",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend([
+                "--host".into(),
+                ip.to_string(),
+                "--port".into(),
+                port.to_string(),
+            ]);
+            args.extend(flags.iter().map(|s| s.to_string()));
+            if let Some(own) = per_sim.get(usize::from(i)) {
+                args.extend(own.iter().map(|s| s.to_string()));
+            }
+            let config = SimConfig::from_command_line(args).expect("valid simulator flags");
+            match SimServer::start(config).await {
+                Ok(sim) => sims.push(sim),
+                Err(_) => continue 'retry,
+            }
+        }
+        return (port, sims);
+    }
+    panic!("no free port for simulators");
+}
+
+/// Ready Pods labelled `app: {app}` at the given addresses, as YAML documents.
+pub fn pods_at(prefix: &str, app: &str, ips: impl IntoIterator<Item = IpAddr>) -> String {
+    ips.into_iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {prefix}-{i}, labels: {{app: {app}}}}}\n\
+                 status: {{podIP: {ip}, conditions: [{{type: Ready, status: 'True'}}]}}\n"
+            )
+        })
+        .collect()
 }

@@ -109,9 +109,15 @@ pub struct Args {
     #[arg(long)]
     pub threads: Option<usize>,
 
-    /// On SIGTERM, how long in-flight requests may continue before the process exits.
-    #[arg(long, default_value = "30s", value_parser = duration)]
+    /// On SIGTERM, how long requests in flight may continue after the listeners close; the
+    /// process exits as soon as none is left. Long enough for long generations.
+    #[arg(long, default_value = "300s", value_parser = duration)]
     pub grace_period: Duration,
+
+    /// On SIGTERM, how long /readyz reports not-ready before the listeners close, so load
+    /// balancers stop sending new connections first. `0s` closes them at once.
+    #[arg(long, default_value = "5s", value_parser = duration_or_zero)]
+    pub drain_delay: Duration,
 
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod metrics;
 pub mod openai;
 pub mod proxy;

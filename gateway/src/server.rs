@@ -13,8 +13,9 @@ use arc_swap::ArcSwap;
 use clap::Parser;
 use pingora::connectors::ConnectorOptions;
 use pingora::connectors::http::Connector;
-use pingora::server::Server;
+use pingora::listeners::TcpSocketOptions;
 use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use plugins::{Registry, StrategyFactory};
@@ -22,11 +23,12 @@ use plugins::{Registry, StrategyFactory};
 use crate::admin::{AdminApp, AdminState, ConfigStatus};
 use crate::cli::{Args, LogFormat};
 use crate::config::Severity;
+use crate::drain::{ActiveRequests, DrainMonitor, DrainSignal};
 use crate::metrics::GatewayMetrics;
 use crate::proxy::forward::UpstreamSettings;
 use crate::proxy::{GatewayProxy, Shared};
 use crate::scrape::{ScrapeSettings, Scraper};
-use crate::snapshot::{Backend, SnapshotStore};
+use crate::snapshot::{Backend, HealthPolicy, SnapshotStore};
 use crate::source::{BuildSettings, Built, ConfigSource, ConfigWatcher, load_and_build};
 
 /// Idle upstream connections kept per process.
@@ -256,6 +258,7 @@ fn serve(
         ready: AtomicBool::new(false),
     });
 
+    let active = Arc::new(ActiveRequests::default());
     let shared = Arc::new(Shared {
         snapshots,
         metrics,
@@ -263,16 +266,22 @@ fn serve(
         upstream: UpstreamSettings {
             connect_timeout: args.connect_timeout,
             idle_timeout: args.upstream_idle_timeout,
+            health: HealthPolicy::default(),
         },
         max_body_bytes: args.max_body_bytes,
+        active: Arc::clone(&active),
     });
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         GatewayProxy::new(shared),
         "gateway",
     );
+    // SO_REUSEPORT: a new gateway process can bind the same ports while the old one drains
+    // (rolling restarts, several processes on one host).
+    let mut socket = TcpSocketOptions::default();
+    socket.so_reuseport = Some(true);
     for port in &ports {
-        proxy.add_tcp(&format!("{}:{port}", args.listen_host));
+        proxy.add_tcp_with_settings(&format!("{}:{port}", args.listen_host), socket.clone());
     }
     let mut admin = Service::new("admin".to_owned(), AdminApp::new(Arc::clone(&state)));
     admin.add_tcp(&args.admin_addr.to_string());
@@ -283,6 +292,10 @@ fn serve(
             timeout: args.scrape_timeout,
         },
     );
+    let drain_signal = DrainSignal {
+        state: Arc::clone(&state),
+        drain_delay: args.drain_delay,
+    };
     let watcher = ConfigWatcher::new(
         source,
         settings,
@@ -295,6 +308,10 @@ fn serve(
     server.add_service(admin);
     server.add_service(background_service("config watcher", watcher));
     server.add_service(background_service("metrics scraper", scraper));
+    server.add_service(background_service("drain monitor", DrainMonitor { active }));
     tracing::info!(ports = ?ports, admin = %args.admin_addr, threads, "inference gateway starting");
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(drain_signal),
+    });
+    Ok(())
 }

@@ -327,7 +327,14 @@ impl Gateway {
                 "--threads",
                 "2",
             ])
-            .args(["--config-poll-interval", "100ms", "--grace-period", "1s"])
+            .args([
+                "--config-poll-interval",
+                "100ms",
+                "--grace-period",
+                "10s",
+                "--drain-delay",
+                "0s",
+            ])
             .args(extra_args)
             .env(
                 "RUST_LOG",
@@ -358,6 +365,25 @@ impl Gateway {
             assert!(start.elapsed() < DEADLINE, "gateway did not become ready");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Send SIGTERM: the gateway drains and exits.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("the gateway is running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Wait for the process to exit (panics after [`DEADLINE`]) and return whether it succeeded.
+    pub async fn wait_exit(&mut self) -> bool {
+        tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("the gateway exits within the deadline")
+            .expect("waiting works")
+            .success()
     }
 
     /// Replace the configuration file.

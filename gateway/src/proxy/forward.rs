@@ -27,7 +27,7 @@ use plugins::Outcome;
 
 use super::response::ResponseObserver;
 use crate::openai::ApiError;
-use crate::snapshot::InFlight;
+use crate::snapshot::{HealthPolicy, InFlight};
 
 /// Response header naming the endpoint that served the request.
 pub const SERVED_BY_HEADER: &str = "x-gateway-destination-endpoint-served";
@@ -51,6 +51,8 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// How long an idle pooled connection is kept.
     pub idle_timeout: Duration,
+    /// Passive health of pool endpoints.
+    pub health: HealthPolicy,
 }
 
 impl UpstreamSettings {
@@ -82,6 +84,10 @@ pub struct ForwardReport {
     pub error: Option<String>,
     /// Whether the deadline cut the request.
     pub timed_out: bool,
+    /// The serving endpoint's own status (not one the gateway made up).
+    pub upstream_status: Option<u16>,
+    /// Whether the serving endpoint's connection failed after the request was sent.
+    pub upstream_failed: bool,
 }
 
 enum Attempt {
@@ -175,12 +181,24 @@ async fn attempts(
             .await
             {
                 Attempt::Done => {
+                    if let Some(endpoint) = target.in_flight.as_ref().map(InFlight::endpoint) {
+                        match (report.upstream_status, report.upstream_failed) {
+                            (_, true) => endpoint.record_connect_failure(&settings.health),
+                            (Some(status), false) => {
+                                endpoint.record_response(status, &settings.health)
+                            }
+                            (None, false) => {}
+                        }
+                    }
                     report.served_by = Some(target.address);
                     report.in_flight = target.in_flight;
                     return;
                 }
                 Attempt::SameCandidate if stale_retries < MAX_STALE_RETRIES => stale_retries += 1,
                 Attempt::SameCandidate | Attempt::NextCandidate => {
+                    if let Some(endpoint) = target.in_flight.as_ref().map(InFlight::endpoint) {
+                        endpoint.record_connect_failure(&settings.health);
+                    }
                     report.connect_failures += 1;
                     break;
                 }
@@ -336,6 +354,7 @@ async fn attempt(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     report.status = Some(response.status.as_u16());
+    report.upstream_status = report.status;
     let _ = response.insert_header(SERVED_BY_HEADER, peer.address().to_string());
     let end_of_stream = upstream.response_done();
     if let Err(e) = session
@@ -381,6 +400,7 @@ async fn attempt(
                     peer.address(),
                     e.etype().as_str()
                 ));
+                report.upstream_failed = true;
                 report.outcome = Some(Outcome::Failed);
                 // The client sees a truncated stream and a closed connection.
                 session.set_keepalive(None);
@@ -404,6 +424,7 @@ async fn attempt(
 }
 
 async fn respond_bad_gateway(session: &mut Session, report: &mut ForwardReport, message: &str) {
+    report.upstream_failed = true;
     let error = ApiError::new(502, "upstream_error", message);
     report.status = Some(error.status);
     report.outcome = Some(Outcome::Failed);

@@ -14,8 +14,8 @@ use super::forward::{self, ForwardReport, Target};
 use super::response::ResponseObserver;
 use super::{GatewayProxy, RequestCtx};
 use crate::openai::{self, ApiError};
-use crate::snapshot::endpoint::endpoint_views;
-use crate::snapshot::{Pool, UnknownModel};
+use crate::snapshot::endpoint::{eligible, endpoint_views};
+use crate::snapshot::{Endpoint, Pool, UnknownModel};
 use plugins::load::{LoadConfig, pool_saturation};
 
 /// What the logging phase needs to know about an inference request.
@@ -68,14 +68,16 @@ pub async fn handle(
         },
     };
     if body.is_empty() {
-        // No body, no model (GET /v1/models, /health): any endpoint will do.
-        let mut order: Vec<usize> = (0..pool.endpoints.len()).collect();
+        // No body, no model (GET /v1/models, /health): any healthy endpoint will do.
+        let endpoints = eligible(&pool.endpoints);
+        let mut order: Vec<usize> = (0..endpoints.len()).collect();
         fastrand::shuffle(&mut order);
         return dispatch(
             proxy,
             session,
             ctx,
             &pool,
+            &endpoints,
             None,
             Candidates::new(order),
             body,
@@ -128,8 +130,9 @@ pub async fn handle(
         stream: request.stream,
         headers: &headers,
     };
-    let metrics: Vec<_> = pool.endpoints.iter().map(|e| e.metrics()).collect();
-    let views = endpoint_views(&pool.endpoints, &metrics, Instant::now());
+    let endpoints = eligible(&pool.endpoints);
+    let metrics: Vec<_> = endpoints.iter().map(|e| e.metrics()).collect();
+    let views = endpoint_views(&endpoints, &metrics, Instant::now());
     let pool_name = pool.key.qualified_name();
     if criticality == Criticality::Sheddable {
         let pool_view = PoolView {
@@ -209,6 +212,7 @@ pub async fn handle(
         session,
         ctx,
         &pool,
+        &endpoints,
         Some((&view, &views)),
         candidates,
         outgoing,
@@ -216,11 +220,13 @@ pub async fn handle(
     .await
 }
 
+#[allow(clippy::too_many_arguments)] // each is a distinct part of one dispatch; a struct would only rename them
 async fn dispatch(
     proxy: &GatewayProxy,
     session: &mut Session,
     ctx: &mut RequestCtx,
     pool: &Arc<Pool>,
+    endpoints: &[&Arc<Endpoint>],
     picked: Option<(&RequestView<'_>, &[EndpointView<'_>])>,
     candidates: Candidates,
     body: Bytes,
@@ -233,7 +239,7 @@ async fn dispatch(
     let mut next = |_tried: &[SocketAddr]| -> Option<Target> {
         let (index, endpoint) = order
             .by_ref()
-            .find_map(|i| pool.endpoints.get(i).map(|e| (i, e)))?;
+            .find_map(|i| endpoints.get(i).map(|e| (i, *e)))?;
         if let Some((request, views)) = picked {
             pool.strategy.on_dispatched(request, &views[index]);
         }

@@ -57,6 +57,8 @@ pub struct Shared {
     pub upstream: UpstreamSettings,
     /// Largest request body read for routing (413 above).
     pub max_body_bytes: usize,
+    /// Requests in progress, for draining.
+    pub active: Arc<crate::drain::ActiveRequests>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -119,10 +121,11 @@ pub struct RequestCtx {
     forwarded: Option<ForwardReport>,
     inference: Option<inference::InferenceInfo>,
     observer: ResponseObserver,
+    _active: crate::drain::ActiveRequest,
 }
 
 impl RequestCtx {
-    fn new() -> Self {
+    fn new(active: crate::drain::ActiveRequest) -> Self {
         let started = Instant::now();
         Self {
             started,
@@ -138,6 +141,7 @@ impl RequestCtx {
             forwarded: None,
             inference: None,
             observer: ResponseObserver::new(started),
+            _active: active,
         }
     }
 }
@@ -505,7 +509,7 @@ impl ProxyHttp for GatewayProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestCtx::new()
+        RequestCtx::new(self.shared.active.start())
     }
 
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {

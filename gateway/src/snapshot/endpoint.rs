@@ -5,14 +5,50 @@
 //! count on the very object the new snapshot reads. Everything here is atomics or `ArcSwap`: the
 //! request path never takes a lock.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use plugins::{EndpointId, EndpointMetrics, EndpointView};
 
 use crate::scrape::Engine;
+
+/// Passive health: how the gateway reacts to endpoints that fail requests.
+///
+/// A connection failure ejects an endpoint at once: nothing was sent, so the request moved on, and
+/// the next requests should not try it first. Five 5xx answers in a row eject it too (outlier
+/// detection): a server that answers but fails is worse than one that is busy. Ejections last one
+/// second, doubling with every ejection that follows another within the current one's length plus a
+/// minute, up to thirty seconds; a success resets the count. An ejected endpoint is left out of
+/// the pool view, unless every endpoint of the pool is ejected (then none is: failing open).
+#[derive(Debug, Clone, Copy)]
+pub struct HealthPolicy {
+    /// Consecutive 5xx answers that eject an endpoint. Five: one error is noise, five in a row at
+    /// inference request rates is a broken server.
+    pub consecutive_errors: u32,
+    /// First ejection. One second: long enough to skip a restarting pod's refused connects, short
+    /// enough that a transient failure costs little capacity.
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    pub max_ejection: Duration,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        Self {
+            consecutive_errors: 5,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A monotonic clock in milliseconds since the first use, for atomics.
+fn now_ms() -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64 + 1
+}
 
 /// Metrics of one endpoint with the time they were scraped.
 #[derive(Debug, Clone)]
@@ -35,6 +71,9 @@ pub struct Endpoint {
     dispatched_total: AtomicU64,
     dispatched_since_scrape: AtomicU32,
     metrics: ArcSwapOption<ScrapedMetrics>,
+    consecutive_errors: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until_ms: AtomicU64,
 }
 
 impl Endpoint {
@@ -48,6 +87,55 @@ impl Endpoint {
             dispatched_total: AtomicU64::new(0),
             dispatched_since_scrape: AtomicU32::new(0),
             metrics: ArcSwapOption::empty(),
+            consecutive_errors: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the endpoint is ejected right now.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+
+    fn eject(&self, policy: &HealthPolicy) {
+        let now = now_ms();
+        let previous_until = self.ejected_until_ms.load(Ordering::Relaxed);
+        // Ejections in a row back off; after a quiet minute they start over.
+        let recent = previous_until + 60_000 > now;
+        let count = if recent {
+            self.ejections.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.ejections.store(1, Ordering::Relaxed);
+            1
+        };
+        let factor = 1u32 << (count - 1).min(16);
+        let length = policy
+            .base_ejection
+            .saturating_mul(factor)
+            .min(policy.max_ejection);
+        self.ejected_until_ms
+            .store(now + length.as_millis() as u64, Ordering::Relaxed);
+        self.consecutive_errors.store(0, Ordering::Relaxed);
+    }
+
+    /// A connection to the endpoint failed: eject it.
+    pub fn record_connect_failure(&self, policy: &HealthPolicy) {
+        self.eject(policy);
+    }
+
+    /// The endpoint answered with `status`.
+    pub fn record_response(&self, status: u16, policy: &HealthPolicy) {
+        if status >= 500 {
+            let errors = self.consecutive_errors.fetch_add(1, Ordering::Relaxed) + 1;
+            if errors >= policy.consecutive_errors {
+                self.eject(policy);
+            }
+        } else {
+            self.consecutive_errors.store(0, Ordering::Relaxed);
+            if self.ejections.load(Ordering::Relaxed) != 0 && !self.is_ejected() {
+                self.ejections.store(0, Ordering::Relaxed);
+            }
         }
     }
 
@@ -118,9 +206,19 @@ impl Drop for InFlight {
     }
 }
 
+/// The endpoints of `all` that are not ejected, or all of them when every one is.
+pub fn eligible(all: &[Arc<Endpoint>]) -> Vec<&Arc<Endpoint>> {
+    let healthy: Vec<&Arc<Endpoint>> = all.iter().filter(|e| !e.is_ejected()).collect();
+    if healthy.is_empty() {
+        all.iter().collect()
+    } else {
+        healthy
+    }
+}
+
 /// Views of `endpoints` for a strategy, borrowing from `metrics` (one load per endpoint).
 pub fn endpoint_views<'a>(
-    endpoints: &'a [Arc<Endpoint>],
+    endpoints: &'a [&'a Arc<Endpoint>],
     metrics: &'a [Option<Arc<ScrapedMetrics>>],
     now: Instant,
 ) -> Vec<EndpointView<'a>> {
@@ -143,6 +241,60 @@ pub fn endpoint_views<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_eject_with_backoff_and_successes_reset() {
+        let policy = HealthPolicy {
+            consecutive_errors: 3,
+            base_ejection: Duration::from_millis(200),
+            max_ejection: Duration::from_secs(1),
+        };
+        let endpoint = Endpoint::new(
+            EndpointId::new("127.0.0.1:1".parse().unwrap(), "e"),
+            Engine::Vllm,
+        );
+        assert!(!endpoint.is_ejected());
+        endpoint.record_response(503, &policy);
+        endpoint.record_response(500, &policy);
+        endpoint.record_response(200, &policy);
+        endpoint.record_response(502, &policy);
+        endpoint.record_response(502, &policy);
+        assert!(
+            !endpoint.is_ejected(),
+            "a success in between resets the count"
+        );
+        endpoint.record_response(502, &policy);
+        assert!(endpoint.is_ejected(), "three in a row eject");
+        endpoint.record_connect_failure(&policy);
+        assert_eq!(
+            endpoint.ejections.load(Ordering::Relaxed),
+            2,
+            "a second ejection backs off"
+        );
+        let until = endpoint.ejected_until_ms.load(Ordering::Relaxed);
+        assert!(until >= now_ms() + 300, "400 ms the second time");
+    }
+
+    #[test]
+    fn eligibility_fails_open() {
+        let policy = HealthPolicy::default();
+        let all: Vec<Arc<Endpoint>> = (1..=2)
+            .map(|i| {
+                Arc::new(Endpoint::new(
+                    EndpointId::new(format!("127.0.0.{i}:1").parse().unwrap(), "e"),
+                    Engine::Vllm,
+                ))
+            })
+            .collect();
+        all[0].record_connect_failure(&policy);
+        assert_eq!(eligible(&all).len(), 1);
+        all[1].record_connect_failure(&policy);
+        assert_eq!(
+            eligible(&all).len(),
+            2,
+            "every endpoint ejected: use them all"
+        );
+    }
 
     #[test]
     fn in_flight_is_released_when_the_guard_drops() {

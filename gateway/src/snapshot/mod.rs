@@ -24,7 +24,7 @@ use plugins::registry::Resolution;
 use plugins::{Strategy, StrategyConfig};
 
 pub use build::{BuildOptions, build};
-pub use endpoint::{Endpoint, InFlight, ScrapedMetrics};
+pub use endpoint::{Endpoint, HealthPolicy, InFlight, ScrapedMetrics};
 pub use models::{ModelEntry, TargetModel};
 pub use routes::{ListenerRoutes, PortRoutes, RequestParts, RouteEntry};
 

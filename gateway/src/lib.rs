@@ -18,4 +18,6 @@ pub mod snapshot;
 pub mod source;
 
 pub use cli::Args;
+/// The strategy contract, re-exported so a plugin binary needs one dependency.
+pub use plugins;
 pub use server::GatewayBuilder;

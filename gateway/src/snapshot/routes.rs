@@ -32,7 +32,8 @@ impl PathMatch {
         PathMatch::Prefix(value.trim_end_matches('/').to_owned())
     }
 
-    fn matches(&self, path: &str) -> bool {
+    /// Whether `path` matches.
+    pub fn matches_path(&self, path: &str) -> bool {
         match self {
             PathMatch::Exact(value) => path == value,
             PathMatch::Prefix(prefix) => {
@@ -93,7 +94,7 @@ impl RouteMatch {
 
     /// Whether a request matches.
     pub fn matches(&self, request: &RequestParts<'_>) -> bool {
-        self.path.matches(request.path)
+        self.path.matches_path(request.path)
             && self.method.as_ref().is_none_or(|m| m == request.method)
             && self.headers.iter().all(|(name, value)| {
                 request
@@ -134,11 +135,12 @@ pub struct RequestParts<'a> {
 /// Whether `host` matches a Gateway API hostname (`*.example.com` matches one or more labels in
 /// front of `example.com`, not `example.com` itself). Comparison ignores ASCII case.
 pub fn hostname_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix("*.") {
+    let (host, pattern) = (host.as_bytes(), pattern.as_bytes());
+    match pattern.strip_prefix(b"*.") {
         Some(suffix) => {
             host.len() > suffix.len() + 1
                 && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                && host[host.len() - suffix.len() - 1] == b'.'
         }
         None => pattern.eq_ignore_ascii_case(host),
     }
@@ -284,16 +286,16 @@ mod tests {
     #[test]
     fn prefixes_match_whole_path_elements() {
         let m = PathMatch::prefix("/abc");
-        assert!(m.matches("/abc"));
-        assert!(m.matches("/abc/"));
-        assert!(m.matches("/abc/def"));
-        assert!(!m.matches("/abcd"));
-        assert!(!m.matches("/ab"));
+        assert!(m.matches_path("/abc"));
+        assert!(m.matches_path("/abc/"));
+        assert!(m.matches_path("/abc/def"));
+        assert!(!m.matches_path("/abcd"));
+        assert!(!m.matches_path("/ab"));
         let root = PathMatch::prefix("/");
-        assert!(root.matches("/") && root.matches("/v1/completions"));
+        assert!(root.matches_path("/") && root.matches_path("/v1/completions"));
         let trailing = PathMatch::prefix("/v1/");
-        assert!(trailing.matches("/v1") && trailing.matches("/v1/models"));
-        assert!(!trailing.matches("/v10"));
+        assert!(trailing.matches_path("/v1") && trailing.matches_path("/v1/models"));
+        assert!(!trailing.matches_path("/v10"));
     }
 
     #[test]
@@ -303,6 +305,7 @@ mod tests {
         assert!(!hostname_matches("*.example.com", "example.com"));
         assert!(!hostname_matches("*.example.com", "aexample.com"));
         assert!(hostname_matches("API.example.com", "api.EXAMPLE.com"));
+        assert!(!hostname_matches("*.é", "aé"), "no slicing inside a character");
     }
 
     #[test]

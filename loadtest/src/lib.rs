@@ -3,6 +3,7 @@
 //!
 //! Nothing here is linked into the gateway: the kit talks to it over real HTTP, like a user would.
 
+pub mod bench;
 pub mod client;
 pub mod fleet;
 pub mod sim;

@@ -5,5 +5,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod compare;
 pub mod fleet;
+pub mod procs;
 pub mod sim;

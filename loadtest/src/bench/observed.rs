@@ -21,6 +21,8 @@ pub struct ObservedRun {
     pub ticks: Vec<ScrapeTick>,
     pub window: (f64, f64),
     pub servers: ServerSummary,
+    /// Each endpoint's `/sim/stats` after the run (null from real servers).
+    pub sim_stats: Vec<Value>,
 }
 
 async fn all_sim_stats(client: &StreamClient, endpoints: &[String]) -> Vec<Value> {
@@ -56,5 +58,6 @@ pub async fn run_observed(
         ticks,
         window,
         servers,
+        sim_stats: stats_after,
     })
 }

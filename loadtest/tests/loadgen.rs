@@ -161,6 +161,7 @@ fn plan(base: &str, backend: Backend, style: BodyStyle) -> RunPlan {
         progress: false,
         initial_test_run: style == BodyStyle::Legacy,
         block_size: 16,
+        time_scale: 1.0,
     }
 }
 

@@ -42,6 +42,9 @@ pub struct RunPlan {
     pub initial_test_run: bool,
     /// KV block size for the best-case prefix bound.
     pub block_size: usize,
+    /// The servers run this many times faster than real time (simulators): arrival times, which
+    /// are in the servers' seconds, are divided by it.
+    pub time_scale: f64,
 }
 
 /// Why a run could not start.
@@ -311,6 +314,7 @@ pub async fn run(
         plan,
     });
     let started = shared.started;
+    let time_scale = shared.plan.time_scale.max(f64::MIN_POSITIVE);
     let mut tasks = tokio::task::JoinSet::new();
     let mut sessions: Vec<(f64, Session)> = workload
         .sessions
@@ -320,7 +324,7 @@ pub async fn run(
         .collect();
     sessions.sort_by(|a, b| a.0.total_cmp(&b.0));
     for (at, session) in sessions {
-        let due = started + Duration::from_secs_f64(at);
+        let due = started + Duration::from_secs_f64(at / time_scale);
         if due > Instant::now() {
             tokio::time::sleep_until(due.into()).await;
         }

@@ -137,9 +137,7 @@ async fn interactive(args: &Args) -> anyhow::Result<()> {
     println!("What the gateway serves, and its metrics:");
     println!("  curl -s localhost:9090/debug/snapshot");
     println!("  curl -s localhost:9090/metrics\n");
-    println!(
-        "The seed's benchmark through both routes: make demo ARGS=--compare (or scripts/demo.sh --compare)."
-    );
+    println!("The seed's benchmark through both routes: scripts/demo.sh --compare");
     println!("Running until Ctrl-C.");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -177,7 +177,7 @@ struct Args {
     #[arg(long, default_value_t = 250)]
     scrape_interval_ms: u64,
     /// The servers are simulators running this many times faster than their model: report
-    /// simulated seconds.
+    /// simulated seconds (and read --request-rate and trace timestamps in them).
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
 }
@@ -368,6 +368,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         progress: !args.disable_tqdm && std::env::var_os("CI").is_none(),
         initial_test_run: args.initial_test_run,
         block_size: DEFAULT_BLOCK_SIZE,
+        time_scale: args.time_scale,
     };
     let description = workload.description.clone();
     let num_requests = workload.num_requests();

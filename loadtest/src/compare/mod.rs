@@ -165,6 +165,7 @@ pub async fn run_route(plan: &ComparePlan, route: &Route) -> Result<RouteRun, Co
         progress: plan.progress,
         initial_test_run: sending.initial_test_run,
         block_size: DEFAULT_BLOCK_SIZE,
+        time_scale: plan.time_scale,
     };
     let client = StreamClient::new(sending.max_concurrency.unwrap_or(512));
     let mut pids = stack.sim_pids.clone();

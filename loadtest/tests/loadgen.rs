@@ -226,7 +226,9 @@ async fn conversations_reuse_their_history_and_legacy_bodies_count_tokens_from_t
         .await
         .unwrap();
     let counted: usize = observed.output.records.iter().map(|r| r.output_len).sum();
-    // The initial test run generated one request's tokens before the timed run.
+    // The initial test run generated one request's tokens before the timed run (and before the
+    // scraper's baseline, so the servers' deltas hold only the timed requests).
     assert_eq!(counted, 40);
     assert_eq!(after - before, 50.0);
+    assert_eq!(observed.servers.endpoints[0].generation_tokens, 40.0);
 }

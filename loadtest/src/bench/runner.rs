@@ -264,6 +264,40 @@ impl Shared {
     }
 }
 
+/// The older scripts' "initial test run": the first request sent once, untimed; an error if it
+/// fails.
+pub async fn initial_test(
+    plan: &RunPlan,
+    workload: &Workload,
+    client: &StreamClient,
+) -> Result<(), RunError> {
+    let Some(session) = workload.sessions.first() else {
+        return Err(RunError::Empty);
+    };
+    let model = session.model.as_deref().unwrap_or(&plan.served_model);
+    let turn = &session.turns[0];
+    let body = plan.shape.body(model, &turn.prompt, turn.output_len);
+    let mut outcome = StreamOutcome::default();
+    let result = client
+        .stream_request(
+            plan.shape.request(session.first_index, body)?,
+            false,
+            &mut outcome,
+        )
+        .await;
+    match result {
+        Err(error) => Err(RunError::InitialTest(error.to_string())),
+        Ok(()) if outcome.status != 200 || outcome.ttft.is_none() => {
+            Err(RunError::InitialTest(format!(
+                "HTTP {} {}",
+                outcome.status,
+                outcome.error_body.unwrap_or_default()
+            )))
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
 /// Runs `workload` by `plan`; `client` is the pooled HTTP client to use.
 pub async fn run(
     plan: RunPlan,
@@ -275,29 +309,7 @@ pub async fn run(
         return Err(RunError::Empty);
     }
     if plan.initial_test_run {
-        let session = &workload.sessions[0];
-        let model = session.model.as_deref().unwrap_or(&plan.served_model);
-        let turn = &session.turns[0];
-        let body = plan.shape.body(model, &turn.prompt, turn.output_len);
-        let mut outcome = StreamOutcome::default();
-        let result = client
-            .stream_request(
-                plan.shape.request(session.first_index, body)?,
-                false,
-                &mut outcome,
-            )
-            .await;
-        match result {
-            Err(error) => return Err(RunError::InitialTest(error.to_string())),
-            Ok(()) if outcome.status != 200 || outcome.ttft.is_none() => {
-                return Err(RunError::InitialTest(format!(
-                    "HTTP {} {}",
-                    outcome.status,
-                    outcome.error_body.unwrap_or_default()
-                )));
-            }
-            Ok(()) => {}
-        }
+        initial_test(&plan, &workload, &client).await?;
     }
     let arrivals = arrival_times(
         workload.sessions.len(),

@@ -39,6 +39,10 @@ pub struct ServerSummary {
     pub kv_spread: f64,
     pub kv_cv: f64,
     pub kv_ticks: usize,
+    /// The same over the loaded phase only: from the start until the last request was sent (the
+    /// ramp-up is in, the drain of the last answers is not).
+    pub kv_spread_loaded: f64,
+    pub kv_cv_loaded: f64,
 }
 
 fn counter_delta(
@@ -61,20 +65,24 @@ fn stat(value: &Value, key: &str) -> f64 {
 }
 
 /// Sums up a run. `window` (seconds on the ticks' clock) bounds the KV figures: the run itself,
-/// not the idle time around it. `stats_before`/`stats_after` are each endpoint's `/sim/stats`
-/// (null from real servers).
+/// not the idle time around it; `loaded` is its part until the last request was sent.
+/// `stats_before`/`stats_after` are each endpoint's `/sim/stats` (null from real servers).
 pub fn summarize_servers(
     endpoints: &[String],
     ticks: &[ScrapeTick],
     stats_before: &[Value],
     stats_after: &[Value],
     window: (f64, f64),
+    loaded: (f64, f64),
 ) -> ServerSummary {
     let kv: KvBalance = kv_balance(ticks, endpoints.len(), window.0, window.1);
+    let kv_loaded: KvBalance = kv_balance(ticks, endpoints.len(), loaded.0, loaded.1);
     let mut summary = ServerSummary {
         kv_spread: kv.spread,
         kv_cv: kv.cv,
         kv_ticks: kv.ticks,
+        kv_spread_loaded: kv_loaded.spread,
+        kv_cv_loaded: kv_loaded.cv,
         ..ServerSummary::default()
     };
     let (mut queries, mut hits) = (0.0, 0.0);
@@ -143,7 +151,8 @@ mod tests {
         let endpoints = vec!["a".to_string(), "b".to_string()];
         let before = vec![json!({"lora_gpu_loads": 1}), json!(null)];
         let after = vec![json!({"lora_gpu_loads": 5}), json!(null)];
-        let summary = summarize_servers(&endpoints, &ticks, &before, &after, (0.0, 2.0));
+        let summary =
+            summarize_servers(&endpoints, &ticks, &before, &after, (0.0, 2.0), (0.0, 0.5));
         assert_eq!(summary.endpoints[0].prefix_queries, 200.0);
         assert_eq!(summary.endpoints[1].prefix_queries, 200.0);
         assert!((summary.prefix_hit_rate - 200.0 / 400.0).abs() < 1e-12);
@@ -151,5 +160,7 @@ mod tests {
         // Only tick 1 has both endpoints.
         assert_eq!(summary.kv_ticks, 1);
         assert!((summary.kv_spread - 0.4).abs() < 1e-12);
+        // No complete tick before 0.5 s.
+        assert_eq!(summary.kv_spread_loaded, 0.0);
     }
 }

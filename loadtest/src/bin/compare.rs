@@ -32,7 +32,8 @@ struct Args {
     /// Simulator speed-up. Default: the scenario's.
     #[arg(long)]
     time_scale: Option<f64>,
-    /// The seed scenario at full size: 3,000 prompts at time scale 1 (about 5 minutes a route).
+    /// The seed scenario at full size: 3,000 prompts at time scale 1 (about four times the
+    /// default run's wall time).
     #[arg(long)]
     full: bool,
     #[arg(long, default_value_t = 0)]

@@ -89,13 +89,13 @@ pub fn results_table(runs: &[RouteRun]) -> String {
 /// The model-server table: preemptions, prefix hits, adapter loads, KV balance.
 pub fn servers_table(runs: &[RouteRun]) -> String {
     let mut out = String::new();
-    out.push_str("| route | preemptions | prefix hit rate | best achievable | share of best | adapter loads | per 1,000 requests | from disk | KV spread | KV CV |\n");
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| route | preemptions | prefix hit rate | best achievable | share of best | adapter loads | per 1,000 requests | from disk | KV spread | KV CV | KV spread, loaded phase | KV CV, loaded phase |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for run in runs {
         let servers = &run.observed.servers;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {:.3} | {:.3} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
             run.route.short(),
             servers.preemptions,
             pct(servers.prefix_hit_rate),
@@ -106,6 +106,8 @@ pub fn servers_table(runs: &[RouteRun]) -> String {
             servers.lora_disk_loads,
             servers.kv_spread,
             servers.kv_cv,
+            servers.kv_spread_loaded,
+            servers.kv_cv_loaded,
         );
     }
     out
@@ -209,6 +211,8 @@ pub fn targets(scenario: ScenarioName, runs: &[RouteRun]) -> String {
                 find(runs, &strategy("ROUND_ROBIN")).or_else(|| find(runs, &Route::Plain));
             if let (Some(rr), Some(default)) = (baseline, find(runs, &strategy("DEFAULT"))) {
                 let ratio = default.observed.servers.kv_spread / rr.observed.servers.kv_spread;
+                let loaded_ratio = default.observed.servers.kv_spread_loaded
+                    / rr.observed.servers.kv_spread_loaded;
                 let (p99_default, p99_rr) = (
                     default.summary.ttft.percentile(99.0),
                     rr.summary.ttft.percentile(99.0),
@@ -221,6 +225,14 @@ pub fn targets(scenario: ScenarioName, runs: &[RouteRun]) -> String {
                     rr.observed.servers.kv_spread,
                     ratio,
                     verdict(ratio <= 0.5)
+                );
+                let _ = writeln!(
+                    out,
+                    "- The same over the loaded phase (until the last request was sent, without the drain of the last answers): {:.3} / {:.3} = **{:.2}** (≤ 0.5: {}).",
+                    default.observed.servers.kv_spread_loaded,
+                    rr.observed.servers.kv_spread_loaded,
+                    loaded_ratio,
+                    verdict(loaded_ratio <= 0.5)
                 );
                 let _ = writeln!(
                     out,
@@ -405,7 +417,9 @@ pub fn markdown(plan: &ComparePlan, runs: &[RouteRun], context: &ReportContext) 
          ITL pooled over all chunks of all successful requests.\n\
          - KV spread: at each scrape tick, max − min of `kv_cache_usage_perc` across the five \
          endpoints, averaged over the ticks of the run (0 = perfectly even, 1 = one full while \
-         another is empty). KV CV: standard deviation / mean across endpoints at each tick, averaged.\n\
+         another is empty). KV CV: standard deviation / mean across endpoints at each tick, averaged. \
+         *Loaded phase*: the same from the start until the last request was sent, i.e. without the \
+         drain, when the last few long answers keep a few servers busy whatever the routing.\n\
          - Prefix hit rate: Σ `vllm:prefix_cache_hits_total` / Σ `vllm:prefix_cache_queries_total` \
          over the endpoints, deltas over the run, in tokens (a preempted request is queried again \
          when it resumes, as in vLLM).\n\

@@ -10,6 +10,7 @@ pub mod dataset;
 pub mod observed;
 pub mod prefix_bound;
 pub mod request;
+pub mod result;
 pub mod runner;
 pub mod scrape;
 pub mod servers;

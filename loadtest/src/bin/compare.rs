@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use loadtest::bench::summary::timestamp_utc;
+use loadtest::bench::result::timestamp_utc;
 use loadtest::compare::report::{ReportContext, results_table, servers_table, targets};
 use loadtest::compare::scenario::{Route, Scenario, ScenarioName};
 use loadtest::compare::{ComparePlan, run_all, write_report};

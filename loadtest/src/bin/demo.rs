@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use loadtest::bench::summary::timestamp_utc;
+use loadtest::bench::result::timestamp_utc;
 use loadtest::client::StreamClient;
 use loadtest::compare::fleet_up::{ADMIN_ADDR, POD_HOSTS, POD_PORT};
 use loadtest::compare::report::{ReportContext, results_table, servers_table, targets};

@@ -15,11 +15,9 @@ use loadtest::bench::dataset::{Workload, trace};
 use loadtest::bench::observed::run_observed;
 use loadtest::bench::prefix_bound::DEFAULT_BLOCK_SIZE;
 use loadtest::bench::request::{Backend, BodyStyle, RequestShape, default_request_id_prefix};
+use loadtest::bench::result::{render_text, result_file_name, timestamp_utc, to_json};
 use loadtest::bench::runner::RunPlan;
-use loadtest::bench::summary::{
-    Metric, RunSettings, SummaryOptions, render_text, result_file_name, summarize, timestamp_utc,
-    to_json,
-};
+use loadtest::bench::summary::{Metric, RunSettings, SummaryOptions, summarize};
 use loadtest::client::StreamClient;
 use serde_json::json;
 

@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 
 use super::scenario::{Route, ScenarioName};
 use super::{ComparePlan, RouteRun};
-use crate::bench::summary::{Metric, to_json};
+use crate::bench::result::to_json;
+use crate::bench::summary::Metric;
 
 fn pct(value: f64) -> String {
     format!("{:.1}%", value * 100.0)

@@ -3,9 +3,11 @@
 //! (TTFT = first event with non-empty `choices`; one inter-token gap per such event; output
 //! tokens from the usage chunk).
 //!
-//! It is deliberately minimal (the five-simulator check uses it; the full benchmark client
-//! builds on it): no retries, no TLS. Results are filled in as events arrive, so a caller that
-//! stops waiting keeps whatever was measured so far.
+//! It is deliberately minimal (the five-simulator check uses it; the benchmark client in
+//! [`crate::bench`] builds on it): no retries, no TLS. Results are filled in as events arrive, so
+//! a caller that stops waiting keeps whatever was measured so far. Only timestamps are kept per
+//! event; the generated text is parsed and kept only when asked for (multi-turn histories, and
+//! the legacy client's token count, which had no usage chunk).
 
 use std::time::{Duration, Instant};
 
@@ -39,8 +41,31 @@ pub struct StreamOutcome {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub saw_done: bool,
-    /// The body of a non-200 answer.
+    /// The body of a non-200 answer, or an error event received mid-stream.
     pub error_body: Option<String>,
+    /// The generated text (completions `text` / chat `delta.content`), when captured.
+    pub text: String,
+}
+
+/// The part of a streamed chunk that carries text.
+#[derive(serde::Deserialize)]
+struct TextChunk<'a> {
+    #[serde(borrow, default)]
+    choices: Vec<TextChoice<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TextChoice<'a> {
+    #[serde(borrow, default)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    delta: Option<TextDelta<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TextDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// A cloneable client sharing one connection pool.
@@ -102,6 +127,18 @@ impl StreamClient {
             .uri(url)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))?;
+        self.stream_request(request, false, outcome).await
+    }
+
+    /// Sends a prepared request and reads its SSE stream into `outcome`; with `capture_text`
+    /// the generated text is kept in `outcome.text`. Times run from the moment the request is
+    /// handed to the connection pool, as the benchmark client's do.
+    pub async fn stream_request(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        capture_text: bool,
+        outcome: &mut StreamOutcome,
+    ) -> Result<(), ClientError> {
         let sent = Instant::now();
         let response = self.inner.request(request).await?;
         outcome.status = response.status().as_u16();
@@ -121,7 +158,14 @@ impl StreamClient {
             buffer.extend_from_slice(&data);
             while let Some(end) = find_event_end(&buffer) {
                 let event = buffer.split_to(end + 2);
-                handle_event(&event[..end], arrived, sent, &mut last_event, outcome);
+                handle_event(
+                    &event[..end],
+                    arrived,
+                    sent,
+                    &mut last_event,
+                    capture_text,
+                    outcome,
+                );
             }
         }
         Ok(())
@@ -132,11 +176,16 @@ fn find_event_end(buffer: &[u8]) -> Option<usize> {
     buffer.windows(2).position(|w| w == b"\n\n")
 }
 
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 fn handle_event(
     event: &[u8],
     arrived: Instant,
     sent: Instant,
     last: &mut Option<Instant>,
+    capture_text: bool,
     outcome: &mut StreamOutcome,
 ) {
     let Some(data) = event.strip_prefix(b"data: ") else {
@@ -146,14 +195,30 @@ fn handle_event(
         outcome.saw_done = true;
         return;
     }
-    let text = String::from_utf8_lossy(data);
-    if text.contains("\"choices\":[]") {
-        if let Ok(chunk) = serde_json::from_str::<serde_json::Value>(&text) {
+    if contains(data, b"\"choices\":[]") {
+        if let Ok(chunk) = serde_json::from_slice::<serde_json::Value>(data) {
             let usage = &chunk["usage"];
             outcome.prompt_tokens = usage["prompt_tokens"].as_u64();
             outcome.completion_tokens = usage["completion_tokens"].as_u64();
         }
         return;
+    }
+    if !contains(data, b"\"choices\"") {
+        // An error event (`data: {"error": ...}`) or something else without choices.
+        if contains(data, b"\"error\"") {
+            outcome.error_body = Some(String::from_utf8_lossy(data).into_owned());
+        }
+        return;
+    }
+    if capture_text && let Ok(chunk) = serde_json::from_slice::<TextChunk<'_>>(data) {
+        for choice in chunk.choices {
+            if let Some(text) = choice.text {
+                outcome.text.push_str(&text);
+            }
+            if let Some(content) = choice.delta.and_then(|d| d.content) {
+                outcome.text.push_str(&content);
+            }
+        }
     }
     match *last {
         None => outcome.ttft = Some(arrived - sent),
@@ -179,6 +244,7 @@ mod tests {
             t1,
             sent,
             &mut last,
+            true,
             &mut outcome,
         );
         handle_event(
@@ -186,6 +252,7 @@ mod tests {
             t2,
             sent,
             &mut last,
+            true,
             &mut outcome,
         );
         handle_event(
@@ -193,12 +260,14 @@ mod tests {
             t2,
             sent,
             &mut last,
+            true,
             &mut outcome,
         );
-        handle_event(b"data: [DONE]", t2, sent, &mut last, &mut outcome);
+        handle_event(b"data: [DONE]", t2, sent, &mut last, true, &mut outcome);
         assert_eq!(outcome.ttft, Some(Duration::from_millis(100)));
         assert_eq!(outcome.inter_token_gaps, [Duration::from_millis(30)]);
         assert_eq!(outcome.completion_tokens, Some(2));
+        assert_eq!(outcome.text, " a b");
         assert!(outcome.saw_done);
     }
 }

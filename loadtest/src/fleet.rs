@@ -8,8 +8,7 @@
 //! run is bounded in time and stops its child processes when it ends.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::client::{StreamClient, StreamOutcome};
+use crate::procs::{ProcessError, Processes, process_cpu_seconds, seed_sim_command};
 use crate::sim::tokenizer::prompt_with_exact_tokens;
 
 /// The run's shape.
@@ -39,15 +39,10 @@ pub struct FleetPlan {
 /// Why the check could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    #[error("starting {binary}: {source}")]
-    Spawn {
-        binary: String,
-        source: std::io::Error,
-    },
-    #[error("the simulator for {0} exited (is the port taken?)")]
-    Exited(String),
-    #[error("{0} never became healthy")]
-    Unhealthy(String),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("creating a scratch directory for logs: {0}")]
+    Scratch(std::io::Error),
 }
 
 /// Per-simulator results.
@@ -67,15 +62,9 @@ pub struct SimReport {
     pub exited_early: bool,
 }
 
-/// The `/proc/<pid>/stat` CPU time (user + system) of a process, in seconds.
-pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let after = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0) // USER_HZ is 100 on Linux
-}
+/// How long five simulators may take to answer /health: they start in milliseconds, so this
+/// only bounds a broken start.
+const HEALTH_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Uniform integer in [⌊L(1−r)⌋, ⌈L(1+r)⌉] (the current `vllm bench serve` random dataset).
 fn ranged(rng: &mut fastrand::Rng, length: usize, ratio: f64) -> usize {
@@ -84,90 +73,43 @@ fn ranged(rng: &mut fastrand::Rng, length: usize, ratio: f64) -> usize {
     rng.usize(low.max(1)..=high.max(1))
 }
 
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn spawn_sims(plan: &FleetPlan) -> Result<(Children, Vec<String>), FleetError> {
-    let mut children = Children(Vec::new());
+fn spawn_sims(plan: &FleetPlan, logs: &Path) -> Result<(Processes, Vec<String>), FleetError> {
+    let mut processes = Processes::new();
     let mut addresses = Vec::new();
     for index in 0..plan.sims {
         let host = format!("127.0.0.{}", index + 2);
-        let child = Command::new(&plan.sim_binary)
-            .arg("/models/Qwen-2.5-7B-Instruct")
-            .args(["--host", &host, "--port", &plan.port.to_string()])
-            .args(["--trust-remote-code", "--served-model-name", "/model/qwen"])
-            .args([
-                "--gpu-memory-utilization",
-                "0.95",
-                "--enforce-eager",
-                "--enable-lora",
-            ])
-            .args(["--max-loras", "2", "--max-cpu-loras", "4", "--lora-modules"])
-            .args([
-                "travel-helper-v1=/models/Qwen-TravelHelper-Lora",
-                "travel-helper-v2=/models/Qwen-TravelHelper-Lora-v2",
-            ])
-            .args([
-                "--profile",
-                &plan.profile,
-                "--time-scale",
-                &plan.time_scale.to_string(),
-            ])
-            .args(["--seed", &(plan.seed + index as u64).to_string()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|source| FleetError::Spawn {
-                binary: plan.sim_binary.display().to_string(),
-                source,
-            })?;
-        children.0.push(child);
+        let command = seed_sim_command(
+            &plan.sim_binary,
+            &host,
+            plan.port,
+            &plan.profile,
+            plan.time_scale,
+            plan.seed + index as u64,
+            &[],
+        );
+        processes.spawn(
+            &format!("vllm-sim {host}"),
+            command,
+            &logs.join(format!("sim-{index}.log")),
+        )?;
         addresses.push(format!("http://{host}:{}", plan.port));
     }
-    Ok((children, addresses))
-}
-
-async fn wait_healthy(client: &StreamClient, base: &str, deadline: Instant) -> bool {
-    while Instant::now() < deadline {
-        if let Ok((200, _)) = client
-            .request(http::Method::GET, &format!("{base}/health"), None)
-            .await
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+    Ok((processes, addresses))
 }
 
 /// Runs the check and returns one report per simulator plus the client's own CPU seconds.
 pub async fn run(plan: FleetPlan) -> Result<(Vec<SimReport>, f64, Duration), FleetError> {
-    let (children, addresses) = spawn_sims(&plan)?;
+    let logs = tempfile::tempdir().map_err(FleetError::Scratch)?;
+    let (mut children, addresses) = spawn_sims(&plan, logs.path())?;
     let client = StreamClient::new(plan.concurrency);
-    let health_deadline = Instant::now() + Duration::from_secs(30);
-    for address in &addresses {
-        if !wait_healthy(&client, address, health_deadline).await {
-            return Err(FleetError::Unhealthy(address.clone()));
-        }
+    for (index, address) in addresses.iter().enumerate() {
+        let name = format!("vllm-sim 127.0.0.{}", index + 2);
+        let url = format!("{address}/health");
+        children
+            .wait_ready(&client, &name, &url, HEALTH_DEADLINE)
+            .await?;
     }
-    // A simulator that could not bind exits at once; another server on the port must not be
-    // mistaken for it.
-    let mut children = children;
-    for (child, address) in children.0.iter_mut().zip(&addresses) {
-        if !matches!(child.try_wait(), Ok(None)) {
-            return Err(FleetError::Exited(address.clone()));
-        }
-    }
-    let pids: Vec<u32> = children.0.iter().map(Child::id).collect();
+    let pids: Vec<u32> = children.pids().into_iter().map(|(_, pid)| pid).collect();
     let cpu_before: Vec<f64> = pids
         .iter()
         .map(|&p| process_cpu_seconds(p).unwrap_or(0.0))
@@ -269,8 +211,9 @@ pub async fn run(plan: FleetPlan) -> Result<(Vec<SimReport>, f64, Duration), Fle
         }
         results.push(report);
     }
-    for (child, report) in children.0.iter_mut().zip(&mut results) {
-        report.exited_early = !matches!(child.try_wait(), Ok(None));
+    let all_alive = children.check_alive().is_ok();
+    for report in &mut results {
+        report.exited_early = !all_alive;
     }
     drop(children);
     Ok((results, own_cpu, elapsed))

@@ -3,6 +3,9 @@
 //!
 //! Nothing here is linked into the gateway: the kit talks to it over real HTTP, like a user would.
 
+pub mod bench;
 pub mod client;
+pub mod compare;
 pub mod fleet;
+pub mod procs;
 pub mod sim;

@@ -20,6 +20,17 @@ pub struct LoraResidency {
     gpu: Vec<LoraId>,
     cpu: Vec<LoraId>,
     costs: LoraCosts,
+    loads: LoraLoads,
+}
+
+/// How often adapters were brought in (not a vLLM metric: `/sim/stats` reports it so benchmarks
+/// can count adapter swaps).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoraLoads {
+    /// Adapters put into a GPU slot for a step (from the CPU cache or from disk).
+    pub gpu: u64,
+    /// Of those, the ones read from disk first.
+    pub disk: u64,
 }
 
 impl LoraResidency {
@@ -30,7 +41,13 @@ impl LoraResidency {
             gpu: Vec::new(),
             cpu: Vec::new(),
             costs,
+            loads: LoraLoads::default(),
         }
+    }
+
+    /// Adapter loads since start (preloads excluded).
+    pub fn loads(&self) -> LoraLoads {
+        self.loads
     }
 
     pub fn max_loras(&self) -> usize {
@@ -78,9 +95,11 @@ impl LoraResidency {
                 self.cpu.push(id);
             } else {
                 seconds += self.costs.disk_load_seconds;
+                self.loads.disk += 1;
                 self.insert_cpu(id, batch);
             }
             seconds += self.costs.activate_seconds;
+            self.loads.gpu += 1;
             if self.gpu.len() >= self.max_gpu
                 && let Some(at) = self.gpu.iter().position(|x| !batch.contains(x))
             {
@@ -120,5 +139,7 @@ mod tests {
         // The CPU cache holds three: loading a fourth evicts the least recently used (1).
         loras.activate_batch(&[4]);
         assert!(!loras.in_cpu(1));
+        // [1] from the CPU cache, [2, 3] from disk, [4] from disk; preloads do not count.
+        assert_eq!(loras.loads(), LoraLoads { gpu: 4, disk: 3 });
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use self::sequence::Sequence;
 use super::kv_cache::KvCache;
-use super::lora::{LoraId, LoraResidency};
+use super::lora::{LoraId, LoraLoads, LoraResidency};
 use super::profile::{LoraCosts, StepTimeModel, StepWork};
 
 pub type RequestId = u64;
@@ -178,6 +178,11 @@ impl Engine {
 
     pub fn counters(&self) -> EngineCounters {
         self.counters
+    }
+
+    /// Adapter loads since start.
+    pub fn lora_loads(&self) -> LoraLoads {
+        self.loras.loads()
     }
 
     pub fn num_running(&self) -> usize {

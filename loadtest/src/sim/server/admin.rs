@@ -44,6 +44,8 @@ pub(super) fn pacing_stats(state: &SimState) -> hyper::Response<SimBody> {
         "itl_mean_abs_error_seconds": stats.itl_abs_error_sum / samples,
         "slips": stats.slips,
         "slip_wall_seconds": stats.slip_wall_seconds,
+        "lora_gpu_loads": stats.lora_gpu_loads,
+        "lora_disk_loads": stats.lora_disk_loads,
     });
     full_response(200, "application/json", body.to_string())
 }

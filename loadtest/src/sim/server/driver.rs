@@ -63,6 +63,10 @@ pub struct PacingStats {
     pub itl_abs_error_sum: f64,
     pub slips: u64,
     pub slip_wall_seconds: f64,
+    /// Adapters brought into a GPU slot, and of those the ones read from disk (see
+    /// [`crate::sim::lora::LoraLoads`]).
+    pub lora_gpu_loads: u64,
+    pub lora_disk_loads: u64,
 }
 
 struct Route {
@@ -214,6 +218,9 @@ impl Driver {
         stats.itl_model_sum += pacing.itl_model_sum;
         stats.itl_wall_sum += pacing.itl_wall_sum;
         stats.itl_abs_error_sum += pacing.itl_abs_error_sum;
+        let loads = self.engine.lora_loads();
+        stats.lora_gpu_loads = loads.gpu;
+        stats.lora_disk_loads = loads.disk;
     }
 
     fn resync_if_late(&mut self) {

@@ -1,0 +1,264 @@
+//! Bringing up the local stack for one run: five fresh `vllm-sim` processes on 127.0.0.2–6:8000
+//! (the Pods of `manifests/examples/local/`) and a fresh `inference-gateway` on a scratch copy of
+//! that configuration with the InferencePool's routing strategy set, each waited on until ready.
+//!
+//! Fresh processes per run mean no KV cache, prefix index or adapter residency carries over from
+//! one route to the next. The ports are checked first: a leftover process answering on them would
+//! silently serve instead.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::client::StreamClient;
+use crate::procs::{ProcessError, Processes, ensure_free, seed_sim_command};
+
+/// The Pods' addresses in `manifests/examples/local/pods.yaml`.
+pub const POD_HOSTS: [&str; 5] = [
+    "127.0.0.2",
+    "127.0.0.3",
+    "127.0.0.4",
+    "127.0.0.5",
+    "127.0.0.6",
+];
+/// The Pods' model-server port.
+pub const POD_PORT: u16 = 8000;
+/// The Gateway listeners of the example: plain route and inference route.
+pub const PLAIN_PORT: u16 = 8080;
+pub const INFERENCE_PORT: u16 = 8081;
+/// The gateway's admin listener (its default).
+pub const ADMIN_ADDR: &str = "127.0.0.1:9090";
+/// The annotation that picks the pool's strategy.
+pub const STRATEGY_ANNOTATION: &str = "inference.networking.x-k8s.io/routing-strategy";
+/// The example's pool.
+pub const POOL_NAME: &str = "vllm-qwen-pool";
+
+/// How long a process may take to become ready. Simulators bind in milliseconds and the gateway
+/// is ready after its first scrape round (50 ms); these bound a broken start, not a normal one.
+const SIM_READY: Duration = Duration::from_secs(30);
+const GATEWAY_READY: Duration = Duration::from_secs(60);
+
+/// Why the stack could not be configured.
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} has no InferencePool named {POOL_NAME} to annotate")]
+    NoPool(String),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StackError + '_ {
+    move |source| StackError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// What the stack needs.
+#[derive(Debug, Clone)]
+pub struct StackPlan {
+    pub sim_binary: PathBuf,
+    pub gateway_binary: PathBuf,
+    /// `manifests/examples/local/`.
+    pub manifests: PathBuf,
+    pub profile: String,
+    pub time_scale: f64,
+    pub seed: u64,
+    /// Adapters the simulators register (empty: the seed's two).
+    pub lora_modules: Vec<String>,
+    /// Extra model names the gateway must serve (InferenceModels on the pool).
+    pub gateway_models: Vec<String>,
+    /// The pool's strategy; `None` leaves the example's annotation-less pool (DEFAULT).
+    pub strategy: Option<String>,
+    /// Where configs and logs go.
+    pub scratch: PathBuf,
+}
+
+/// Inserts the strategy annotation into the InferencePool named [`POOL_NAME`].
+pub fn annotate_pool(yaml: &str, strategy: &str) -> Option<String> {
+    let mut out = String::with_capacity(yaml.len() + 100);
+    let mut in_pool = false;
+    let mut done = false;
+    for line in yaml.lines() {
+        if line.starts_with("kind:") {
+            in_pool = line.trim_end() == "kind: InferencePool";
+        }
+        out.push_str(line);
+        out.push('\n');
+        if in_pool && !done && line.trim_end() == format!("  name: {POOL_NAME}") {
+            out.push_str(&format!(
+                "  annotations:\n    {STRATEGY_ANNOTATION}: \"{strategy}\"\n"
+            ));
+            done = true;
+        }
+    }
+    done.then_some(out)
+}
+
+/// The InferenceModels that let the inference route accept `names` (sent as requested).
+pub fn inference_models_yaml(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|name| {
+            format!(
+                "apiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferenceModel\nmetadata:\n  name: {name}\nspec:\n  modelName: {name}\n  criticality: Critical\n  poolRef:\n    name: {POOL_NAME}\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// Writes the gateway's configuration for `plan` into `dir`.
+pub fn write_config(plan: &StackPlan, dir: &Path) -> Result<(), StackError> {
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let entries = std::fs::read_dir(&plan.manifests).map_err(io_error(&plan.manifests))?;
+    let mut annotated = plan.strategy.is_none();
+    for entry in entries {
+        let path = entry.map_err(io_error(&plan.manifests))?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let mut text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
+        if let Some(strategy) = &plan.strategy
+            && let Some(with) = annotate_pool(&text, strategy)
+        {
+            text = with;
+            annotated = true;
+        }
+        let target = dir.join(path.file_name().unwrap_or_default());
+        std::fs::write(&target, text).map_err(io_error(&target))?;
+    }
+    if !annotated {
+        return Err(StackError::NoPool(plan.manifests.display().to_string()));
+    }
+    if !plan.gateway_models.is_empty() {
+        let target = dir.join("extra-models.yaml");
+        std::fs::write(&target, inference_models_yaml(&plan.gateway_models))
+            .map_err(io_error(&target))?;
+    }
+    Ok(())
+}
+
+/// A running stack; dropping it stops every process.
+pub struct Stack {
+    pub processes: Processes,
+    pub sim_pids: Vec<u32>,
+    pub gateway_pid: u32,
+    pub endpoints: Vec<String>,
+}
+
+/// Starts the simulators, then the gateway, each waited on until ready.
+pub async fn start_stack(plan: &StackPlan) -> Result<Stack, StackError> {
+    let mut ports: Vec<SocketAddr> = POD_HOSTS
+        .iter()
+        .map(|host| SocketAddr::new(host.parse().expect("literal address"), POD_PORT))
+        .collect();
+    ports.push(SocketAddr::from(([127, 0, 0, 1], PLAIN_PORT)));
+    ports.push(SocketAddr::from(([127, 0, 0, 1], INFERENCE_PORT)));
+    ports.push(ADMIN_ADDR.parse().expect("literal address"));
+    for address in ports {
+        ensure_free(address)?;
+    }
+    let config_dir = plan.scratch.join("config");
+    write_config(plan, &config_dir)?;
+
+    let client = StreamClient::new(4);
+    let mut processes = Processes::new();
+    let mut sim_pids = Vec::new();
+    let mut endpoints = Vec::new();
+    for (index, host) in POD_HOSTS.iter().enumerate() {
+        let command = seed_sim_command(
+            &plan.sim_binary,
+            host,
+            POD_PORT,
+            &plan.profile,
+            plan.time_scale,
+            plan.seed + index as u64,
+            &plan.lora_modules,
+        );
+        let log = plan.scratch.join(format!("sim-{index}.log"));
+        sim_pids.push(processes.spawn(&format!("vllm-sim {host}"), command, &log)?);
+        endpoints.push(format!("http://{host}:{POD_PORT}"));
+    }
+    for (host, endpoint) in POD_HOSTS.iter().zip(&endpoints) {
+        processes
+            .wait_ready(
+                &client,
+                &format!("vllm-sim {host}"),
+                &format!("{endpoint}/health"),
+                SIM_READY,
+            )
+            .await?;
+    }
+    let mut gateway = Command::new(&plan.gateway_binary);
+    gateway
+        .arg("--config")
+        .arg(&config_dir)
+        .args(["--admin-addr", ADMIN_ADDR])
+        .env("RUST_LOG", "warn");
+    let gateway_pid = processes.spawn(
+        "inference-gateway",
+        gateway,
+        &plan.scratch.join("gateway.log"),
+    )?;
+    processes
+        .wait_ready(
+            &client,
+            "inference-gateway",
+            &format!("http://{ADMIN_ADDR}/readyz"),
+            GATEWAY_READY,
+        )
+        .await?;
+    Ok(Stack {
+        processes,
+        sim_pids,
+        gateway_pid,
+        endpoints,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POOL: &str = "# comment\napiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferencePool\nmetadata:\n  name: vllm-qwen-pool\nspec:\n  targetPortNumber: 8000\n---\nkind: InferenceModel\nmetadata:\n  name: vllm-qwen-pool\n";
+
+    #[test]
+    fn the_pool_and_only_the_pool_is_annotated() {
+        let out = annotate_pool(POOL, "PREFIX_CACHE").unwrap();
+        assert_eq!(out.matches("routing-strategy").count(), 1);
+        assert!(out.contains(
+            "  name: vllm-qwen-pool\n  annotations:\n    inference.networking.x-k8s.io/routing-strategy: \"PREFIX_CACHE\"\nspec:"
+        ));
+        assert!(annotate_pool("kind: Service\nmetadata:\n  name: x\n", "DEFAULT").is_none());
+    }
+
+    #[test]
+    fn the_example_config_is_copied_with_the_strategy_and_extra_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/local");
+        let plan = StackPlan {
+            sim_binary: PathBuf::new(),
+            gateway_binary: PathBuf::new(),
+            manifests,
+            profile: String::new(),
+            time_scale: 1.0,
+            seed: 0,
+            lora_modules: Vec::new(),
+            gateway_models: vec!["adapter-1".into()],
+            strategy: Some("LORA_AFFINITY".into()),
+            scratch: dir.path().to_path_buf(),
+        };
+        write_config(&plan, dir.path()).unwrap();
+        let pool = std::fs::read_to_string(dir.path().join("inference-pool.yaml")).unwrap();
+        assert!(pool.contains("routing-strategy: \"LORA_AFFINITY\""));
+        let extra = std::fs::read_to_string(dir.path().join("extra-models.yaml")).unwrap();
+        assert!(extra.contains("modelName: adapter-1"));
+    }
+}

@@ -1,0 +1,269 @@
+//! The report's pictures, as PNG and SVG: KV-cache usage per endpoint over time, one panel per
+//! route side by side (the seed's Grafana picture), and the TTFT distribution of every route.
+//!
+//! Text is rendered with `ab_glyph` from a TrueType font registered at run time (DejaVu Sans from
+//! Debian's `fonts-dejavu-core` unless `--font` names another), so no system font library is
+//! linked.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::RouteRun;
+
+/// Where DejaVu Sans usually lives.
+pub const FONT_CANDIDATES: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+/// Why a picture could not be drawn.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    #[error(
+        "no font for the plots: install fonts-dejavu-core (apt-get install fonts-dejavu-core) or pass --font PATH.ttf"
+    )]
+    NoFont,
+    #[error("reading font {path}: {source}")]
+    FontFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a usable TrueType font")]
+    BadFont(String),
+    #[error("drawing {path}: {message}")]
+    Draw { path: String, message: String },
+}
+
+static FONT: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Registers the font once per process.
+pub fn register_font(explicit: Option<&Path>) -> Result<(), PlotError> {
+    let path: PathBuf = match explicit {
+        Some(path) => path.to_path_buf(),
+        None => FONT_CANDIDATES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or(PlotError::NoFont)?,
+    };
+    let outcome = FONT.get_or_init(|| {
+        let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+        let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, leaked)
+            .map_err(|_| format!("{} is not a usable TrueType font", path.display()))
+    });
+    outcome.clone().map_err(|message| {
+        if message.contains("TrueType") {
+            PlotError::BadFont(path.display().to_string())
+        } else {
+            PlotError::FontFile {
+                path: path.display().to_string(),
+                source: std::io::Error::other(message),
+            }
+        }
+    })
+}
+
+/// One route's KV series: (simulated seconds since the run started, usage per endpoint).
+struct KvPanel {
+    title: String,
+    hosts: Vec<String>,
+    points: Vec<(f64, Vec<Option<f64>>)>,
+}
+
+fn kv_panels(runs: &[RouteRun], time_scale: f64) -> Vec<KvPanel> {
+    runs.iter()
+        .map(|run| {
+            let (from, to) = run.observed.window;
+            KvPanel {
+                title: run.route.label(),
+                hosts: run
+                    .observed
+                    .endpoints
+                    .iter()
+                    .map(|e| e.trim_start_matches("http://").replace(":8000", ""))
+                    .collect(),
+                points: run
+                    .observed
+                    .ticks
+                    .iter()
+                    .filter(|t| t.at >= from && t.at <= to)
+                    .map(|t| {
+                        (
+                            (t.at - from) * time_scale,
+                            t.samples
+                                .iter()
+                                .map(|s| s.as_ref().map(|s| s.kv_usage * 100.0))
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn draw_error<E: std::fmt::Debug>(path: &Path) -> impl FnOnce(E) -> PlotError + '_ {
+    move |error| PlotError::Draw {
+        path: path.display().to_string(),
+        message: format!("{error:?}"),
+    }
+}
+
+fn draw_kv<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    panels: &[KvPanel],
+    path: &Path,
+) -> Result<(), PlotError> {
+    root.fill(&WHITE).map_err(draw_error(path))?;
+    let longest = panels
+        .iter()
+        .filter_map(|p| p.points.last().map(|(t, _)| *t))
+        .fold(1.0f64, f64::max);
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for (panel, area) in panels.iter().zip(areas) {
+        let mut chart = ChartBuilder::on(&area)
+            .caption(&panel.title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..longest, 0f64..100f64)
+            .map_err(draw_error(path))?;
+        chart
+            .configure_mesh()
+            .x_desc("simulated seconds since the run started")
+            .y_desc("KV-cache usage (%)")
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(draw_error(path))?;
+        for (index, host) in panel.hosts.iter().enumerate() {
+            let color = Palette99::pick(index).to_rgba();
+            let series = panel
+                .points
+                .iter()
+                .filter_map(|(t, values)| values.get(index).copied().flatten().map(|v| (*t, v)));
+            chart
+                .draw_series(LineSeries::new(series, color.stroke_width(2)))
+                .map_err(draw_error(path))?
+                .label(host.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(draw_error(path))?;
+    }
+    root.present().map_err(draw_error(path))?;
+    Ok(())
+}
+
+fn draw_ttft<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    runs: &[RouteRun],
+    path: &Path,
+) -> Result<(), PlotError> {
+    root.fill(&WHITE).map_err(draw_error(path))?;
+    let all = runs
+        .iter()
+        .flat_map(|r| r.summary.ttft.samples.values().iter().copied());
+    let (low, high) = all.fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let low = if low.is_finite() && low > 0.0 {
+        low * 0.8
+    } else {
+        1.0
+    };
+    let high = (high * 1.25).max(low * 10.0);
+    let mut chart = ChartBuilder::on(root)
+        .caption("TTFT distribution per route", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d((low..high).log_scale(), 0f64..1f64)
+        .map_err(draw_error(path))?;
+    chart
+        .configure_mesh()
+        .x_desc("TTFT (ms, simulated; log scale)")
+        .y_desc("share of requests with TTFT ≤ x")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(draw_error(path))?;
+    for (index, run) in runs.iter().enumerate() {
+        let values = run.summary.ttft.samples.values();
+        let n = values.len().max(1) as f64;
+        let color = Palette99::pick(index).to_rgba();
+        let points = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.max(low), (i + 1) as f64 / n));
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(3)))
+            .map_err(draw_error(path))?
+            .label(run.route.label())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(draw_error(path))?;
+    root.present().map_err(draw_error(path))?;
+    Ok(())
+}
+
+/// Writes `STEM-kv.{png,svg}` and `STEM-ttft.{png,svg}` into `dir`; returns the paths.
+pub fn write_plots(
+    dir: &Path,
+    stem: &str,
+    runs: &[RouteRun],
+    time_scale: f64,
+) -> Result<Vec<PathBuf>, PlotError> {
+    let panels = kv_panels(runs, time_scale);
+    let kv_size = (560 * panels.len().max(1) as u32, 420);
+    let ttft_size = (900, 520);
+    let mut written = Vec::new();
+
+    let path = dir.join(format!("{stem}-kv.png"));
+    draw_kv(
+        &BitMapBackend::new(&path, kv_size).into_drawing_area(),
+        &panels,
+        &path,
+    )?;
+    written.push(path);
+    let path = dir.join(format!("{stem}-kv.svg"));
+    draw_kv(
+        &SVGBackend::new(&path, kv_size).into_drawing_area(),
+        &panels,
+        &path,
+    )?;
+    written.push(path);
+    let path = dir.join(format!("{stem}-ttft.png"));
+    draw_ttft(
+        &BitMapBackend::new(&path, ttft_size).into_drawing_area(),
+        runs,
+        &path,
+    )?;
+    written.push(path);
+    let path = dir.join(format!("{stem}-ttft.svg"));
+    draw_ttft(
+        &SVGBackend::new(&path, ttft_size).into_drawing_area(),
+        runs,
+        &path,
+    )?;
+    written.push(path);
+    Ok(written)
+}

@@ -1,0 +1,496 @@
+//! The comparison report: `docs/benchmarks/NAME.md` (tables, the target figures of the
+//! strategies issue, CPU use, definitions, the exact command) and `docs/benchmarks/data/NAME.json`
+//! (every figure, the per-endpoint KV series) next to the plots.
+//!
+//! Definitions used in every table:
+//! - **KV spread**: at each scrape tick, max − min of `kv_cache_usage_perc` across the five
+//!   endpoints; averaged over the ticks of the run. **KV CV**: at each tick, standard deviation /
+//!   mean across endpoints; averaged likewise.
+//! - **Prefix hit rate**: Σ `prefix_cache_hits` / Σ `prefix_cache_queries` over the endpoints,
+//!   deltas over the run (tokens). **Best achievable**: [`crate::bench::prefix_bound`] — one server
+//!   with an unbounded cache seeing every request in send order.
+//! - **Adapter loads**: adapters brought into a GPU slot (`/sim/stats` `lora_gpu_loads`), per
+//!   1,000 requests sent.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::scenario::{Route, ScenarioName};
+use super::{ComparePlan, RouteRun};
+use crate::bench::result::to_json;
+use crate::bench::summary::Metric;
+
+fn pct(value: f64) -> String {
+    format!("{:.1}%", value * 100.0)
+}
+
+fn ms(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+fn find<'a>(runs: &'a [RouteRun], route: &Route) -> Option<&'a RouteRun> {
+    runs.iter().find(|r| &r.route == route)
+}
+
+fn strategy(name: &str) -> Route {
+    Route::Inference(name.to_string())
+}
+
+/// Loads per 1,000 requests.
+pub fn loads_per_thousand(run: &RouteRun) -> f64 {
+    run.observed.servers.lora_gpu_loads / run.requests.max(1) as f64 * 1000.0
+}
+
+/// Measured prefix hit rate as a share of the best achievable one.
+pub fn share_of_best(run: &RouteRun) -> f64 {
+    let bound = run.observed.output.bound_hit_rate;
+    if bound > 0.0 {
+        run.observed.servers.prefix_hit_rate / bound
+    } else {
+        0.0
+    }
+}
+
+/// The latency and throughput table (also what `demo --compare` prints).
+pub fn results_table(runs: &[RouteRun]) -> String {
+    let mut out = String::new();
+    out.push_str("| route | ok / failed | duration (s) | req/s | output tok/s | TTFT mean | TTFT median | TTFT p90 | TTFT p99 | TPOT mean | TPOT p99 | ITL mean | ITL p99 | E2EL mean | E2EL p99 |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for run in runs {
+        let s = &run.summary;
+        let _ = writeln!(
+            out,
+            "| {} | {} / {} | {:.1} | {:.2} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            run.route.short(),
+            s.completed,
+            s.failed,
+            s.duration,
+            s.request_throughput,
+            s.output_throughput,
+            ms(s.ttft.mean),
+            ms(s.ttft.median),
+            ms(s.ttft.percentile(90.0)),
+            ms(s.ttft.percentile(99.0)),
+            ms(s.tpot.mean),
+            ms(s.tpot.percentile(99.0)),
+            ms(s.itl.mean),
+            ms(s.itl.percentile(99.0)),
+            ms(s.e2el.mean),
+            ms(s.e2el.percentile(99.0)),
+        );
+    }
+    out
+}
+
+/// The model-server table: preemptions, prefix hits, adapter loads, KV balance.
+pub fn servers_table(runs: &[RouteRun]) -> String {
+    let mut out = String::new();
+    out.push_str("| route | preemptions | prefix hit rate | best achievable | share of best | adapter loads | per 1,000 requests | from disk | KV spread | KV CV | KV spread, loaded phase | KV CV, loaded phase |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for run in runs {
+        let servers = &run.observed.servers;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            run.route.short(),
+            servers.preemptions,
+            pct(servers.prefix_hit_rate),
+            pct(run.observed.output.bound_hit_rate),
+            pct(share_of_best(run)),
+            servers.lora_gpu_loads,
+            loads_per_thousand(run),
+            servers.lora_disk_loads,
+            servers.kv_spread,
+            servers.kv_cv,
+            servers.kv_spread_loaded,
+            servers.kv_cv_loaded,
+        );
+    }
+    out
+}
+
+/// KV usage per endpoint: time average and maximum.
+pub fn kv_table(runs: &[RouteRun]) -> String {
+    let mut out = String::new();
+    let Some(first) = runs.first() else {
+        return out;
+    };
+    out.push_str("| route |");
+    for endpoint in &first.observed.endpoints {
+        let host = endpoint
+            .trim_start_matches("http://")
+            .split(':')
+            .next()
+            .unwrap_or(endpoint);
+        let _ = write!(out, " {host} avg / max |");
+    }
+    out.push_str(" spread | CV |\n|---|");
+    for _ in &first.observed.endpoints {
+        out.push_str("---:|");
+    }
+    out.push_str("---:|---:|\n");
+    for run in runs {
+        let _ = write!(out, "| {} |", run.route.short());
+        for endpoint in &run.observed.servers.endpoints {
+            let _ = write!(
+                out,
+                " {:.1}% / {:.1}% |",
+                endpoint.kv_mean * 100.0,
+                endpoint.kv_max * 100.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            " {:.3} | {:.3} |",
+            run.observed.servers.kv_spread, run.observed.servers.kv_cv
+        );
+    }
+    out
+}
+
+fn cpu_table(runs: &[RouteRun], time_scale: f64) -> String {
+    let mut out = String::new();
+    out.push_str("| route | wall time (s) | each simulator | all five simulators | gateway | loadgen (client + scraper) | simulator slips | measured / model ITL |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for run in runs {
+        let cpu = &run.cpu;
+        let sims: f64 = cpu.sims.iter().sum();
+        let each: Vec<String> = cpu
+            .sims
+            .iter()
+            .map(|s| format!("{:.0}", cpu.percent(*s)))
+            .collect();
+        let slips: f64 = run
+            .observed
+            .sim_stats
+            .iter()
+            .map(|s| s["slips"].as_f64().unwrap_or(0.0))
+            .sum();
+        let ratios: Vec<f64> = run
+            .observed
+            .sim_stats
+            .iter()
+            .filter_map(|s| s["itl_measured_over_model"].as_f64())
+            .collect();
+        let worst = ratios.iter().copied().fold(1.0f64, f64::max);
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {}% | {:.0}% | {:.0}% | {:.0}% | {} | ≤ {:.4} |",
+            run.route.short(),
+            cpu.wall,
+            each.join(" / "),
+            cpu.percent(sims),
+            cpu.percent(cpu.gateway),
+            cpu.percent(cpu.client),
+            slips,
+            worst,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nPercent of one core, from `/proc/PID/stat` over the run's wall time (the machine has {} cores; the simulators run {time_scale}× faster than their model). A *slip* is a simulator engine step that fell more than 50 ms behind its schedule; none means the simulators kept to their step-time model, i.e. no process was CPU-starved in a way that distorts latencies.",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    out
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "not met" }
+}
+
+/// The figures the strategies issue is judged by, computed from the runs present.
+pub fn targets(scenario: ScenarioName, runs: &[RouteRun]) -> String {
+    let mut out = String::new();
+    match scenario {
+        ScenarioName::Seed => {
+            let baseline =
+                find(runs, &strategy("ROUND_ROBIN")).or_else(|| find(runs, &Route::Plain));
+            if let (Some(rr), Some(default)) = (baseline, find(runs, &strategy("DEFAULT"))) {
+                let ratio = default.observed.servers.kv_spread / rr.observed.servers.kv_spread;
+                let loaded_ratio = default.observed.servers.kv_spread_loaded
+                    / rr.observed.servers.kv_spread_loaded;
+                let (p99_default, p99_rr) = (
+                    default.summary.ttft.percentile(99.0),
+                    rr.summary.ttft.percentile(99.0),
+                );
+                let _ = writeln!(
+                    out,
+                    "- KV spread, DEFAULT / round-robin ({}): {:.3} / {:.3} = **{:.2}** (target ≤ 0.5: {}).",
+                    rr.route.short(),
+                    default.observed.servers.kv_spread,
+                    rr.observed.servers.kv_spread,
+                    ratio,
+                    verdict(ratio <= 0.5)
+                );
+                let _ = writeln!(
+                    out,
+                    "- The same over the loaded phase (until the last request was sent, without the drain of the last answers): {:.3} / {:.3} = **{:.2}** (≤ 0.5: {}).",
+                    default.observed.servers.kv_spread_loaded,
+                    rr.observed.servers.kv_spread_loaded,
+                    loaded_ratio,
+                    verdict(loaded_ratio <= 0.5)
+                );
+                let _ = writeln!(
+                    out,
+                    "- p99 TTFT, DEFAULT vs. round-robin: {} ms vs. {} ms (target: no worse: {}).",
+                    ms(p99_default),
+                    ms(p99_rr),
+                    verdict(p99_default <= p99_rr)
+                );
+            }
+        }
+        ScenarioName::Prefix | ScenarioName::MultiTurn => {
+            if let Some(prefix) = find(runs, &strategy("PREFIX_CACHE")) {
+                let share = share_of_best(prefix);
+                let _ = writeln!(
+                    out,
+                    "- PREFIX_CACHE prefix-cache hit rate {} of a best achievable {} = **{}** of the best{}.",
+                    pct(prefix.observed.servers.prefix_hit_rate),
+                    pct(prefix.observed.output.bound_hit_rate),
+                    pct(share),
+                    if scenario == ScenarioName::Prefix {
+                        format!(" (target ≥ 80%: {})", verdict(share >= 0.8))
+                    } else {
+                        String::new()
+                    }
+                );
+                if let Some(default) = find(runs, &strategy("DEFAULT")) {
+                    let ratio = prefix.summary.ttft.percentile(90.0)
+                        / default.summary.ttft.percentile(90.0);
+                    let _ = writeln!(
+                        out,
+                        "- p90 TTFT, PREFIX_CACHE / DEFAULT: {} ms / {} ms = **{:.2}**{}.",
+                        ms(prefix.summary.ttft.percentile(90.0)),
+                        ms(default.summary.ttft.percentile(90.0)),
+                        ratio,
+                        if scenario == ScenarioName::Prefix {
+                            format!(" (target ≤ 0.5: {})", verdict(ratio <= 0.5))
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+            }
+        }
+        ScenarioName::Lora => {
+            let baseline =
+                find(runs, &strategy("ROUND_ROBIN")).or_else(|| find(runs, &Route::Plain));
+            if let (Some(rr), Some(affinity)) = (baseline, find(runs, &strategy("LORA_AFFINITY"))) {
+                let ratio = loads_per_thousand(affinity) / loads_per_thousand(rr);
+                let _ = writeln!(
+                    out,
+                    "- Adapter loads per 1,000 requests, LORA_AFFINITY / round-robin ({}): {:.1} / {:.1} = **{:.2}** (target ≤ 0.2: {}).",
+                    rr.route.short(),
+                    loads_per_thousand(affinity),
+                    loads_per_thousand(rr),
+                    ratio,
+                    verdict(ratio <= 0.2)
+                );
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push_str("- (the routes needed for the target figures were not run)\n");
+    }
+    out
+}
+
+/// Everything needed to write a report besides the runs.
+#[derive(Debug, Clone)]
+pub struct ReportContext {
+    pub command: String,
+    pub commit: String,
+    pub date: String,
+}
+
+/// The Markdown report.
+pub fn markdown(plan: &ComparePlan, runs: &[RouteRun], context: &ReportContext) -> String {
+    let scenario = &plan.scenario;
+    let stem = scenario.name.file_stem();
+    let sending = &scenario.sending;
+    let mut out = String::new();
+    let _ = writeln!(out, "# `{stem}`: {}\n", scenario.title);
+    let _ = writeln!(
+        out,
+        "Produced by `{}` on {} UTC at commit `{}`, on this project's 2-core development machine. \
+         Regenerate with the same command; every figure below comes from that run.\n",
+        context.command, context.date, context.commit
+    );
+    let workload_description = runs
+        .first()
+        .map(|_| {
+            scenario
+                .workload(plan.size, plan.seed)
+                .map(|w| w.description)
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    let _ = writeln!(out, "## Setup\n");
+    let _ = writeln!(
+        out,
+        "- Model servers: five fresh `vllm-sim` processes per route (127.0.0.2–6:8000, the Pods of \
+         `manifests/examples/local/`), profile `{}`, the seed Deployment's flags \
+         (`--gpu-memory-utilization 0.95 --enforce-eager --enable-lora --max-loras 2 \
+         --max-cpu-loras 4`{}), `--time-scale {}`.",
+        plan.profile,
+        if scenario.lora_modules.is_empty() {
+            ", the adapters travel-helper-v1/-v2".to_string()
+        } else {
+            format!(", the adapters {}", scenario.gateway_models.join(", "))
+        },
+        plan.time_scale
+    );
+    let _ = writeln!(
+        out,
+        "- Gateway: a fresh `inference-gateway --config <copy of manifests/examples/local/>` per \
+         route, the InferencePool annotated with `{}`{}; waited on until `/readyz` answered 200.",
+        super::fleet_up::STRATEGY_ANNOTATION,
+        if scenario.gateway_models.is_empty() {
+            String::new()
+        } else {
+            " and one InferenceModel per adapter added".to_string()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "- Workload: {workload_description}; seed {}.",
+        plan.seed
+    );
+    let _ = writeln!(
+        out,
+        "- Sent as: backend `{}`, {:?} request bodies, ignore_eos {}, {}, {}.",
+        sending.backend.name(),
+        sending.style,
+        sending.ignore_eos,
+        sending
+            .max_concurrency
+            .map_or("no concurrency limit".to_string(), |c| format!(
+                "max concurrency {c}"
+            )),
+        if sending.request_rate.is_finite() {
+            format!("Poisson arrivals at {} requests/s", sending.request_rate)
+        } else {
+            "all requests queued at once (closed loop)".to_string()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "- Times are in simulated seconds (measured wall time × {}); rates per simulated second. \
+         The simulators' `/metrics` were scraped every {} ms (wall).\n",
+        plan.time_scale,
+        plan.scrape_interval.as_millis()
+    );
+    let _ = writeln!(out, "Why this workload: {}\n", scenario.rationale);
+
+    let _ = writeln!(out, "## Target figures\n\n{}", targets(scenario.name, runs));
+    let _ = writeln!(
+        out,
+        "## Latency and throughput (ms unless stated)\n\n{}",
+        results_table(runs)
+    );
+    let _ = writeln!(out, "## Model servers\n\n{}", servers_table(runs));
+    let _ = writeln!(
+        out,
+        "## KV-cache usage per endpoint (time average / maximum)\n\n{}",
+        kv_table(runs)
+    );
+    let _ = writeln!(
+        out,
+        "![KV-cache usage per endpoint over time, per route]({stem}-kv.png)\n\n\
+         KV-cache usage (`vllm:kv_cache_usage_perc`) of each endpoint over the run, one panel per \
+         route ([SVG]({stem}-kv.svg)): the seed's Grafana picture.\n"
+    );
+    let _ = writeln!(
+        out,
+        "![TTFT distribution per route]({stem}-ttft.png)\n\n\
+         Distribution of TTFT per route (share of requests with TTFT ≤ x; [SVG]({stem}-ttft.svg)).\n"
+    );
+    let _ = writeln!(out, "## CPU use\n\n{}", cpu_table(runs, plan.time_scale));
+    let _ = writeln!(
+        out,
+        "## Definitions\n\n\
+         - TTFT, TPOT, ITL, E2EL: as `vllm bench serve` computes them (`loadtest::bench::summary`); \
+         ITL pooled over all chunks of all successful requests.\n\
+         - KV spread: at each scrape tick, max − min of `kv_cache_usage_perc` across the five \
+         endpoints, averaged over the ticks of the run (0 = perfectly even, 1 = one full while \
+         another is empty). KV CV: standard deviation / mean across endpoints at each tick, averaged. \
+         *Loaded phase*: the same from the start until the last request was sent, i.e. without the \
+         drain, when the last few long answers keep a few servers busy whatever the routing.\n\
+         - Prefix hit rate: Σ `vllm:prefix_cache_hits_total` / Σ `vllm:prefix_cache_queries_total` \
+         over the endpoints, deltas over the run, in tokens (a preempted request is queried again \
+         when it resumes, as in vLLM).\n\
+         - Best achievable: the hit rate of one server with an unbounded KV cache that saw every \
+         request in the order they were sent (full 16-token blocks, never the block holding the \
+         last prompt token, generated tokens kept for later turns). No routing over five finite \
+         caches can beat it; share of best = measured / best.\n\
+         - Adapter loads: adapters brought into one of a server's `--max-loras` GPU slots \
+         (`lora_gpu_loads` of the simulator's `/sim/stats`; from disk: those not in its CPU \
+         cache either), per 1,000 requests sent.\n\
+         - Raw figures: [data/{stem}.json](data/{stem}.json)."
+    );
+    out
+}
+
+/// Every figure and series, for `data/NAME.json`.
+pub fn data_json(plan: &ComparePlan, runs: &[RouteRun], context: &ReportContext) -> Value {
+    let routes: Vec<Value> = runs
+        .iter()
+        .map(|run| {
+            let origin = run.observed.window.0;
+            let series: Vec<Value> = run
+                .observed
+                .ticks
+                .iter()
+                .filter(|t| t.at >= run.observed.window.0 && t.at <= run.observed.window.1)
+                .map(|t| {
+                    let kv: Vec<Value> = t
+                        .samples
+                        .iter()
+                        .map(|s| s.as_ref().map_or(Value::Null, |s| json!(s.kv_usage)))
+                        .collect();
+                    json!([(t.at - origin) * plan.time_scale, kv])
+                })
+                .collect();
+            let mut result = to_json(
+                &run.summary,
+                &context.date,
+                json!({
+                    "route": run.route.label(),
+                    "servers": run.observed.servers,
+                    "best_achievable_prefix_hit_rate": run.observed.output.bound_hit_rate,
+                    "adapter_loads_per_1000_requests": loads_per_thousand(run),
+                    "cpu_percent_of_one_core": {
+                        "wall_seconds": run.cpu.wall,
+                        "simulators": run.cpu.sims.iter().map(|s| run.cpu.percent(*s)).collect::<Vec<_>>(),
+                        "gateway": run.cpu.percent(run.cpu.gateway),
+                        "client": run.cpu.percent(run.cpu.client),
+                    },
+                    "sim_stats": run.observed.sim_stats,
+                    "kv_series": series,
+                }),
+            );
+            // The per-request arrays are long and in the series already summarised.
+            if let Some(object) = result.as_object_mut() {
+                object.remove("latencies");
+                object.remove("queue_times");
+            }
+            result
+        })
+        .collect();
+    json!({
+        "scenario": plan.scenario.name.file_stem(),
+        "command": context.command,
+        "commit": context.commit,
+        "date": context.date,
+        "time_scale": plan.time_scale,
+        "size": plan.size,
+        "seed": plan.seed,
+        "metrics": Metric::ALL.iter().map(|m| m.key()).collect::<Vec<_>>(),
+        "routes": routes,
+    })
+}

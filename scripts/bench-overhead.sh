@@ -230,7 +230,7 @@ lines = [
     f"- Client: {wrk_version}, 1 thread, {conns} connections, keep-alive, a 1 KiB OpenAI completions body (`POST /v1/completions`).",
     f"- Backend: {nginx}, 1 worker, a fixed 300-byte JSON completion from five loopback addresses (127.0.0.2-6).",
     "- Proxies: nginx with `proxy_pass` to an upstream of the five addresses (keepalive 256), 1 worker; the gateway with `--threads 1`,",
-    "  the local example configuration (plain route: Service round-robin; inference route: InferencePool with the seed's InferenceModel, strategy DEFAULT = ROUND_ROBIN).",
+    "  the local example configuration (plain route: Service round-robin; inference route: InferencePool with the seed's InferenceModel, strategy DEFAULT).",
     "",
     "| Target | Requests/s | p50 (ms) | p99 (ms) | Added p50 (ms) | Added p99 (ms) | Requests/s vs nginx |",
     "|---|---:|---:|---:|---:|---:|---:|",

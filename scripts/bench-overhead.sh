@@ -20,11 +20,12 @@ BACKEND_PORT=18000
 NGINX_PORT=18090
 GW_HTTP=18080
 GW_LLM=18081
+BARE=18085
 ADMIN=127.0.0.1:18099
 OUT=docs/benchmarks/overhead.md
 
 ./scripts/setup.sh nginx-light wrk
-cargo build --release -p inference-gateway >&2
+cargo build --release -p inference-gateway --bin inference-gateway --example bare_proxy >&2
 
 work=$(mktemp -d)
 pids=()
@@ -111,6 +112,8 @@ mkdir -p "$work/gw"
 } > "$work/gw/config.yaml"
 RUST_LOG=warn ./target/release/inference-gateway --config "$work/gw/config.yaml" --threads 1 \
   --admin-addr "$ADMIN" --listen-host 127.0.0.1 >"$work/gw.log" 2>&1 & pids+=($!)
+RUST_LOG=warn ./target/release/examples/bare_proxy "127.0.0.1:$BARE" 127.0.0.2:$BACKEND_PORT 127.0.0.3:$BACKEND_PORT \
+  127.0.0.4:$BACKEND_PORT 127.0.0.5:$BACKEND_PORT 127.0.0.6:$BACKEND_PORT >"$work/bare.log" 2>&1 & pids+=($!)
 
 wait_port() {
   for _ in $(seq 1 100); do
@@ -123,15 +126,16 @@ wait_port "127.0.0.2:$BACKEND_PORT"
 wait_port "127.0.0.1:$NGINX_PORT"
 wait_port "127.0.0.1:$GW_HTTP"
 wait_port "127.0.0.1:$GW_LLM"
+wait_port "127.0.0.1:$BARE"
 
 # Each target must answer the benchmark request with 200 before it is measured.
-for target in "127.0.0.2:$BACKEND_PORT" "127.0.0.1:$NGINX_PORT" "127.0.0.1:$GW_HTTP" "127.0.0.1:$GW_LLM"; do
+for target in "127.0.0.2:$BACKEND_PORT" "127.0.0.1:$NGINX_PORT" "127.0.0.1:$BARE" "127.0.0.1:$GW_HTTP" "127.0.0.1:$GW_LLM"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' --data-binary @"$body_file" "http://$target/v1/completions")
   [ "$code" = 200 ] || { echo "$target answered $code" >&2; exit 1; }
 done
 
-names=(direct nginx gateway-plain gateway-inference)
-targets=("127.0.0.2:$BACKEND_PORT" "127.0.0.1:$NGINX_PORT" "127.0.0.1:$GW_HTTP" "127.0.0.1:$GW_LLM")
+names=(direct nginx pingora-bare gateway-plain gateway-inference)
+targets=("127.0.0.2:$BACKEND_PORT" "127.0.0.1:$NGINX_PORT" "127.0.0.1:$BARE" "127.0.0.1:$GW_HTTP" "127.0.0.1:$GW_LLM")
 results="$work/results.tsv"
 : > "$results"
 to_ms() { # wrk prints 512.00us, 1.20ms, 1.01s
@@ -169,7 +173,7 @@ done
 # else the machine is doing (kernel time is not included). Each proxy runs alone under valgrind;
 # counters are zeroed after a warm-up and dumped after a fixed load. The gateway's metrics scraper
 # is slowed to once an hour here so its background work is not charged to requests.
-kill "${pids[@]:1}" 2>/dev/null || true   # the nginx proxy and the gateway; the backend stays
+kill "${pids[@]:1}" 2>/dev/null || true   # the proxies; the backend stays
 sleep 1
 cg_results="$work/callgrind.tsv"
 : > "$cg_results"
@@ -194,6 +198,9 @@ callgrind_run() { # name url command...
 }
 callgrind_run nginx "http://127.0.0.1:$NGINX_PORT/v1/completions" \
   nginx -c "$work/proxy/nginx.conf" -g 'daemon off; master_process off;'
+callgrind_run pingora-bare "http://127.0.0.1:$BARE/v1/completions" \
+  ./target/release/examples/bare_proxy "127.0.0.1:$BARE" 127.0.0.2:$BACKEND_PORT 127.0.0.3:$BACKEND_PORT \
+  127.0.0.4:$BACKEND_PORT 127.0.0.5:$BACKEND_PORT 127.0.0.6:$BACKEND_PORT
 callgrind_run gateway-plain "http://127.0.0.1:$GW_HTTP/v1/completions" \
   ./target/release/inference-gateway --config "$work/gw/config.yaml" --threads 1 --admin-addr "$ADMIN" \
   --listen-host 127.0.0.1 --scrape-interval 1h
@@ -219,6 +226,7 @@ wrk_version = (wrk.stdout + wrk.stderr).splitlines()[0]
 nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
 direct, ngx = med["direct"], med["nginx"]
 labels = {"direct": "direct to the backend", "nginx": "nginx proxy (1 worker)",
+          "pingora-bare": "bare Pingora proxy (no gateway logic, 1 thread)",
           "gateway-plain": "gateway, plain route (Service, round-robin)",
           "gateway-inference": "gateway, inference route (InferencePool, body parsed)"}
 lines = [
@@ -235,7 +243,7 @@ lines = [
     "| Target | Requests/s | p50 (ms) | p99 (ms) | Added p50 (ms) | Added p99 (ms) | Requests/s vs nginx |",
     "|---|---:|---:|---:|---:|---:|---:|",
 ]
-for name in ["direct", "nginx", "gateway-plain", "gateway-inference"]:
+for name in ["direct", "nginx", "pingora-bare", "gateway-plain", "gateway-inference"]:
     rps, p50, p99 = med[name]
     added50 = "" if name == "direct" else f"{p50 - direct[1]:.3f}"
     added99 = "" if name == "direct" else f"{p99 - direct[2]:.3f}"
@@ -258,7 +266,7 @@ for line in open(idle_results):
     name, rnd, p50, p99 = line.split()
     idle.setdefault(name, []).append((float(p50), float(p99)))
 idle = {n: (statistics.median(v[0] for v in vals), statistics.median(v[1] for v in vals)) for n, vals in idle.items()}
-for name in ["direct", "nginx", "gateway-plain", "gateway-inference"]:
+for name in ["direct", "nginx", "pingora-bare", "gateway-plain", "gateway-inference"]:
     p50, p99 = idle[name]
     a50 = "" if name == "direct" else f"{p50 - idle['direct'][0]:.3f}"
     a99 = "" if name == "direct" else f"{p99 - idle['direct'][1]:.3f}"
@@ -276,10 +284,22 @@ cg = {}
 for line in open(cg_results):
     name, requests, total = line.split()
     cg[name] = int(total) / int(requests)
-for name in ["nginx", "gateway-plain", "gateway-inference"]:
+for name in ["nginx", "pingora-bare", "gateway-plain", "gateway-inference"]:
     if name in cg:
         requests = next(l.split()[1] for l in open(cg_results) if l.startswith(name + "\t"))
         lines.append(f"| {labels[name]} | {int(requests):,} | {cg[name]:,.0f} | {cg[name] / cg['nginx']:.2f} |")
+if "pingora-bare" in cg and "gateway-plain" in cg:
+    own = cg["gateway-plain"] - cg["pingora-bare"]
+    body = cg["gateway-inference"] - cg["gateway-plain"]
+    lines.append("")
+    lines.append(
+        f"Of the plain route's {cg['gateway-plain']:,.0f} instructions per request, {cg['pingora-bare']:,.0f} are Pingora's own "
+        f"HTTP/1 proxy path (the bare proxy) and {own:,.0f} ({100 * own / cg['gateway-plain']:.0f}%) the gateway's routing, "
+        f"metrics and access-log bookkeeping. The inference route adds {body:,.0f} for reading, parsing and forwarding the body "
+        f"and asking the strategy."
+        + (" Most of the distance to nginx is Pingora's own per-request cost, not the gateway's logic."
+           if cg["pingora-bare"] > 2 * cg["nginx"] and own < 0.25 * cg["gateway-plain"] else "")
+    )
 lines.append("")
 lines.append("Every round, per target:")
 lines.append("")

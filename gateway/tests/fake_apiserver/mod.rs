@@ -83,13 +83,62 @@ pub static RESOURCES: &[Resource] = &[
     resource!("", "v1", "services", "Service", true, true),
     resource!("", "v1", "namespaces", "Namespace", false, true),
     resource!("coordination.k8s.io", "v1", "leases", "Lease", true, true),
-    resource!("gateway.networking.k8s.io", "v1", "gatewayclasses", "GatewayClass", false, false),
-    resource!("gateway.networking.k8s.io", "v1", "gateways", "Gateway", true, false),
-    resource!("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", true, false),
-    resource!("inference.networking.x-k8s.io", "v1alpha2", "inferencepools", "InferencePool", true, false),
-    resource!("inference.networking.x-k8s.io", "v1alpha2", "inferencemodels", "InferenceModel", true, false),
-    resource!("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool", true, false),
-    resource!("gateway.envoyproxy.io", "v1alpha1", "backendtrafficpolicies", "BackendTrafficPolicy", true, false),
+    resource!(
+        "gateway.networking.k8s.io",
+        "v1",
+        "gatewayclasses",
+        "GatewayClass",
+        false,
+        false
+    ),
+    resource!(
+        "gateway.networking.k8s.io",
+        "v1",
+        "gateways",
+        "Gateway",
+        true,
+        false
+    ),
+    resource!(
+        "gateway.networking.k8s.io",
+        "v1",
+        "httproutes",
+        "HTTPRoute",
+        true,
+        false
+    ),
+    resource!(
+        "inference.networking.x-k8s.io",
+        "v1alpha2",
+        "inferencepools",
+        "InferencePool",
+        true,
+        false
+    ),
+    resource!(
+        "inference.networking.x-k8s.io",
+        "v1alpha2",
+        "inferencemodels",
+        "InferenceModel",
+        true,
+        false
+    ),
+    resource!(
+        "inference.networking.k8s.io",
+        "v1",
+        "inferencepools",
+        "InferencePool",
+        true,
+        false
+    ),
+    resource!(
+        "gateway.envoyproxy.io",
+        "v1alpha1",
+        "backendtrafficpolicies",
+        "BackendTrafficPolicy",
+        true,
+        false
+    ),
 ];
 
 fn resource_by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
@@ -289,8 +338,9 @@ current-context: fake
             }
             let api_version = value["apiVersion"].as_str().unwrap().to_owned();
             let kind = value["kind"].as_str().unwrap().to_owned();
-            let resource = resource_by_kind(&api_version, &kind)
-                .unwrap_or_else(|| panic!("the fake API server does not serve {api_version} {kind}"));
+            let resource = resource_by_kind(&api_version, &kind).unwrap_or_else(|| {
+                panic!("the fake API server does not serve {api_version} {kind}")
+            });
             let namespace = if resource.namespaced {
                 value["metadata"]["namespace"]
                     .as_str()
@@ -305,8 +355,14 @@ current-context: fake
                 .objects
                 .get(&key(resource, &namespace, &name))
                 .cloned();
-            self.inner
-                .store(&mut state, resource, &namespace, value, existing.as_ref(), true);
+            self.inner.store(
+                &mut state,
+                resource,
+                &namespace,
+                value,
+                existing.as_ref(),
+                true,
+            );
         }
     }
 
@@ -364,6 +420,7 @@ impl Inner {
         let rv = state.rv;
         object["apiVersion"] = json!(resource.api_version());
         object["kind"] = json!(resource.kind);
+        let spec_changed = existing.is_some_and(|old| old.get("spec") != object.get("spec"));
         let meta = object["metadata"].as_object_mut().expect("metadata");
         if resource.namespaced {
             meta.insert("namespace".into(), json!(namespace));
@@ -383,10 +440,13 @@ impl Inner {
                     }
                 }
                 let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
-                let changed = old.get("spec") != object.get("spec");
                 meta.insert(
                     "generation".into(),
-                    json!(if changed { generation + 1 } else { generation }),
+                    json!(if spec_changed {
+                        generation + 1
+                    } else {
+                        generation
+                    }),
                 );
                 if !keep_status {
                     match old.get("status") {
@@ -406,7 +466,11 @@ impl Inner {
             rv,
             resource,
             namespace: namespace.to_owned(),
-            kind: if existing.is_some() { "MODIFIED" } else { "ADDED" },
+            kind: if existing.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            },
             object: object.clone(),
         };
         state.history.push(event.clone());
@@ -489,7 +553,11 @@ fn query_params(query: &str) -> BTreeMap<String, String> {
 
 async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or("").to_owned();
@@ -509,13 +577,23 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<Body>
         return error(404, "NotFound", format!("the server could not find {path}"));
     };
     if inner.missing.lock().contains(&target.resource.plural) {
-        return error(404, "NotFound", "the server could not find the requested resource");
+        return error(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
     }
     let params = query_params(&query);
     let namespace = target.namespace.clone().unwrap_or_default();
     let method = parts.method.as_str();
-    match (method, target.name.as_deref(), target.subresource.as_deref()) {
-        ("GET", None, None) if matches!(params.get("watch").map(String::as_str), Some("true" | "1")) => {
+    match (
+        method,
+        target.name.as_deref(),
+        target.subresource.as_deref(),
+    ) {
+        ("GET", None, None)
+            if matches!(params.get("watch").map(String::as_str), Some("true" | "1")) =>
+        {
             watch(inner, target, &params)
         }
         ("GET", None, None) => list(&inner, &target, &params),
@@ -523,7 +601,11 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<Body>
             let state = inner.state.lock();
             match state.objects.get(&key(target.resource, &namespace, name)) {
                 Some(object) => json_response(StatusCode::OK, object),
-                None => error(404, "NotFound", format!("{} {name:?} not found", target.resource.plural)),
+                None => error(
+                    404,
+                    "NotFound",
+                    format!("{} {name:?} not found", target.resource.plural),
+                ),
             }
         }
         ("POST", None, None) => {
@@ -531,7 +613,10 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<Body>
                 return error(422, "Invalid", "metadata.name is required");
             };
             let mut state = inner.state.lock();
-            if state.objects.contains_key(&key(target.resource, &namespace, &name)) {
+            if state
+                .objects
+                .contains_key(&key(target.resource, &namespace, &name))
+            {
                 return error(409, "AlreadyExists", format!("{name:?} already exists"));
             }
             let object = inner.store(&mut state, target.resource, &namespace, body, None, true);
@@ -539,19 +624,41 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<Body>
         }
         ("PUT", Some(name), subresource) => {
             let mut state = inner.state.lock();
-            let Some(existing) = state.objects.get(&key(target.resource, &namespace, name)).cloned() else {
+            let Some(existing) = state
+                .objects
+                .get(&key(target.resource, &namespace, name))
+                .cloned()
+            else {
                 return error(404, "NotFound", format!("{name:?} not found"));
             };
             let sent = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
             if !sent.is_empty() && Some(sent) != existing["metadata"]["resourceVersion"].as_str() {
-                return error(409, "Conflict", "the object has been modified; please apply your changes to the latest version and try again");
+                return error(
+                    409,
+                    "Conflict",
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                );
             }
             let object = if subresource == Some("status") {
                 let mut object = existing.clone();
                 object["status"] = body.get("status").cloned().unwrap_or(Value::Null);
-                inner.store(&mut state, target.resource, &namespace, object, Some(&existing), true)
+                inner.store(
+                    &mut state,
+                    target.resource,
+                    &namespace,
+                    object,
+                    Some(&existing),
+                    true,
+                )
             } else {
-                inner.store(&mut state, target.resource, &namespace, body, Some(&existing), false)
+                inner.store(
+                    &mut state,
+                    target.resource,
+                    &namespace,
+                    body,
+                    Some(&existing),
+                    false,
+                )
             };
             json_response(StatusCode::OK, &object)
         }
@@ -564,20 +671,42 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<Body>
             if !content_type.starts_with("application/merge-patch+json")
                 && !content_type.starts_with("application/strategic-merge-patch+json")
             {
-                return error(415, "UnsupportedMediaType", format!("patch type {content_type} is not supported by the fake"));
+                return error(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("patch type {content_type} is not supported by the fake"),
+                );
             }
             let mut state = inner.state.lock();
-            let Some(existing) = state.objects.get(&key(target.resource, &namespace, name)).cloned() else {
+            let Some(existing) = state
+                .objects
+                .get(&key(target.resource, &namespace, name))
+                .cloned()
+            else {
                 return error(404, "NotFound", format!("{name:?} not found"));
             };
             let mut object = existing.clone();
             let object = if subresource == Some("status") {
                 let patch = json!({"status": body.get("status").cloned().unwrap_or(Value::Null)});
                 gateway::kubernetes::conditions::merge_patch(&mut object, &patch);
-                inner.store(&mut state, target.resource, &namespace, object, Some(&existing), true)
+                inner.store(
+                    &mut state,
+                    target.resource,
+                    &namespace,
+                    object,
+                    Some(&existing),
+                    true,
+                )
             } else {
                 gateway::kubernetes::conditions::merge_patch(&mut object, &body);
-                inner.store(&mut state, target.resource, &namespace, object, Some(&existing), false)
+                inner.store(
+                    &mut state,
+                    target.resource,
+                    &namespace,
+                    object,
+                    Some(&existing),
+                    false,
+                )
             };
             json_response(StatusCode::OK, &object)
         }
@@ -615,7 +744,10 @@ fn list(inner: &Inner, target: &Target, params: &BTreeMap<String, String>) -> Re
         })
         .map(|(_, v)| v)
         .collect();
-    let offset: usize = params.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let offset: usize = params
+        .get("continue")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let limit: usize = params
         .get("limit")
         .and_then(|l| l.parse().ok())
@@ -652,7 +784,9 @@ fn watch(inner: Arc<Inner>, target: Target, params: &BTreeMap<String, String>) -
         .get("resourceVersion")
         .and_then(|rv| rv.parse().ok())
         .filter(|rv| *rv > 0);
-    let bookmarks = params.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let bookmarks = params
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
     let timeout = params
         .get("timeoutSeconds")
         .and_then(|t| t.parse().ok())

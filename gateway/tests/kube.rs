@@ -188,6 +188,10 @@ struct Setup {
 }
 
 async fn setup(first_ip: u8, ready: usize) -> Setup {
+    setup_with(first_ip, ready, "", &[]).await
+}
+
+async fn setup_with(first_ip: u8, ready: usize, objects: &str, args: &[&str]) -> Setup {
     let (port, backends) = start_backends(first_ip, 3).await;
     let api = FakeApiServer::start_new().await;
     let (http_port, llm_port) = (free_port(), free_port());
@@ -199,7 +203,8 @@ async fn setup(first_ip: u8, ready: usize) -> Setup {
             true,
         ));
     }
-    let gateway = KubeGateway::start(&api, "replica-a", &[]).await;
+    api.apply(objects);
+    let gateway = KubeGateway::start(&api, "replica-a", args).await;
     Setup {
         api,
         backends,
@@ -493,7 +498,18 @@ status:
 async fn statuses_are_written_with_the_expected_conditions_and_reasons() {
     let Setup {
         api, gateway, llm, ..
-    } = setup(85, 2).await;
+    } = setup_with(
+        85,
+        2,
+        "apiVersion: v1
+kind: Service
+metadata: {name: gateway-lb}
+spec: {type: LoadBalancer, ports: [{port: 8081}]}
+status: {loadBalancer: {ingress: [{ip: 203.0.113.10}]}}
+",
+        &["--kube-gateway-service", "default/gateway-lb"],
+    )
+    .await;
     let mut gw = api.get(GATEWAY_V1, "Gateway", "default", "gw").unwrap();
     gw["spec"]["listeners"]
         .as_array_mut()
@@ -555,6 +571,11 @@ async fn statuses_are_written_with_the_expected_conditions_and_reasons() {
     assert_eq!(
         state(&status["conditions"], "Programmed"),
         pair("True", "Programmed")
+    );
+    assert_eq!(
+        status["addresses"],
+        serde_json::json!([{"type": "IPAddress", "value": "203.0.113.10"}]),
+        "the address the seed reads with kubectl get gateway -o jsonpath"
     );
     let listener = |name: &str| {
         status["listeners"]

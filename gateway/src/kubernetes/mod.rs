@@ -49,6 +49,11 @@ pub struct KubeArgs {
     #[arg(long, default_value = "60s", value_parser = positive_duration)]
     pub kube_sync_timeout: Duration,
 
+    /// The Service in front of the gateway's replicas (`namespace/name`); Gateways report its
+    /// load-balancer address (or cluster IP) in `status.addresses`.
+    #[arg(long, value_name = "NAMESPACE/NAME", env = "GATEWAY_SERVICE")]
+    pub kube_gateway_service: Option<String>,
+
     /// Whether this process writes status (only while it holds the Lease).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub kube_write_status: bool,

@@ -23,7 +23,7 @@ use super::status::{StatusContext, StatusUpdate, compute};
 use super::writer::StatusWriter;
 use super::{KubeArgs, KubeError, client, identity};
 use crate::admin::{AdminState, ConfigStatus};
-use crate::config::{ConfigIssue, Severity};
+use crate::config::{ConfigIssue, Kind, ObjectKey, Severity};
 use crate::snapshot::{BuildOptions, Snapshot, build};
 use crate::source::{BuildSettings, Built};
 
@@ -180,6 +180,10 @@ impl KubeSource {
             describe,
             debounce: self.args.kube_debounce,
             plans: plan_tx,
+            gateway_service: self.args.kube_gateway_service.as_deref().map(|s| {
+                let (namespace, name) = s.split_once('/').unwrap_or(("default", s));
+                ObjectKey::new(Kind::Service, namespace, name)
+            }),
             logged: Mutex::new(issue_set(&initial_issues)),
         };
         let handle = self.runtime().handle().clone();
@@ -232,6 +236,8 @@ struct Rebuild {
     describe: String,
     debounce: Duration,
     plans: watch::Sender<Arc<Vec<StatusUpdate>>>,
+    /// `--kube-gateway-service`.
+    gateway_service: Option<ObjectKey>,
     /// Issues already logged, so a rebuild logs only what is new.
     logged: Mutex<BTreeSet<String>>,
 }
@@ -288,6 +294,7 @@ impl Rebuild {
         let context = StatusContext {
             controller_name: &self.settings.controller_name,
             bound_ports: &self.state.bound_ports,
+            gateway_service: self.gateway_service.as_ref(),
             now: super::conditions::now(),
         };
         let plan = compute(&objects, &snapshot, &issues, &context);

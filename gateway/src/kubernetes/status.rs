@@ -7,7 +7,9 @@
 //! object; [`super::writer`] writes the ones that differ from what is stored.
 //!
 //! What is ours to write: the `Accepted` condition of GatewayClasses naming our controller; the
-//! whole status of their Gateways (conditions and listeners; `addresses` is left alone); the
+//! whole status of their Gateways (conditions, listeners, and `addresses` from the gateway's own
+//! Service when `--kube-gateway-service` names it, as the seed's `kubectl get gateway -o
+//! jsonpath='{.status.addresses[0].value}'` expects); the
 //! HTTPRoute `parents[]` entries for our Gateways (other controllers' entries are kept); the
 //! InferencePool parent entries for our Gateways routing to the pool (v1 `parents[]` with our
 //! controllerName, v1alpha2 `parent[]`; the CRD's `kind: Status` placeholder is dropped); the
@@ -91,6 +93,8 @@ pub struct StatusContext<'a> {
     pub controller_name: &'a str,
     /// Ports the proxy listens on (a listener on another port is not programmed yet).
     pub bound_ports: &'a [u16],
+    /// The Service in front of the gateway's replicas, whose address the Gateways report.
+    pub gateway_service: Option<&'a ObjectKey>,
     /// The time a condition that changes now gets.
     pub now: Time,
 }
@@ -201,8 +205,17 @@ pub fn compute(
             _ => None,
         })
         .collect();
+    let addresses = cx
+        .gateway_service
+        .map(|key| service_addresses(objects, key));
     for gateway in &gateways {
-        updates.push(gateway_status(gateway, snapshot, &issues, cx));
+        updates.push(gateway_status(
+            gateway,
+            snapshot,
+            &issues,
+            addresses.as_ref(),
+            cx,
+        ));
     }
 
     // Routes: which of our Gateways accepted each, and which pools each names.
@@ -273,10 +286,63 @@ pub fn compute(
     updates
 }
 
+/// The addresses of the gateway's Service: its load-balancer ingress for a LoadBalancer Service,
+/// its cluster IP otherwise. `Err` says why there is none yet.
+fn service_addresses(objects: &ObjectSet, key: &ObjectKey) -> Result<Vec<Value>, String> {
+    let service = objects
+        .iter()
+        .find_map(|d| match &d.object {
+            Object::Service(s) if d.object.key() == *key => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            format!(
+                "Service {} (--kube-gateway-service) not found",
+                key.qualified_name()
+            )
+        })?;
+    let spec = service.spec.as_ref();
+    let load_balancer = spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
+    let addresses: Vec<Value> = if load_balancer {
+        service
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| match (&i.ip, &i.hostname) {
+                (Some(ip), _) => Some(json!({"type": "IPAddress", "value": ip})),
+                (None, Some(host)) => Some(json!({"type": "Hostname", "value": host})),
+                _ => None,
+            })
+            .collect()
+    } else {
+        spec.and_then(|s| s.cluster_ip.as_deref())
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+            .map(|ip| json!({"type": "IPAddress", "value": ip}))
+            .into_iter()
+            .collect()
+    };
+    if addresses.is_empty() {
+        return Err(format!(
+            "Service {} has no {} yet",
+            key.qualified_name(),
+            if load_balancer {
+                "load-balancer address"
+            } else {
+                "cluster IP"
+            }
+        ));
+    }
+    Ok(addresses)
+}
+
 fn gateway_status(
     gateway: &OurGateway<'_>,
     snapshot: &Snapshot,
     issues: &Issues<'_>,
+    addresses: Option<&Result<Vec<Value>, String>>,
     cx: &StatusContext<'_>,
 ) -> StatusUpdate {
     let status = status_json(gateway.gateway.status.as_ref());
@@ -398,26 +464,34 @@ fn gateway_status(
             "No listener is valid (only HTTP listeners are supported)",
         )
     });
-    desired.push(if any_programmed {
-        Desired::ok("Programmed", "Programmed", "Gateway is serving")
-    } else if any_accepted {
-        Desired::fail(
-            "Programmed",
-            "Pending",
-            "Listener ports are bound when the gateway restarts",
-        )
-    } else {
-        Desired::fail("Programmed", "Invalid", "No listener is valid")
-    });
+    desired.push(
+        if let (true, Some(Err(why))) = (any_programmed, addresses) {
+            Desired::fail("Programmed", "AddressNotAssigned", why.clone())
+        } else if any_programmed {
+            Desired::ok("Programmed", "Programmed", "Gateway is serving")
+        } else if any_accepted {
+            Desired::fail(
+                "Programmed",
+                "Pending",
+                "Listener ports are bound when the gateway restarts",
+            )
+        } else {
+            Desired::fail("Programmed", "Invalid", "No listener is valid")
+        },
+    );
     let existing = existing_conditions(status.as_ref(), &["conditions"]);
+    let mut patch = json!({
+        "conditions": conditions(desired, &existing, generation, &cx.now),
+        "listeners": listeners,
+    });
+    if let Some(addresses) = addresses {
+        patch["addresses"] = json!(addresses.as_ref().map_or(&[][..], Vec::as_slice));
+    }
     StatusUpdate {
         kind: StatusKind::Gateway,
         namespace: gateway.key.namespace.clone(),
         name: gateway.key.name.clone(),
-        patch: json!({
-            "conditions": conditions(desired, &existing, generation, &cx.now),
-            "listeners": listeners,
-        }),
+        patch,
     }
 }
 

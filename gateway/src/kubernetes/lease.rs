@@ -65,7 +65,7 @@ impl Elector {
     fn error(&self, source: kube::Error) -> KubeError {
         KubeError::Lease {
             lease: format!("{}/{}", self.namespace, self.name),
-            source,
+            source: Box::new(source),
         }
     }
 

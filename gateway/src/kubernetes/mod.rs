@@ -88,7 +88,7 @@ pub enum KubeError {
     Config(String),
     /// The Kubernetes client could not be built.
     #[error("cannot build the Kubernetes client: {0}")]
-    Client(#[source] kube::Error),
+    Client(#[source] Box<kube::Error>),
     /// The tokio runtime of the source could not start.
     #[error("cannot start the kube source's runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -109,7 +109,7 @@ pub enum KubeError {
         object: String,
         /// The API error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// A Lease operation failed.
     #[error("Lease {lease}: {source}")]
@@ -118,7 +118,7 @@ pub enum KubeError {
         lease: String,
         /// The API error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
@@ -175,5 +175,5 @@ pub async fn client(args: &KubeArgs, identity: &str) -> Result<kube::Client, Kub
     if let Ok(value) = http::HeaderValue::from_str(&user_agent(identity)) {
         config.headers.push((http::header::USER_AGENT, value));
     }
-    kube::Client::try_from(config).map_err(KubeError::Client)
+    kube::Client::try_from(config).map_err(|e| KubeError::Client(Box::new(e)))
 }

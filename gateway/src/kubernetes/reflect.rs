@@ -169,9 +169,9 @@ impl Stores {
     /// ties, so this order makes "oldest wins" hold across replicas and restarts.
     pub fn object_set(&self) -> ObjectSet {
         let mut objects: Vec<Object> = Vec::new();
-        fn cloned<K: Clone>(store: &Store<K>) -> impl Iterator<Item = Box<K>> + '_
+        fn cloned<K>(store: &Store<K>) -> impl Iterator<Item = Box<K>> + '_
         where
-            K: Resource + 'static,
+            K: Resource + Clone + 'static,
             K::DynamicType: Eq + std::hash::Hash + Clone,
         {
             store.state().into_iter().map(|o| Box::new((*o).clone()))

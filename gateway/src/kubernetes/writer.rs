@@ -105,7 +105,7 @@ impl StatusWriter {
         };
         result.map_err(|source| KubeError::StatusWrite {
             object: update.object(),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -127,10 +127,8 @@ impl StatusWriter {
                     written += 1;
                     tracing::debug!(target: "kube", object = %update.object(), "status written");
                 }
-                Err(KubeError::StatusWrite {
-                    source: kube::Error::Api(s),
-                    ..
-                }) if s.code == 404 => {}
+                Err(KubeError::StatusWrite { source, .. }) if matches!(&*source, kube::Error::Api(s) if s.code == 404) =>
+                    {}
                 Err(error) => {
                     failed += 1;
                     tracing::warn!(target: "kube", %error, kind = error.metric_label(), "status write failed; retrying");

@@ -401,6 +401,10 @@ async fn an_api_server_restart_mid_traffic_fails_no_request_and_the_gateway_reli
         .filter(|r| r.path == "/api/v1/pods" && !r.query.contains("watch"))
         .count();
     assert!(lists_after > lists_before, "the pods were relisted");
+    assert!(
+        api.expired_watches() > 0,
+        "resumed watches got 410 Gone after the compaction"
+    );
     let failures = failures.lock();
     assert!(
         failures.is_empty(),

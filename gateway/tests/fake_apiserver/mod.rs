@@ -189,6 +189,8 @@ struct Inner {
     /// Resources answered with 404 (their CRD "is not installed").
     missing: Mutex<Vec<&'static str>>,
     bookmark_interval: Duration,
+    /// Watches answered with 410 Gone.
+    expired: std::sync::atomic::AtomicUsize,
     /// Accept loop, connections and watch streams: aborted together by `stop`.
     tasks: Mutex<JoinSet<()>>,
 }
@@ -248,6 +250,7 @@ impl FakeApiServer {
             requests: Mutex::new(Vec::new()),
             missing: Mutex::new(vec!["backendtrafficpolicies"]),
             bookmark_interval,
+            expired: std::sync::atomic::AtomicUsize::new(0),
             tasks: Mutex::new(JoinSet::new()),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -397,6 +400,11 @@ current-context: fake
             .into_iter()
             .filter(|r| (r.method == "PATCH" || r.method == "PUT") && r.path.ends_with("/status"))
             .collect()
+    }
+
+    /// How many watches were answered with 410 Gone.
+    pub fn expired_watches(&self) -> usize {
+        self.inner.expired.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The current resourceVersion.
@@ -828,8 +836,12 @@ fn watch(inner: Arc<Inner>, target: Target, params: &BTreeMap<String, String>) -
         }
     };
     let interval = inner.bookmark_interval;
+    let counters = Arc::clone(&inner);
     inner.tasks.lock().spawn(async move {
         if let Some(rv) = expired {
+            counters
+                .expired
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let gone = status(410, "Expired", format!("too old resource version: {rv}"));
             let _ = sender.send_data(event_line("ERROR", &gone)).await;
             return;

@@ -803,3 +803,63 @@ async fn only_the_lease_holder_writes_status_and_a_successor_takes_over() {
     );
     drop(follower);
 }
+
+#[tokio::test]
+async fn a_holder_stopping_gracefully_releases_the_lease() {
+    let Setup { api, gateway, .. } = setup(95, 1).await;
+    let holder = || {
+        api.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "default",
+            "inference-gateway-status",
+        )
+        .map(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+    };
+    wait_until("the only replica holds the Lease", DEADLINE, || async {
+        holder() == Some(Some("replica-a".to_owned()))
+    })
+    .await;
+    let pid = gateway.child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_until("the Lease is released on SIGTERM", DEADLINE, || async {
+        holder() == Some(None)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn validate_lists_once_and_reports_every_problem() {
+    let api = FakeApiServer::start_new().await;
+    api.apply(&cluster(free_port(), free_port(), 8000));
+    api.apply(
+        "apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferencePool
+metadata: {name: broken, annotations: {inference.networking.x-k8s.io/routing-strategy: FASTEST}}
+spec: {selector: {app: qwen}, targetPortNumber: 8000, extensionRef: {name: picker}}
+",
+    );
+    let dir = std::env::temp_dir().join(format!("igw-kube-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
+        .args(["--source", "kube", "--validate", "--kubeconfig"])
+        .arg(api.kubeconfig(&dir))
+        .env("RUST_LOG", "error")
+        .env_remove("KUBECONFIG")
+        .output()
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("error: InferencePool default/broken")
+            && stdout.contains("unknown routing strategy"),
+        "{stdout}"
+    );
+    assert!(api.status_writes().is_empty(), "--validate writes nothing");
+}

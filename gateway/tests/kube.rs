@@ -863,3 +863,114 @@ spec: {selector: {app: qwen}, targetPortNumber: 8000, extensionRef: {name: picke
     );
     assert!(api.status_writes().is_empty(), "--validate writes nothing");
 }
+
+/// A Gateway, a pool on `port` selecting `app`, a route and one Ready pod, all in `namespace`.
+fn team(namespace: &str, listener_port: u16, port: u16, ip: &str) -> String {
+    format!(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: {namespace}}}
+spec:
+  gatewayClassName: test-class
+  listeners: [{{name: llm, protocol: HTTP, port: {listener_port}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: llm-route, namespace: {namespace}}}
+spec:
+  parentRefs: [{{name: gw, sectionName: llm}}]
+  rules:
+  - backendRefs: [{{group: inference.networking.k8s.io, kind: InferencePool, name: pool}}]
+---
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {{name: pool, namespace: {namespace}}}
+spec:
+  selector: {{matchLabels: {{app: qwen}}}}
+  targetPorts: [{{number: {port}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: qwen-0, namespace: {namespace}, labels: {{app: qwen}}}}
+status: {{phase: Running, podIP: {ip}, conditions: [{{type: Ready, status: 'True'}}]}}
+"
+    )
+}
+
+#[tokio::test]
+async fn several_gateways_and_pools_in_namespaces_and_one_namespace_only_when_asked() {
+    let (port, backends) = start_backends(100, 2).await;
+    let api = FakeApiServer::start_new().await;
+    api.apply(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: test-class}
+spec: {controllerName: inference-gateway.dev/controller}
+",
+    );
+    let (a_port, b_port) = (free_port(), free_port());
+    api.apply(&team(
+        "team-a",
+        a_port,
+        port,
+        &backends[0].addr.ip().to_string(),
+    ));
+    api.apply(&team(
+        "team-b",
+        b_port,
+        port,
+        &backends[1].addr.ip().to_string(),
+    ));
+
+    let both = KubeGateway::start(&api, "all-namespaces", &[]).await;
+    let pools = |s: &Value| -> Vec<String> {
+        s["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pool"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let snapshot = both.snapshot().await;
+    assert_eq!(pools(&snapshot), vec!["team-a/pool", "team-b/pool"]);
+    for (listener_port, backend) in [(a_port, &backends[0]), (b_port, &backends[1])] {
+        let (status, body) = post(
+            &client(),
+            &format!("http://127.0.0.1:{listener_port}/v1/completions"),
+            &[],
+            r#"{"model":"m"}"#,
+        )
+        .await;
+        assert_eq!(status, 200);
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body["server"],
+            backend.addr.to_string(),
+            "each team's pods serve its Gateway"
+        );
+    }
+    drop(both);
+
+    let only_a = KubeGateway::start(
+        &api,
+        "team-a-only",
+        &["--kube-namespace", "team-a", "--kube-write-status", "false"],
+    )
+    .await;
+    let snapshot = only_a.snapshot().await;
+    assert_eq!(pools(&snapshot), vec!["team-a/pool"]);
+    assert!(
+        api.requests()
+            .iter()
+            .filter(|r| r.user_agent.contains("team-a-only"))
+            .all(|r| !r.path.contains("/pods") || r.path.starts_with("/api/v1/namespaces/team-a/")),
+        "pods are read from team-a only"
+    );
+    assert!(
+        !api.requests()
+            .iter()
+            .any(|r| r.user_agent.contains("team-a-only") && r.path.contains("leases")),
+        "--kube-write-status false takes no part in the election"
+    );
+}

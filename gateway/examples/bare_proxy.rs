@@ -26,16 +26,28 @@ impl ProxyHttp for Bare {
 
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<HttpPeer>> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len();
-        Ok(Box::new(HttpPeer::new(self.backends[i], false, String::new())))
+        Ok(Box::new(HttpPeer::new(
+            self.backends[i],
+            false,
+            String::new(),
+        )))
     }
 }
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let listen = args.next().expect("usage: bare_proxy LISTEN_ADDR BACKEND...");
-    let backends: Vec<SocketAddr> = args.map(|a| a.parse().expect("a backend address")).collect();
+    let listen = args
+        .next()
+        .expect("usage: bare_proxy LISTEN_ADDR BACKEND...");
+    let backends: Vec<SocketAddr> = args
+        .map(|a| a.parse().expect("a backend address"))
+        .collect();
     assert!(!backends.is_empty(), "at least one backend");
     let conf = ServerConf {
         threads: 1,
@@ -43,7 +55,13 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = http_proxy_service(&server.configuration, Bare { backends, next: AtomicUsize::new(0) });
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        Bare {
+            backends,
+            next: AtomicUsize::new(0),
+        },
+    );
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     server.run_forever()

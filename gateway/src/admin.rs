@@ -43,6 +43,9 @@ pub struct AdminState {
     pub bound_ports: Vec<u16>,
     /// Whether the gateway should receive traffic.
     pub ready: AtomicBool,
+    /// Work the process must finish before it exits: requests in flight, and shutdown tasks such
+    /// as releasing the Lease.
+    pub active: Arc<crate::drain::ActiveRequests>,
 }
 
 /// The admin HTTP app.

@@ -39,6 +39,15 @@ fn byte_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{text:?} is not a positive size"))
 }
 
+/// Where the gateway's objects come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// YAML files (`--config`), or the embedded local example.
+    File,
+    /// The Kubernetes API (in-cluster service account or kubeconfig), with status written back.
+    Kube,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -53,6 +62,11 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "inference-gateway", version)]
 pub struct Args {
+    /// Where objects come from: `file` (`--config`, or the embedded example) or `kube` (the
+    /// Kubernetes API; see the `--kube-*` flags).
+    #[arg(long, value_enum, default_value = "file", env = "GATEWAY_SOURCE")]
+    pub source: SourceKind,
+
     /// YAML file or directory of Kubernetes objects (GatewayClass, Gateway, HTTPRoute, Service,
     /// Pod, InferencePool, InferenceModel). Repeatable. Watched and reloaded on change. Without it,
     /// the embedded local example is served.
@@ -122,6 +136,10 @@ pub struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Flags of the kube source.
+    #[command(flatten)]
+    pub kube: crate::kubernetes::KubeArgs,
 }
 
 impl Args {
@@ -159,5 +177,7 @@ mod tests {
         let none = Args::parse_from(["inference-gateway", "--request-timeout", "0s"]);
         assert_eq!(none.default_request_timeout(), None);
         assert!(args.config.is_empty());
+        assert_eq!(args.source, SourceKind::File);
+        assert_eq!(args.kube.kube_debounce, Duration::from_millis(100));
     }
 }

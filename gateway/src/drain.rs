@@ -22,7 +22,8 @@ use crate::admin::AdminState;
 /// How often the drain monitor checks for requests left.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
-/// Requests being handled by this process, on every listener.
+/// Work in progress in this process: requests on every listener, and shutdown tasks that must
+/// finish before it exits (releasing the Lease).
 #[derive(Debug, Default)]
 pub struct ActiveRequests(AtomicUsize);
 

@@ -1,14 +1,15 @@
 //! The inference gateway: Gateway API listeners on Pingora, Service and InferencePool backends,
 //! and pluggable routing strategies.
 //!
-//! Data flows one way: a source (YAML files or the Kubernetes API) produces objects
-//! ([`config`]); [`snapshot::build`] turns them into an immutable [`snapshot::Snapshot`] published
+//! Data flows one way: a source (YAML files, [`source`], or the Kubernetes API, [`kubernetes`])
+//! produces objects ([`config`]); [`snapshot::build`] turns them into an immutable [`snapshot::Snapshot`] published
 //! through an `ArcSwap`; the proxy ([`proxy`]) reads one snapshot per request.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod drain;
+pub mod kubernetes;
 pub mod metrics;
 pub mod openai;
 pub mod proxy;

@@ -21,9 +21,10 @@ use pingora::services::listening::Service;
 use plugins::{Registry, StrategyFactory};
 
 use crate::admin::{AdminApp, AdminState, ConfigStatus};
-use crate::cli::{Args, LogFormat};
+use crate::cli::{Args, LogFormat, SourceKind};
 use crate::config::Severity;
 use crate::drain::{ActiveRequests, DrainMonitor, DrainSignal};
+use crate::kubernetes::KubeSource;
 use crate::metrics::GatewayMetrics;
 use crate::proxy::forward::UpstreamSettings;
 use crate::proxy::{GatewayProxy, Shared};
@@ -74,19 +75,22 @@ impl GatewayBuilder {
     /// Run with already-parsed arguments.
     pub fn run_with(self, args: Args) -> anyhow::Result<()> {
         init_logging(args.log_format);
-        let source = if args.config.is_empty() {
-            ConfigSource::Embedded
-        } else {
-            ConfigSource::Files(args.config.clone())
-        };
         let settings = BuildSettings {
             controller_name: args.controller_name.clone(),
             default_request_timeout: args.default_request_timeout(),
             registry: Arc::new(self.registry),
         };
+        if args.source == SourceKind::Kube {
+            return run_kube(args, settings);
+        }
+        let source = if args.config.is_empty() {
+            ConfigSource::Embedded
+        } else {
+            ConfigSource::Files(args.config.clone())
+        };
         let built = load_and_build(&source, &settings, None);
         if args.validate {
-            return report_validation(&source, &built);
+            return report_validation(&source.describe(), &built);
         }
         for issue in &built.issues {
             match issue.severity {
@@ -98,7 +102,50 @@ impl GatewayBuilder {
             bail!("the configuration has errors (run with --validate for the full list)");
         }
         tracing::info!(target: "config", source = %source.describe(), "{}", summary(&built));
-        serve(args, source, settings, built)
+        serve(args, Source::Files { source, settings }, built)
+    }
+}
+
+/// `--source kube`: connect, wait for the first complete view, then serve it. Unlike the file
+/// source, errors in some objects do not stop the gateway: those objects are left out, reported
+/// in the log and in their status, and everything else is served.
+fn run_kube(args: Args, settings: BuildSettings) -> anyhow::Result<()> {
+    if !args.config.is_empty() {
+        bail!("--config is for --source file; --source kube reads the Kubernetes API");
+    }
+    let kube = KubeSource::start(&args.kube, settings)?;
+    if args.validate {
+        let built = kube.synced_build()?;
+        return report_validation(&kube.describe(), &built);
+    }
+    let built = kube.initial_build()?;
+    for issue in &built.issues {
+        match issue.severity {
+            Severity::Error => tracing::error!(target: "config", "{issue}"),
+            Severity::Warning => tracing::warn!(target: "config", "{issue}"),
+        }
+    }
+    tracing::info!(target: "config", source = %kube.describe(), "{}", summary(&built));
+    serve(args, Source::Kube(Box::new(kube)), built)
+}
+
+/// What keeps the snapshot current once the gateway serves.
+enum Source {
+    /// The file watcher.
+    Files {
+        source: ConfigSource,
+        settings: BuildSettings,
+    },
+    /// The Kubernetes reflectors.
+    Kube(Box<KubeSource>),
+}
+
+impl Source {
+    fn describe(&self) -> String {
+        match self {
+            Source::Files { source, .. } => source.describe(),
+            Source::Kube(kube) => kube.describe(),
+        }
     }
 }
 
@@ -183,7 +230,7 @@ pub fn summary(built: &Built) -> String {
     )
 }
 
-fn report_validation(source: &ConfigSource, built: &Built) -> anyhow::Result<()> {
+fn report_validation(source: &str, built: &Built) -> anyhow::Result<()> {
     for issue in &built.issues {
         println!("{issue}");
     }
@@ -204,25 +251,13 @@ fn report_validation(source: &ConfigSource, built: &Built) -> anyhow::Result<()>
         .count();
     let warnings = built.issues.len() - errors;
     if errors > 0 {
-        bail!(
-            "{}: {errors} error(s), {warnings} warning(s)",
-            source.describe()
-        );
+        bail!("{source}: {errors} error(s), {warnings} warning(s)");
     }
-    println!(
-        "ok: {}: {}; {warnings} warning(s)",
-        source.describe(),
-        summary(built)
-    );
+    println!("ok: {source}: {}; {warnings} warning(s)", summary(built));
     Ok(())
 }
 
-fn serve(
-    args: Args,
-    source: ConfigSource,
-    settings: BuildSettings,
-    built: Built,
-) -> anyhow::Result<()> {
+fn serve(args: Args, source: Source, built: Built) -> anyhow::Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -245,20 +280,21 @@ fn serve(
     let ports: Vec<u16> = built.snapshot.ports.keys().copied().collect();
     let snapshots = Arc::new(SnapshotStore::new(built.snapshot));
     metrics.snapshot_generation.set(0);
+    let active = Arc::new(ActiveRequests::default());
     let state = Arc::new(AdminState {
         snapshots: Arc::clone(&snapshots),
         metrics: Arc::clone(&metrics),
         config: ArcSwap::from_pointee(ConfigStatus {
             source: source.describe(),
             last_result: "initial".into(),
-            issues: built.issues,
+            issues: built.issues.clone(),
         }),
         bound_ports: ports.clone(),
         // Ready after the first round of metrics scrapes (the scraper sets it).
         ready: AtomicBool::new(false),
+        active: Arc::clone(&active),
     });
 
-    let active = Arc::new(ActiveRequests::default());
     let shared = Arc::new(Shared {
         snapshots,
         metrics,
@@ -296,17 +332,26 @@ fn serve(
         state: Arc::clone(&state),
         drain_delay: args.drain_delay,
     };
-    let watcher = ConfigWatcher::new(
-        source,
-        settings,
-        state,
-        args.config_poll_interval,
-        built.fingerprint,
-    );
-
     server.add_service(proxy);
     server.add_service(admin);
-    server.add_service(background_service("config watcher", watcher));
+    match source {
+        Source::Files { source, settings } => {
+            let watcher = ConfigWatcher::new(
+                source,
+                settings,
+                state,
+                args.config_poll_interval,
+                built.fingerprint,
+            );
+            server.add_service(background_service("config watcher", watcher));
+        }
+        Source::Kube(kube) => {
+            server.add_service(background_service(
+                "kube source",
+                (*kube).serve(state, built.issues),
+            ));
+        }
+    }
     server.add_service(background_service("metrics scraper", scraper));
     server.add_service(background_service("drain monitor", DrainMonitor { active }));
     tracing::info!(ports = ?ports, admin = %args.admin_addr, threads, "inference gateway starting");

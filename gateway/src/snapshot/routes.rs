@@ -305,7 +305,10 @@ mod tests {
         assert!(!hostname_matches("*.example.com", "example.com"));
         assert!(!hostname_matches("*.example.com", "aexample.com"));
         assert!(hostname_matches("API.example.com", "api.EXAMPLE.com"));
-        assert!(!hostname_matches("*.é", "aé"), "no slicing inside a character");
+        assert!(
+            !hostname_matches("*.é", "aé"),
+            "no slicing inside a character"
+        );
     }
 
     #[test]

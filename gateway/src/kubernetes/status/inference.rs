@@ -1,0 +1,239 @@
+//! Status of InferencePools (per parent Gateway, both API versions) and InferenceModels.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use serde_json::{Value, json};
+
+use super::{
+    GATEWAY_GROUP, Issues, StatusContext, StatusKind, StatusUpdate, existing_conditions, messages,
+    status_json,
+};
+use crate::config::crds::v1alpha2;
+use crate::config::{ConfigIssue, Kind, Object, ObjectKey, Severity};
+use crate::kubernetes::conditions::{Desired, conditions};
+use crate::snapshot::Snapshot;
+
+/// The picker reference of a pool: (group, kind, name), if any.
+fn picker_ref(object: &Object) -> Option<(String, String, String)> {
+    match object {
+        Object::PoolV1Alpha2(p) => p.spec.extension_ref.as_ref().map(|r| {
+            (
+                r.group.clone().unwrap_or_default(),
+                r.kind.clone().unwrap_or_else(|| "Service".into()),
+                r.name.clone(),
+            )
+        }),
+        Object::PoolV1(p) => p.spec.endpoint_picker_ref.as_ref().map(|r| {
+            (
+                r.group.clone().unwrap_or_default(),
+                r.kind.clone().unwrap_or_else(|| "Service".into()),
+                r.name.clone(),
+            )
+        }),
+        _ => None,
+    }
+}
+
+pub(super) fn pool_status(
+    object: &Object,
+    key: &ObjectKey,
+    parents: Option<&BTreeMap<ObjectKey, bool>>,
+    services: &BTreeSet<ObjectKey>,
+    snapshot: &Snapshot,
+    issues: &Issues<'_>,
+    cx: &StatusContext<'_>,
+) -> Option<StatusUpdate> {
+    let (kind, meta, status, list_field) = match object {
+        Object::PoolV1Alpha2(p) => (
+            StatusKind::PoolV1Alpha2,
+            &p.metadata,
+            status_json(p.status.as_ref()),
+            "parent",
+        ),
+        Object::PoolV1(p) => (
+            StatusKind::PoolV1,
+            &p.metadata,
+            status_json(p.status.as_ref()),
+            "parents",
+        ),
+        _ => return None,
+    };
+    let parents = parents.cloned().unwrap_or_default();
+    let existing: Vec<Value> = status
+        .as_ref()
+        .and_then(|s| s.get(list_field))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let is_ours = |entry: &Value| {
+        let parent = entry.get("parentRef");
+        let kind = parent.and_then(|p| p.get("kind")).and_then(Value::as_str);
+        if kind == Some("Status") {
+            return true; // The CRD's "waiting for controller" placeholder.
+        }
+        match object {
+            Object::PoolV1(_) => {
+                entry.get("controllerName").and_then(Value::as_str) == Some(cx.controller_name)
+            }
+            _ => {
+                let name = parent.and_then(|p| p.get("name")).and_then(Value::as_str);
+                let namespace = parent
+                    .and_then(|p| p.get("namespace"))
+                    .and_then(Value::as_str)
+                    .unwrap_or(&key.namespace);
+                kind == Some("Gateway")
+                    && name.is_some_and(|n| {
+                        parents
+                            .keys()
+                            .any(|g| g.name == n && g.namespace == namespace)
+                    })
+            }
+        }
+    };
+    let others: Vec<Value> = existing.iter().filter(|e| !is_ours(e)).cloned().collect();
+    if parents.is_empty() && others.len() == existing.len() {
+        return None;
+    }
+    let pool_issues = issues.of(key);
+    let errors: Vec<&ConfigIssue> = pool_issues
+        .iter()
+        .copied()
+        .filter(|i| i.severity == Severity::Error)
+        .collect();
+    let valid = snapshot.pools.contains_key(key) && errors.is_empty();
+    let resolved = match picker_ref(object) {
+        None => Desired::ok(
+            "ResolvedRefs",
+            "ResolvedRefs",
+            "No endpoint picker is referenced; the gateway picks endpoints itself",
+        ),
+        Some((group, kind, _)) if !group.is_empty() || kind != "Service" => Desired::fail(
+            "ResolvedRefs",
+            "InvalidExtensionRef",
+            format!(
+                "The endpoint picker must be a core Service, not {kind} in group {group:?}; the gateway picks endpoints itself, so routing is not affected"
+            ),
+        ),
+        Some((_, _, name)) => {
+            let service = ObjectKey::new(Kind::Service, key.namespace.clone(), name.clone());
+            if services.contains(&service) {
+                Desired::ok(
+                    "ResolvedRefs",
+                    "ResolvedRefs",
+                    format!(
+                        "Endpoint picker Service {} exists (the gateway picks endpoints itself and does not call it)",
+                        service.qualified_name()
+                    ),
+                )
+            } else {
+                Desired::fail(
+                    "ResolvedRefs",
+                    "InvalidExtensionRef",
+                    format!(
+                        "Endpoint picker Service {} not found; the gateway picks endpoints itself, so routing is not affected",
+                        service.qualified_name()
+                    ),
+                )
+            }
+        }
+    };
+    let not_supported = if kind == StatusKind::PoolV1 {
+        "NotSupportedByParent"
+    } else {
+        "NotSupportedByGateway"
+    };
+    let mut entries = others;
+    for (gateway, route_accepted) in &parents {
+        let accepted = if !valid {
+            Desired::fail("Accepted", not_supported, messages(&errors))
+        } else if *route_accepted {
+            Desired::ok("Accepted", "Accepted", "Routed to by an accepted HTTPRoute")
+        } else {
+            Desired::fail(
+                "Accepted",
+                "HTTPRouteNotAccepted",
+                "No HTTPRoute that names this pool is accepted by the Gateway",
+            )
+        };
+        let parent_ref = if kind == StatusKind::PoolV1 {
+            json!({"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": gateway.namespace, "name": gateway.name})
+        } else {
+            json!({"apiVersion": format!("{GATEWAY_GROUP}/v1"), "kind": "Gateway", "namespace": gateway.namespace, "name": gateway.name})
+        };
+        let previous = existing
+            .iter()
+            .find(|e| {
+                let p = e.get("parentRef");
+                p.and_then(|p| p.get("name")).and_then(Value::as_str) == Some(gateway.name.as_str())
+                    && p.and_then(|p| p.get("namespace")).and_then(Value::as_str)
+                        == Some(gateway.namespace.as_str())
+                    && p.and_then(|p| p.get("kind")).and_then(Value::as_str) == Some("Gateway")
+            })
+            .map(|e| existing_conditions(Some(e), &["conditions"]))
+            .unwrap_or_default();
+        let conditions = conditions(
+            vec![accepted, resolved.clone()],
+            &previous,
+            meta.generation,
+            &cx.now,
+        );
+        entries.push(if kind == StatusKind::PoolV1 {
+            json!({"parentRef": parent_ref, "controllerName": cx.controller_name, "conditions": conditions})
+        } else {
+            json!({"parentRef": parent_ref, "conditions": conditions})
+        });
+    }
+    Some(StatusUpdate {
+        kind,
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        patch: json!({ list_field: entries }),
+    })
+}
+
+pub(super) fn model_status(
+    model: &v1alpha2::InferenceModel,
+    key: &ObjectKey,
+    issues: &Issues<'_>,
+    cx: &StatusContext<'_>,
+) -> StatusUpdate {
+    let model_issues = issues.of(key);
+    let existing =
+        existing_conditions(status_json(model.status.as_ref()).as_ref(), &["conditions"]);
+    let errors: Vec<&ConfigIssue> = model_issues
+        .iter()
+        .copied()
+        .filter(|i| i.severity == Severity::Error)
+        .collect();
+    let in_use: Vec<&ConfigIssue> = model_issues
+        .iter()
+        .copied()
+        .filter(|i| i.reason.starts_with("ModelNameInUse"))
+        .collect();
+    let accepted = if !errors.is_empty() {
+        Desired::fail("Accepted", "Invalid", messages(&errors))
+    } else if !in_use.is_empty() {
+        Desired::fail("Accepted", "ModelNameInUse", messages(&in_use))
+    } else {
+        Desired::ok("Accepted", "Accepted", "Model is served by its pool")
+    };
+    // Our condition replaces the CRD's `Ready`/`Pending` placeholder; other types are kept.
+    let mut all: Vec<Condition> = existing
+        .iter()
+        .filter(|c| c.type_ != "Accepted" && !(c.type_ == "Ready" && c.reason == "Pending"))
+        .cloned()
+        .collect();
+    all.extend(conditions(
+        vec![accepted],
+        &existing,
+        model.metadata.generation,
+        &cx.now,
+    ));
+    StatusUpdate {
+        kind: StatusKind::InferenceModel,
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        patch: json!({ "conditions": all }),
+    }
+}

@@ -1,0 +1,297 @@
+//! The status the gateway owes each object, derived from one snapshot build.
+//!
+//! Inputs are the objects the build read, the snapshot it produced and its
+//! [`ConfigIssue`]s; the reason strings at the start of the issues (`NoMatchingParent:`,
+//! `BackendNotFound:`, `ModelNameInUse:`, ...) are the Gateway API's and the Inference Extension's
+//! condition reasons, so they map directly. The output is one JSON merge patch of `.status` per
+//! object; [`super::writer`] writes the ones that differ from what is stored.
+//!
+//! What is ours to write: the `Accepted` condition of GatewayClasses naming our controller; the
+//! whole status of their Gateways (conditions, listeners, and `addresses` from the gateway's own
+//! Service when `--kube-gateway-service` names it, as the seed's `kubectl get gateway -o
+//! jsonpath='{.status.addresses[0].value}'` expects); the
+//! HTTPRoute `parents[]` entries for our Gateways (other controllers' entries are kept); the
+//! InferencePool parent entries for our Gateways routing to the pool (v1 `parents[]` with our
+//! controllerName, v1alpha2 `parent[]`; the CRD's `kind: Status` placeholder is dropped); the
+//! `Accepted` condition of InferenceModels whose pool one of our Gateways routes to.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use serde_json::{Value, json};
+
+use super::conditions::{Desired, conditions};
+use crate::config::{ConfigIssue, Kind, Object, ObjectKey, ObjectSet};
+use crate::snapshot::Snapshot;
+
+mod gateways;
+mod inference;
+mod routes;
+
+use gateways::{gateway_status, service_addresses};
+use inference::{model_status, pool_status};
+use routes::{route_pools, route_status};
+
+pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub(crate) const INFERENCE_GROUPS: [&str; 2] = [
+    "inference.networking.x-k8s.io",
+    "inference.networking.k8s.io",
+];
+
+/// Kinds whose status the gateway writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StatusKind {
+    /// GatewayClass.
+    GatewayClass,
+    /// Gateway.
+    Gateway,
+    /// HTTPRoute.
+    HttpRoute,
+    /// InferencePool v1alpha2.
+    PoolV1Alpha2,
+    /// InferencePool v1.
+    PoolV1,
+    /// InferenceModel v1alpha2.
+    InferenceModel,
+}
+
+impl StatusKind {
+    /// Kind name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusKind::GatewayClass => "GatewayClass",
+            StatusKind::Gateway => "Gateway",
+            StatusKind::HttpRoute => "HTTPRoute",
+            StatusKind::PoolV1Alpha2 => "InferencePool (v1alpha2)",
+            StatusKind::PoolV1 => "InferencePool (v1)",
+            StatusKind::InferenceModel => "InferenceModel",
+        }
+    }
+}
+
+/// The status one object should have: a merge patch of its `.status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusUpdate {
+    /// Its kind.
+    pub kind: StatusKind,
+    /// Its namespace (`""` for GatewayClasses).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The merge patch of `.status`.
+    pub patch: Value,
+}
+
+impl StatusUpdate {
+    /// `Kind namespace/name`.
+    pub fn object(&self) -> String {
+        if self.namespace.is_empty() {
+            format!("{} {}", self.kind.as_str(), self.name)
+        } else {
+            format!("{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+        }
+    }
+}
+
+/// Settings of a status computation.
+#[derive(Debug, Clone)]
+pub struct StatusContext<'a> {
+    /// Our controller name.
+    pub controller_name: &'a str,
+    /// Ports the proxy listens on (a listener on another port is not programmed yet).
+    pub bound_ports: &'a [u16],
+    /// The Service in front of the gateway's replicas, whose address the Gateways report.
+    pub gateway_service: Option<&'a ObjectKey>,
+    /// The time a condition that changes now gets.
+    pub now: Time,
+}
+
+/// Issues by the object they name.
+pub(crate) struct Issues<'a>(HashMap<&'a str, Vec<&'a ConfigIssue>>);
+
+impl<'a> Issues<'a> {
+    pub(crate) fn new(issues: &'a [ConfigIssue]) -> Self {
+        let mut map: HashMap<&str, Vec<&ConfigIssue>> = HashMap::new();
+        for issue in issues {
+            map.entry(issue.object.as_str()).or_default().push(issue);
+        }
+        Self(map)
+    }
+
+    pub(crate) fn of(&self, key: &ObjectKey) -> &[&'a ConfigIssue] {
+        self.0
+            .get(key.to_string().as_str())
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The reason an issue starts with (`BackendNotFound: ...`), if it is one of `known`.
+pub(crate) fn reason_of(issue: &ConfigIssue, known: &[&'static str]) -> Option<&'static str> {
+    let prefix = issue.reason.split_once(':').map(|(p, _)| p)?;
+    known.iter().copied().find(|k| *k == prefix)
+}
+
+pub(crate) fn messages(issues: &[&ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| {
+            if i.value.is_empty() {
+                format!("{}: {}", i.field, i.reason)
+            } else {
+                format!("{} = {:?}: {}", i.field, i.value, i.reason)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub(crate) fn existing_conditions(status: Option<&Value>, path: &[&str]) -> Vec<Condition> {
+    let mut value = status;
+    for key in path {
+        value = value.and_then(|v| v.get(key));
+    }
+    value
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
+pub(crate) fn status_json<T: serde::Serialize>(status: Option<&T>) -> Option<Value> {
+    status.and_then(|s| serde_json::to_value(s).ok())
+}
+
+/// A Gateway of ours and what the build made of it.
+pub(crate) struct OurGateway<'a> {
+    pub(crate) key: ObjectKey,
+    pub(crate) meta: &'a ObjectMeta,
+    pub(crate) gateway: &'a gateway_api::gateways::Gateway,
+}
+
+/// Compute the status of every object the gateway is responsible for.
+pub fn compute(
+    objects: &ObjectSet,
+    snapshot: &Snapshot,
+    issues: &[ConfigIssue],
+    cx: &StatusContext<'_>,
+) -> Vec<StatusUpdate> {
+    let issues = Issues::new(issues);
+    let mut updates = Vec::new();
+
+    let mut our_classes = BTreeSet::new();
+    for document in objects.iter() {
+        if let Object::GatewayClass(class) = &document.object
+            && class.spec.controller_name == cx.controller_name
+        {
+            let key = document.object.key();
+            our_classes.insert(key.name.clone());
+            let existing =
+                existing_conditions(status_json(class.status.as_ref()).as_ref(), &["conditions"]);
+            let desired = vec![Desired::ok(
+                "Accepted",
+                "Accepted",
+                format!("Handled by {}", cx.controller_name),
+            )];
+            updates.push(StatusUpdate {
+                kind: StatusKind::GatewayClass,
+                namespace: String::new(),
+                name: key.name,
+                patch: json!({"conditions": conditions(desired, &existing, class.metadata.generation, &cx.now)}),
+            });
+        }
+    }
+
+    let gateways: Vec<OurGateway<'_>> = objects
+        .iter()
+        .filter_map(|d| match &d.object {
+            Object::Gateway(g) if our_classes.contains(&g.spec.gateway_class_name) => {
+                Some(OurGateway {
+                    key: d.object.key(),
+                    meta: &g.metadata,
+                    gateway: g,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    let addresses = cx
+        .gateway_service
+        .map(|key| service_addresses(objects, key));
+    for gateway in &gateways {
+        updates.push(gateway_status(
+            gateway,
+            snapshot,
+            &issues,
+            addresses.as_ref(),
+            cx,
+        ));
+    }
+
+    // Routes: which of our Gateways accepted each, and which pools each names.
+    let ours: BTreeSet<&ObjectKey> = gateways.iter().map(|g| &g.key).collect();
+    let mut accepted_by: HashMap<ObjectKey, BTreeSet<ObjectKey>> = HashMap::new();
+    let mut parents_of_pool: BTreeMap<ObjectKey, BTreeMap<ObjectKey, bool>> = BTreeMap::new();
+    for document in objects.iter() {
+        let Object::HttpRoute(route) = &document.object else {
+            continue;
+        };
+        let key = document.object.key();
+        let (update, accepted, referenced) = route_status(route, &key, &ours, &issues, cx);
+        if let Some(update) = update {
+            updates.push(update);
+        }
+        for pool in route_pools(route, &key) {
+            for (gateway, is_accepted) in &referenced {
+                let entry = parents_of_pool
+                    .entry(pool.clone())
+                    .or_default()
+                    .entry(gateway.clone())
+                    .or_insert(false);
+                *entry |= *is_accepted;
+            }
+        }
+        accepted_by.insert(key, accepted);
+    }
+
+    // Pools, and the models of pools our Gateways route to.
+    let services: BTreeSet<ObjectKey> = objects
+        .iter()
+        .filter(|d| matches!(d.object, Object::Service(_)))
+        .map(|d| d.object.key())
+        .collect();
+    let mut served_pools = BTreeSet::new();
+    for document in objects.iter() {
+        let key = document.object.key();
+        let parents = parents_of_pool.get(&key);
+        if let Some(update) = pool_status(
+            &document.object,
+            &key,
+            parents,
+            &services,
+            snapshot,
+            &issues,
+            cx,
+        ) {
+            if parents.is_some_and(|p| !p.is_empty()) {
+                served_pools.insert(key);
+            }
+            updates.push(update);
+        }
+    }
+    for document in objects.iter() {
+        let Object::InferenceModel(model) = &document.object else {
+            continue;
+        };
+        let key = document.object.key();
+        let pool = ObjectKey::new(
+            Kind::InferencePool,
+            key.namespace.clone(),
+            model.spec.pool_ref.name.clone(),
+        );
+        if served_pools.contains(&pool) {
+            updates.push(model_status(model, &key, &issues, cx));
+        }
+    }
+    updates
+}
+
+#[cfg(test)]
+mod tests;

@@ -21,6 +21,7 @@ for target in "${TARGETS[@]}"; do
   echo "== $target: ${SECONDS_EACH}s" >&2
   mkdir -p "fuzz/corpus/$target"
   RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "fuzz/corpus/$target" -- \
-    -max_total_time="$SECONDS_EACH" -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 2>&1 |
-    grep -E "^(stat::|#[0-9]+ *DONE|==|SUMMARY|Done)" || true
+    -max_total_time="$SECONDS_EACH" -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \
+    >"fuzz/$target.log" 2>&1 || { tail -40 "fuzz/$target.log" >&2; exit 1; }
+  grep -E "^(stat::|#[0-9]+ *DONE)" "fuzz/$target.log" >&2 || true
 done

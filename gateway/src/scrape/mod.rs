@@ -219,7 +219,10 @@ async fn scrape_loop(
     loop {
         ticker.tick().await;
         let started = Instant::now();
-        let result = scrape(&connector, &endpoint, settings.timeout).await;
+        let span = tracing::debug_span!("scrape", endpoint = %name);
+        let result =
+            tracing::Instrument::instrument(scrape(&connector, &endpoint, settings.timeout), span)
+                .await;
         state
             .metrics
             .scrape_duration

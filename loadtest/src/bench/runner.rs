@@ -94,6 +94,9 @@ fn gamma(rng: &mut fastrand::Rng, shape: f64) -> f64 {
     }
 }
 
+/// Header naming a multi-turn conversation (the session id), sent with every turn.
+pub const SESSION_HEADER: &str = "x-session-id";
+
 /// Start times (seconds) of `n` sessions at `rate` per second with the given burstiness: gamma
 /// gaps accumulated, then rescaled so the last start is at `n / rate`. All zero for an infinite
 /// rate.
@@ -151,6 +154,7 @@ impl Shared {
         prompt: &Prompt,
         output_len: usize,
         capture_text: bool,
+        session: Option<&str>,
     ) -> (RequestRecord, String, String) {
         let queued = Instant::now();
         let _slot = match &self.slots {
@@ -175,7 +179,13 @@ impl Shared {
             ..RequestRecord::default()
         };
         let request = match self.plan.shape.request(index, body) {
-            Ok(request) => request,
+            Ok(mut request) => {
+                // A conversation names itself, for gateways that keep sessions on one endpoint.
+                if let Some(session) = session.and_then(|s| http::HeaderValue::from_str(s).ok()) {
+                    request.headers_mut().insert(SESSION_HEADER, session);
+                }
+                request
+            }
             Err(error) => {
                 record.error = error.to_string();
                 return (record, server_text, String::new());
@@ -233,11 +243,12 @@ impl Shared {
             .and_then(|c| c.system.clone())
             .map(|system| vec![Message::new("system", system)])
             .unwrap_or_default();
+        let session_id = format!("session-{}", session.first_index);
         for (turn_index, turn) in session.turns.into_iter().enumerate() {
             let index = session.first_index + turn_index;
             let Some(_) = &session.conversation else {
                 let (record, _, _) = self
-                    .send(index, &model, &turn.prompt, turn.output_len, false)
+                    .send(index, &model, &turn.prompt, turn.output_len, false, None)
                     .await;
                 records.push(record);
                 continue;
@@ -248,7 +259,14 @@ impl Shared {
             history.push(Message::new("user", user));
             let prompt = Prompt::Chat(history.clone());
             let (record, server_text, answer) = self
-                .send(index, &model, &prompt, turn.output_len, true)
+                .send(
+                    index,
+                    &model,
+                    &prompt,
+                    turn.output_len,
+                    true,
+                    Some(&session_id),
+                )
                 .await;
             let failed = !record.success;
             records.push(record);

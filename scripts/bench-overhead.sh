@@ -30,7 +30,7 @@ cargo build --release -p inference-gateway --bin inference-gateway --example bar
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -173,7 +173,7 @@ done
 # else the machine is doing (kernel time is not included). Each proxy runs alone under valgrind;
 # counters are zeroed after a warm-up and dumped after a fixed load. The gateway's metrics scraper
 # is slowed to once an hour here so its background work is not charged to requests.
-kill "${pids[@]:1}" 2>/dev/null || true   # the proxies; the backend stays
+kill -INT "${pids[@]:1}" 2>/dev/null || true   # the proxies (SIGINT: Pingora exits at once); the backend stays
 sleep 1
 cg_results="$work/callgrind.tsv"
 : > "$cg_results"

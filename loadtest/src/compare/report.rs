@@ -347,8 +347,11 @@ pub fn markdown(plan: &ComparePlan, runs: &[RouteRun], context: &ReportContext) 
     );
     let _ = writeln!(
         out,
-        "- Gateway: a fresh `inference-gateway --config <copy of manifests/examples/local/>` per \
-         route, the InferencePool annotated with `{}`{}; waited on until `/readyz` answered 200.",
+        "- Gateway: a fresh `{} --config <copy of manifests/examples/local/>` per route, the \
+         InferencePool annotated with `{}`{}; waited on until `/readyz` answered 200.",
+        plan.gateway_binary
+            .file_name()
+            .map_or("inference-gateway".into(), |name| name.to_string_lossy()),
         super::fleet_up::STRATEGY_ANNOTATION,
         if scenario.gateway_models.is_empty() {
             String::new()

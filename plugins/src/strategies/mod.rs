@@ -21,10 +21,10 @@ pub use round_robin::RoundRobin;
 mod tests {
     use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest};
 
+    use crate::PoolView;
     use crate::endpoint::{EndpointMetrics, LoraState};
     use crate::registry::{Registry, StrategyConfig};
     use crate::testing::{pool_of, request};
-    use crate::{PoolView, Strategy as _};
 
     proptest! {
         /// Whatever the metrics and loads, every built-in strategy returns each endpoint of the

@@ -1,15 +1,18 @@
 //! Graceful shutdown: stop being chosen, stop accepting, finish what is in flight, exit.
 //!
 //! On SIGTERM the gateway turns `/readyz` to 503 at once, so the load balancer in front (a
-//! Kubernetes Service, another replica) stops sending it new connections; after `--drain-delay`
-//! (time for that to propagate) it tells Pingora to shut down gracefully, which closes the
-//! listeners; requests in flight, including hour-long streams, continue. The process exits as soon
+//! Kubernetes Service, another replica) stops sending it new connections, and answers every
+//! request from then on with `Connection: close`, so clients holding keep-alive connections move
+//! to another replica after their current request instead of finding the connection gone when
+//! they send the next one. After `--drain-delay` (time for both to take effect) it tells Pingora
+//! to shut down gracefully, which closes the listeners and drops connections idle between
+//! requests; requests in flight, including hour-long streams, continue. The process exits as soon
 //! as none is left, or when `--grace-period` ends, whichever comes first. (Pingora alone would
 //! sleep the whole grace period even when idle.) SIGINT still shuts down at once; SIGQUIT is
 //! Pingora's graceful upgrade.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,18 +28,31 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 /// Work in progress in this process: requests on every listener, and shutdown tasks that must
 /// finish before it exits (releasing the Lease).
 #[derive(Debug, Default)]
-pub struct ActiveRequests(AtomicUsize);
+pub struct ActiveRequests {
+    count: AtomicUsize,
+    draining: AtomicBool,
+}
 
 impl ActiveRequests {
     /// Count one request until the guard drops.
     pub fn start(self: &Arc<Self>) -> ActiveRequest {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
         ActiveRequest(Arc::clone(self))
     }
 
     /// Requests in progress.
     pub fn count(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Mark the process as shutting down: from now on no connection is kept alive.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the process is shutting down (SIGTERM or SIGQUIT received).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 }
 
@@ -46,7 +62,7 @@ pub struct ActiveRequest(Arc<ActiveRequests>);
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        self.0.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -73,6 +89,7 @@ impl ShutdownSignalWatch for DrainSignal {
         tokio::select! {
             _ = terminate.recv() => {
                 self.state.ready.store(false, Ordering::Relaxed);
+                self.state.active.begin_drain();
                 tracing::info!(drain_delay = ?self.drain_delay, "SIGTERM: not ready; closing listeners after the drain delay");
                 tokio::select! {
                     _ = tokio::time::sleep(self.drain_delay) => ShutdownSignal::GracefulTerminate,
@@ -82,6 +99,7 @@ impl ShutdownSignalWatch for DrainSignal {
             _ = interrupt.recv() => ShutdownSignal::FastShutdown,
             _ = quit.recv() => {
                 self.state.ready.store(false, Ordering::Relaxed);
+                self.state.active.begin_drain();
                 ShutdownSignal::GracefulUpgrade
             }
         }
@@ -129,5 +147,8 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(active.count(), 0);
+        assert!(!active.draining());
+        active.begin_drain();
+        assert!(active.draining());
     }
 }

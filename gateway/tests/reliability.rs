@@ -313,9 +313,11 @@ async fn a_rolling_restart_fails_no_request() {
     let llm_port = free_port();
     let config = pool_config(llm_port, port, &sims, "DEFAULT");
     // Two gateway processes on the same listener port (SO_REUSEPORT), like two replicas behind
-    // one address.
-    let mut old = Gateway::start(gateway_binary(), &config, &[]).await;
-    let new = Gateway::start(gateway_binary(), &config, &[]).await;
+    // one address. During its drain delay the old one answers with `Connection: close`, so the
+    // clients' keep-alive connections move to the new one before its listener closes.
+    let drain = ["--drain-delay", "1s"];
+    let mut old = Gateway::start(gateway_binary(), &config, &drain).await;
+    let new = Gateway::start(gateway_binary(), &config, &drain).await;
     let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
     let failures = Arc::new(AtomicUsize::new(0));
     let successes = Arc::new(AtomicUsize::new(0));
@@ -378,4 +380,55 @@ async fn a_rolling_restart_fails_no_request() {
         successes.load(Ordering::SeqCst)
     );
     drop(new);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_unready_and_closes_keep_alive_while_streams_finish() {
+    let (port, sims) = start_sims(10, 2, &[], &[]).await;
+    let llm_port = free_port();
+    let config = pool_config(llm_port, port, &sims, "DEFAULT");
+    // A drain delay far longer than the test, so every check below happens inside it.
+    let gateway = Gateway::start(gateway_binary(), &config, &["--drain-delay", "600s"]).await;
+    let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
+    let client = client();
+    let (status, _) = post(
+        &client,
+        &url,
+        &[],
+        r#"{"model":"/model/qwen","prompt":"hi","max_tokens":2}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // A stream that began before the signal.
+    let mut stream = Stream::open(
+        &client,
+        &url,
+        &[],
+        r#"{"model":"/model/qwen","prompt":"long","max_tokens":300,"ignore_eos":true,"stream":true}"#,
+    )
+    .await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.headers["connection"], "keep-alive");
+    gateway.terminate();
+    let readyz = format!("http://{}/readyz", gateway.admin);
+    let start = Instant::now();
+    while get(&readyz).await.0 != 503 {
+        assert!(start.elapsed() < DEADLINE, "/readyz did not turn 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Still served while the load balancer catches up, but not kept alive.
+    let request = hyper::Request::post(&url)
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"model":"/model/qwen","prompt":"hi","max_tokens":2}"#,
+        )))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["connection"], "close");
+    // The stream from before the signal runs to its end.
+    let mut text = String::new();
+    while let Some(chunk) = stream.next_chunk().await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("data: [DONE]"), "{text}");
 }

@@ -327,14 +327,17 @@ impl Gateway {
                 "--threads",
                 "2",
             ])
-            .args([
-                "--config-poll-interval",
-                "100ms",
-                "--grace-period",
-                "10s",
-                "--drain-delay",
-                "0s",
-            ])
+            .args(
+                [
+                    ("--config-poll-interval", "100ms"),
+                    ("--grace-period", "10s"),
+                    ("--drain-delay", "0s"),
+                ]
+                .into_iter()
+                // A default the caller sets itself is left out (clap refuses a flag twice).
+                .filter(|(flag, _)| !extra_args.contains(flag))
+                .flat_map(|(flag, value)| [flag, value]),
+            )
             .args(extra_args)
             .env(
                 "RUST_LOG",

@@ -517,6 +517,11 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        if self.shared.active.draining() {
+            // Shutting down: answer with `Connection: close` so the client reconnects elsewhere
+            // rather than reusing a connection this process is about to drop.
+            session.set_keepalive(None);
+        }
         ctx.request_id = request_id(session);
         ctx.port = session
             .as_downstream()

@@ -1,6 +1,6 @@
 # One command for each job; each installs what it needs first (scripts/setup.sh).
 
-.PHONY: setup build test demo validate bench-overhead lint
+.PHONY: setup build test demo validate bench-overhead soak lint
 
 setup:
 	./scripts/setup.sh
@@ -24,3 +24,6 @@ demo: setup
 
 bench-overhead: setup
 	./scripts/bench-overhead.sh
+
+soak: setup
+	./scripts/soak.sh

@@ -201,6 +201,8 @@ callgrind_run nginx "http://127.0.0.1:$NGINX_PORT/v1/completions" \
 callgrind_run pingora-bare "http://127.0.0.1:$BARE/v1/completions" \
   ./target/release/examples/bare_proxy "127.0.0.1:$BARE" 127.0.0.2:$BACKEND_PORT 127.0.0.3:$BACKEND_PORT \
   127.0.0.4:$BACKEND_PORT 127.0.0.5:$BACKEND_PORT 127.0.0.6:$BACKEND_PORT
+# RUST_LOG=warn as in the timed runs: no access log, like nginx's `access_log off`.
+export RUST_LOG=warn
 callgrind_run gateway-plain "http://127.0.0.1:$GW_HTTP/v1/completions" \
   ./target/release/inference-gateway --config "$work/gw/config.yaml" --threads 1 --admin-addr "$ADMIN" \
   --listen-host 127.0.0.1 --scrape-interval 1h
@@ -208,9 +210,11 @@ callgrind_run gateway-inference "http://127.0.0.1:$GW_LLM/v1/completions" \
   ./target/release/inference-gateway --config "$work/gw/config.yaml" --threads 1 --admin-addr "$ADMIN" \
   --listen-host 127.0.0.1 --scrape-interval 1h
 
-python3 - "$results" "$OUT" "$cg_results" "$idle_results" "$ROUNDS" "$SECONDS_PER_RUN" "$CONNECTIONS" <<'PY'
-import platform, statistics, subprocess, sys
-results, out, cg_results, idle_results, rounds, seconds, conns = sys.argv[1:8]
+python3 - "$results" "$OUT" "$cg_results" "$idle_results" "$ROUNDS" "$SECONDS_PER_RUN" "$CONNECTIONS" "$work" <<'PY'
+import os, platform, statistics, subprocess, sys
+results, out, cg_results, idle_results, rounds, seconds, conns, work = sys.argv[1:9]
+sys.path.insert(0, os.path.join(os.getcwd(), "scripts"))
+import callgrind_breakdown
 rows = {}
 errors = {}
 for line in open(results):
@@ -237,7 +241,7 @@ lines = [
     f"- Machine: {cores} cores ({cpu}), shared with the client and the backend; numbers are medians of {rounds} interleaved rounds of {seconds} s.",
     f"- Client: {wrk_version}, 1 thread, {conns} connections, keep-alive, a 1 KiB OpenAI completions body (`POST /v1/completions`).",
     f"- Backend: {nginx}, 1 worker, a fixed 300-byte JSON completion from five loopback addresses (127.0.0.2-6).",
-    "- Proxies: nginx with `proxy_pass` to an upstream of the five addresses (keepalive 256), 1 worker; the gateway with `--threads 1`,",
+    "- Proxies: nginx with `proxy_pass` to an upstream of the five addresses (keepalive 256), 1 worker, `access_log off`; the gateway with `--threads 1`, `RUST_LOG=warn` (no access log),",
     "  the local example configuration (plain route: Service round-robin; inference route: InferencePool with the seed's InferenceModel, strategy DEFAULT).",
     "",
     "| Target | Requests/s | p50 (ms) | p99 (ms) | Added p50 (ms) | Added p99 (ms) | Requests/s vs nginx |",
@@ -295,11 +299,37 @@ if "pingora-bare" in cg and "gateway-plain" in cg:
     lines.append(
         f"Of the plain route's {cg['gateway-plain']:,.0f} instructions per request, {cg['pingora-bare']:,.0f} are Pingora's own "
         f"HTTP/1 proxy path (the bare proxy) and {own:,.0f} ({100 * own / cg['gateway-plain']:.0f}%) the gateway's routing, "
-        f"metrics and access-log bookkeeping. The inference route adds {body:,.0f} for reading, parsing and forwarding the body "
+        f"metrics and response bookkeeping (status, sizes, token usage). The inference route adds {body:,.0f} for reading, parsing and forwarding the body "
         f"and asking the strategy."
         + (" Most of the distance to nginx is Pingora's own per-request cost, not the gateway's logic."
            if cg["pingora-bare"] > 2 * cg["nginx"] and own < 0.25 * cg["gateway-plain"] else "")
     )
+profiles = [n for n in ["nginx", "pingora-bare", "gateway-plain", "gateway-inference"]
+            if n in cg and os.path.exists(f"{work}/cg.{n}.1")]
+if "pingora-bare" in profiles:
+    requests_of = {l.split()[0]: int(l.split()[1]) for l in open(cg_results)}
+    split = {n: dict(callgrind_breakdown.breakdown(f"{work}/cg.{n}.1", requests_of[n])) for n in profiles}
+    lines.append("")
+    lines.append("### Where the instructions go")
+    lines.append("")
+    lines.append("Exclusive instructions per request by where the code lives (`scripts/callgrind_breakdown.py` on the same profiles;")
+    lines.append("nginx is C, so its cost falls under the allocator, copies and everything else).")
+    lines.append("")
+    lines.append("| Code | " + " | ".join(labels[n] for n in profiles) + " |")
+    lines.append("|---|" + "---:|" * len(profiles))
+    for group in split["pingora-bare"]:
+        lines.append(f"| {group} | " + " | ".join(f"{split[n][group]:,.0f}" for n in profiles) + " |")
+    lines.append("| total | " + " | ".join(f"{sum(split[n].values()):,.0f}" for n in profiles) + " |")
+    copies = callgrind_breakdown.GROUPS[0][1]
+    top = callgrind_breakdown.top_callers(f"{work}/cg.pingora-bare.1", copies, 1)
+    if top:
+        caller, spent = top[0]
+        lines.append("")
+        lines.append(
+            f"In the bare Pingora proxy, {spent / requests_of['pingora-bare']:,.0f} of the "
+            f"{split['pingora-bare'][callgrind_breakdown.GROUPS[0][0]]:,.0f} instructions per request spent copying memory "
+            f"are called from `{caller}`."
+        )
 lines.append("")
 lines.append("Every round, per target:")
 lines.append("")

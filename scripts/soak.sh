@@ -74,20 +74,32 @@ EOF
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$gateway/status"; }
 fds() { ls "/proc/$gateway/fd" | wc -l; }
+# Failed inference requests so far (every error code), from the gateway's own counter.
+errors() {
+  curl -s "http://$ADMIN/metrics" |
+    awk '/^inference_model_request_error_total\{/ {n += $NF} END {printf "%d", n}'
+}
 samples="$work/samples.tsv"
-echo -e "seconds\trss_kib\tfds" >"$samples"
+echo -e "seconds\trss_kib\tfds\terrors\tloaded" >"$samples"
 wrk -t1 -c16 -d"${DURATION}s" -s "$work/stream.lua" http://127.0.0.1:28081 >"$work/wrk-stream.txt" 2>&1 &
 wrk_stream=$!
 wrk -t1 -c16 -d"${DURATION}s" -s "$work/short.lua" http://127.0.0.1:28081 >"$work/wrk-short.txt" 2>&1 &
 wrk_short=$!
 start=$(date +%s)
+# `loaded` is 1 while both clients still run: wrk cuts the requests it has in flight when its
+# duration ends, and the gateway counts those as aborted; they are reported apart.
 while kill -0 "$wrk_stream" 2>/dev/null || kill -0 "$wrk_short" 2>/dev/null; do
-  echo -e "$(( $(date +%s) - start ))\t$(rss_kib)\t$(fds)" >>"$samples"
-  sleep 10
+  loaded=0
+  if kill -0 "$wrk_stream" 2>/dev/null && kill -0 "$wrk_short" 2>/dev/null; then loaded=1; fi
+  elapsed=$(( $(date +%s) - start ))
+  echo -e "$elapsed\t$(rss_kib)\t$(fds)\t$(errors)\t$loaded" >>"$samples"
+  # Every 10 s, and once more a second before the clients' end.
+  left=$(( DURATION - elapsed ))
+  if (( left > 11 )); then sleep 10; elif (( left > 1 )); then sleep $(( left - 1 )); else sleep 1; fi
 done
 wait "$wrk_stream" "$wrk_short" || true
 sleep 2
-echo -e "$(( $(date +%s) - start ))\t$(rss_kib)\t$(fds)" >>"$samples"
+echo -e "$(( $(date +%s) - start ))\t$(rss_kib)\t$(fds)\t$(errors)\t0" >>"$samples"
 curl -s "http://$ADMIN/metrics" >"$work/metrics.txt"
 curl -s "http://$ADMIN/debug/snapshot" >"$work/snapshot.json"
 
@@ -95,7 +107,7 @@ python3 - "$work" "$OUT" "$DURATION" "$WARMUP" <<'PY'
 import json, re, sys
 work, out, duration, warmup = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rows = [l.split("\t") for l in open(f"{work}/samples.tsv").read().split("\n")[1:] if l.strip()]
-rows = [(int(t), int(r), int(f)) for t, r, f in rows]
+rows = [(int(t), int(r), int(f), int(e), l == "1") for t, r, f, e, l in rows]
 after = [r for r in rows if r[0] >= warmup]
 base = after[0][1]
 peak = max(r[1] for r in after)
@@ -110,7 +122,15 @@ def wrk(name):
 snapshot = json.load(open(f"{work}/snapshot.json"))
 in_flight = sum(e["in_flight"] for p in snapshot["pools"] for e in p["endpoints"])
 metrics = open(f"{work}/metrics.txt").read()
-errors = sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines() if l.startswith("inference_model_request_error_total{"))
+by_code = {}
+for l in metrics.splitlines():
+    if l.startswith("inference_model_request_error_total{"):
+        code = re.search(r'error_code="([^"]*)"', l).group(1)
+        by_code[code] = by_code.get(code, 0) + int(float(l.rsplit(" ", 1)[1]))
+errors = sum(by_code.values())
+loaded_rows = [r for r in rows if r[4]]
+last_loaded = loaded_rows[-1] if loaded_rows else rows[0]
+codes = ", ".join(f"`{c}` {n}" for c, n in sorted(by_code.items())) or "none"
 lines = [
     "# Soak",
     "",
@@ -131,14 +151,17 @@ lines += [
     f"  growth after warm-up {100*(peak-base)/base:.1f}% (peak), {100*(end-base)/base:.1f}% (end).",
     f"- Open file descriptors: {rows[0][2]} at the start, {max(r[2] for r in rows)} at most, {rows[-1][2]} at the end.",
     f"- Requests in flight on the pool's endpoints after the load stopped: {in_flight}.",
-    f"- `inference_model_request_error_total` after the run: {errors:.0f}.",
+    f"- Failed requests (`inference_model_request_error_total`) while the load ran: {last_loaded[3]} at {last_loaded[0]} s,",
+    f"  the last sample with both clients running. After the clients stopped: {errors} ({codes}), against 32 client",
+    "  connections: wrk closes its connections when its duration ends, cutting the request each has in flight, and the",
+    "  gateway counts those as `aborted` (the client went away) and releases their in-flight counts, as the line above shows.",
     "",
-    "| Seconds | RSS (MiB) | File descriptors |",
-    "|---:|---:|---:|",
+    "| Seconds | RSS (MiB) | File descriptors | Failed requests so far |",
+    "|---:|---:|---:|---:|",
 ]
 step = max(1, len(rows) // 30)
-for t, r, f in rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else []):
-    lines.append(f"| {t} | {r/1024:.1f} | {f} |")
+for t, r, f, e, _ in rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else []):
+    lines.append(f"| {t} | {r/1024:.1f} | {f} | {e} |")
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines[:20]))
 PY

@@ -432,3 +432,152 @@ async fn sigterm_turns_unready_and_closes_keep_alive_while_streams_finish() {
     }
     assert!(text.contains("data: [DONE]"), "{text}");
 }
+
+/// Completions the simulators finished, by their own `vllm:request_success_total`.
+async fn served_by(sims: &[SimServer]) -> f64 {
+    let mut total = 0.0;
+    for sim in sims {
+        let (_, page) = get(&format!("http://{}/metrics", sim.local_addr())).await;
+        total += String::from_utf8_lossy(&page)
+            .lines()
+            .filter(|l| l.starts_with("vllm:request_success_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_sheds_sheddable_serves_critical_and_leaks_nothing() {
+    // Two servers with four sequence slots each: eight requests run at once, the rest queue.
+    let (port, sims) = start_sims(20, 2, &["--max-num-seqs", "4"], &[]).await;
+    let llm_port = free_port();
+    let config = [
+        pool_config(llm_port, port, &sims, "DEFAULT"),
+        inference_model("base", "/model/qwen", "Critical", "pool", &[]),
+        inference_model("batch", "batch", "Sheddable", "pool", &["/model/qwen"]),
+    ]
+    .concat();
+    let gateway = Gateway::start(gateway_binary(), &config, &[]).await;
+    let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
+    let (rss_before, fds_before) = gateway.resources();
+
+    // Ten times what the pool runs at once: 8 clients with critical requests, 72 with sheddable
+    // ones; a client told 429 waits 100 ms and asks again, as a polite client does.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let statuses = Arc::new(std::sync::Mutex::new(HashMap::<(bool, u16), usize>::new()));
+    // How long each 429 took, for the log (reported, not asserted: timings are the machine's).
+    let shed_times = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
+    let body = |model: &str| {
+        format!(r#"{{"model":"{model}","prompt":"overload","max_tokens":100,"ignore_eos":true}}"#)
+    };
+    let critical: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, body, statuses) = (url.clone(), body("/model/qwen"), Arc::clone(&statuses));
+            tokio::spawn(async move {
+                let client = client();
+                for _ in 0..5 {
+                    let (status, _) = post(&client, &url, &[], body.clone()).await;
+                    *statuses.lock().unwrap().entry((true, status)).or_default() += 1;
+                }
+            })
+        })
+        .collect();
+    let sheddable: Vec<_> = (0..72)
+        .map(|_| {
+            let (url, body, statuses, done, shed_times) = (
+                url.clone(),
+                body("batch"),
+                Arc::clone(&statuses),
+                Arc::clone(&done),
+                Arc::clone(&shed_times),
+            );
+            tokio::spawn(async move {
+                let client = client();
+                while !done.load(Ordering::SeqCst) {
+                    let sent = Instant::now();
+                    let (status, reply) = post(&client, &url, &[], body.clone()).await;
+                    *statuses.lock().unwrap().entry((false, status)).or_default() += 1;
+                    if status == 429 {
+                        shed_times.lock().unwrap().push(sent.elapsed());
+                        let error: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+                        assert_eq!(error["error"]["type"], "rate_limit_error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut rss_peak = rss_before;
+    for worker in critical {
+        while !worker.is_finished() {
+            rss_peak = rss_peak.max(gateway.resources().0);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        worker.await.unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    for worker in sheddable {
+        worker.await.unwrap();
+    }
+    let statuses = statuses.lock().unwrap().clone();
+    let mut shed_times = shed_times.lock().unwrap().clone();
+    shed_times.sort();
+    let median_shed = shed_times
+        .get(shed_times.len() / 2)
+        .copied()
+        .unwrap_or_default();
+    eprintln!(
+        "statuses (critical, status) -> count: {statuses:?}; median time to a 429: {median_shed:?}; \
+         RSS {rss_before} KiB before, {rss_peak} KiB at most; {fds_before} file descriptors before"
+    );
+    assert_eq!(
+        statuses.get(&(true, 200)),
+        Some(&40),
+        "every critical request served"
+    );
+    assert!(
+        statuses.get(&(false, 429)).copied().unwrap_or(0) > 0,
+        "sheddable requests were shed"
+    );
+    let served =
+        statuses.get(&(true, 200)).unwrap() + statuses.get(&(false, 200)).copied().unwrap_or(0);
+    assert_eq!(
+        served + statuses.get(&(false, 429)).copied().unwrap_or(0),
+        statuses.values().sum::<usize>(),
+        "every answer is 200 or 429"
+    );
+    // A shed request never reached a model server: they finished exactly the requests served.
+    assert_eq!(served_by(&sims).await, served as f64);
+    // Memory stayed bounded, and once the clients are gone nothing is left behind.
+    assert!(
+        rss_peak < rss_before + 64 * 1024,
+        "RSS {rss_before} KiB -> {rss_peak} KiB"
+    );
+    gateway
+        .wait_for_snapshot("in-flight counts back to zero", |snapshot| {
+            snapshot["pools"].as_array().is_some_and(|pools| {
+                pools.iter().all(|p| {
+                    p["endpoints"]
+                        .as_array()
+                        .is_some_and(|e| e.iter().all(|e| e["in_flight"] == 0))
+                })
+            })
+        })
+        .await;
+    let start = Instant::now();
+    loop {
+        // Client connections close with the clients, pooled upstream ones after their idle
+        // timeout; the scraper's keep-alive connection to each server may have opened after the
+        // first reading.
+        let fds = gateway.resources().1;
+        if fds <= fds_before + sims.len() {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "file descriptors: {fds_before} before, {fds} after the load"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

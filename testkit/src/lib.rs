@@ -370,9 +370,29 @@ impl Gateway {
         }
     }
 
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the gateway is running")
+    }
+
+    /// The gateway's resident memory in KiB and its open file descriptors, from `/proc`.
+    pub fn resources(&self) -> (u64, usize) {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count();
+        (rss, fds)
+    }
+
     /// Send SIGTERM: the gateway drains and exits.
     pub fn terminate(&self) {
-        let pid = self.child.id().expect("the gateway is running");
+        let pid = self.pid();
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
@@ -500,6 +520,34 @@ spec:
   - {{name: http, protocol: HTTP, port: {http_port}}}
   - {{name: llm, protocol: HTTP, port: {llm_port}}}
 "
+    )
+}
+
+/// An InferenceModel (v1alpha2) named `name` for `model_name` in pool `pool`, with the given
+/// criticality and, when any, target models of equal weight.
+pub fn inference_model(
+    name: &str,
+    model_name: &str,
+    criticality: &str,
+    pool: &str,
+    targets: &[&str],
+) -> String {
+    let targets = if targets.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = targets.iter().map(|t| format!("{{name: {t}}}")).collect();
+        format!("  targetModels: [{}]\n", list.join(", "))
+    };
+    format!(
+        "---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {{name: {name}}}
+spec:
+  modelName: {model_name}
+  criticality: {criticality}
+  poolRef: {{name: {pool}}}
+{targets}"
     )
 }
 

@@ -93,6 +93,11 @@ pub struct Args {
     #[arg(long, default_value = "16MiB", value_parser = byte_size)]
     pub max_body_bytes: usize,
 
+    /// How long one read of a client's request body may wait before the gateway gives up on a
+    /// slow or stalled client and closes its connection; `0s` waits forever.
+    #[arg(long, default_value = "60s", value_parser = duration_or_zero)]
+    pub client_read_timeout: Duration,
+
     /// TCP connect timeout per upstream attempt.
     #[arg(long, default_value = "2s", value_parser = duration)]
     pub connect_timeout: Duration,

@@ -305,6 +305,8 @@ fn serve(args: Args, source: Source, built: Built) -> anyhow::Result<()> {
             health: HealthPolicy::default(),
         },
         max_body_bytes: args.max_body_bytes,
+        client_read_timeout: (!args.client_read_timeout.is_zero())
+            .then_some(args.client_read_timeout),
         active: Arc::clone(&active),
     });
     let mut proxy = pingora::proxy::http_proxy_service_with_name(

@@ -581,3 +581,42 @@ async fn overload_sheds_sheddable_serves_critical_and_leaks_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_its_body_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (port, sims) = start_sims(30, 1, &[], &[]).await;
+    let llm_port = free_port();
+    let gateway = Gateway::start(
+        gateway_binary(),
+        &pool_config(llm_port, port, &sims, "DEFAULT"),
+        &["--client-read-timeout", "1s"],
+    )
+    .await;
+    // Headers announce 100 bytes of body; 9 arrive, then nothing.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", llm_port))
+        .await
+        .unwrap();
+    tcp.write_all(
+        b"POST /v1/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+          content-length: 100\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    // The gateway gives up on the body and closes the connection, long before Pingora's default
+    // of 60 s (DEADLINE is 20 s).
+    let mut reply = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut reply)).await;
+    assert!(closed.is_ok(), "the stalled connection was not closed");
+    // Nothing reached the model server, and the gateway goes on serving.
+    assert_eq!(served_by(&sims).await, 0.0);
+    let (status, _) = post(
+        &client(),
+        &format!("http://127.0.0.1:{llm_port}/v1/completions"),
+        &[],
+        r#"{"model":"/model/qwen","prompt":"hi","max_tokens":2}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    drop(gateway);
+}

@@ -57,6 +57,8 @@ pub struct Shared {
     pub upstream: UpstreamSettings,
     /// Largest request body read for routing (413 above).
     pub max_body_bytes: usize,
+    /// Deadline for each read of a client's request body; `None` waits forever.
+    pub client_read_timeout: Option<std::time::Duration>,
     /// Requests in progress, for draining.
     pub active: Arc<crate::drain::ActiveRequests>,
 }
@@ -522,6 +524,7 @@ impl ProxyHttp for GatewayProxy {
             // rather than reusing a connection this process is about to drop.
             session.set_keepalive(None);
         }
+        session.set_read_timeout(self.shared.client_read_timeout);
         ctx.request_id = request_id(session);
         ctx.port = session
             .as_downstream()

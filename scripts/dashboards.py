@@ -45,6 +45,13 @@ GATEWAY = [
         panel("Normalized time per output token", quantiles("normalized_time_per_output_token_seconds", qs=(0.5, 0.9)), "s"),
         panel("Time to first byte by listener", quantiles("gateway_time_to_first_byte_seconds", "port", qs=(0.5, 0.99)), "s"),
     ]),
+    ("Client connections", [
+        panel("Open client connections", [("sum(gateway_downstream_connections)", "open")]),
+        panel("Connections refused and timed out/s", [
+            ("sum(rate(gateway_downstream_connections_refused_total[" + RATE + "]))", "refused at --max-connections"),
+            ("sum(rate(gateway_downstream_header_timeouts_total[" + RATE + "]))", "no header within --client-header-timeout"),
+        ], "reqps"),
+    ]),
     ("Tokens and sizes", [
         panel("Tokens/s", [
             ("sum(rate(inference_model_input_tokens_sum[" + RATE + "]))", "input"),

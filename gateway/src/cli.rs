@@ -39,6 +39,30 @@ fn byte_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{text:?} is not a positive size"))
 }
 
+/// Pingora's own ceiling on a request head.
+pub const PINGORA_MAX_HEADER_BYTES: usize = 1_048_575;
+
+fn header_size(text: &str) -> Result<usize, String> {
+    let size = byte_size(text)?;
+    if size > PINGORA_MAX_HEADER_BYTES {
+        return Err(format!(
+            "must be at most {PINGORA_MAX_HEADER_BYTES} bytes (Pingora's own limit)"
+        ));
+    }
+    Ok(size)
+}
+
+/// Pingora's own deadline on each read of a request header.
+pub const PINGORA_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn header_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = duration(text)?;
+    if timeout > PINGORA_HEADER_READ_TIMEOUT {
+        return Err("must be at most 60s (Pingora's own limit on each header read)".to_owned());
+    }
+    Ok(timeout)
+}
+
 /// Where the gateway's objects come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceKind {
@@ -97,6 +121,23 @@ pub struct Args {
     /// slow or stalled client and closes its connection; `0s` waits forever.
     #[arg(long, default_value = "60s", value_parser = duration_or_zero)]
     pub client_read_timeout: Duration,
+
+    /// Largest request head (request line and header fields) accepted; larger ones get 431. At
+    /// most 1 MiB: Pingora rejects heads above that (and above 256 header fields) with a plain 400.
+    #[arg(long, default_value = "64KiB", value_parser = header_size)]
+    pub max_header_bytes: usize,
+
+    /// How long a client connection may take to deliver a complete request header, counted from
+    /// accept or, on a keep-alive connection, from the end of the previous response (so it also
+    /// bounds idle keep-alive). At most 60 s, Pingora's own limit on each read of a header.
+    #[arg(long, default_value = "60s", value_parser = header_timeout)]
+    pub client_header_timeout: Duration,
+
+    /// Most client connections open at once across the Gateway listeners; a connection beyond it
+    /// gets a 503 and is closed. `0` for no cap. Each proxied connection can use a second file
+    /// descriptor upstream, so keep it under half the process's open-file limit.
+    #[arg(long, default_value = "10000")]
+    pub max_connections: usize,
 
     /// TCP connect timeout per upstream attempt.
     #[arg(long, default_value = "2s", value_parser = duration)]
@@ -168,12 +209,19 @@ mod tests {
         assert!(duration("0s").is_err());
         assert_eq!(duration_or_zero("0s"), Ok(Duration::ZERO));
         assert_eq!(duration_or_zero("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(header_size("1MiB"), Err(header_size("2MiB").unwrap_err()));
+        assert_eq!(header_size("1048575"), Ok(PINGORA_MAX_HEADER_BYTES));
+        assert_eq!(header_timeout("60s"), Ok(Duration::from_secs(60)));
+        assert!(header_timeout("61s").is_err());
     }
 
     #[test]
     fn defaults() {
         let args = Args::parse_from(["inference-gateway"]);
         assert_eq!(args.max_body_bytes, 16 << 20);
+        assert_eq!(args.max_header_bytes, 64 << 10);
+        assert_eq!(args.client_header_timeout, Duration::from_secs(60));
+        assert_eq!(args.max_connections, 10_000);
         assert_eq!(args.admin_addr.to_string(), "127.0.0.1:9090");
         assert_eq!(
             args.default_request_timeout(),

@@ -154,6 +154,12 @@ pub struct GatewayMetrics {
     pub config_reloads: IntCounterVec,
     /// Generation of the snapshot being served.
     pub snapshot_generation: IntGauge,
+    /// Client connections open on the proxy listeners.
+    pub connections_open: IntGauge,
+    /// Client connections refused at the connection cap.
+    pub connections_refused: prometheus::IntCounter,
+    /// Client connections closed because a request header did not arrive in time.
+    pub header_timeouts: prometheus::IntCounter,
 }
 
 const MODEL: &[&str] = &["model_name", "target_model_name"];
@@ -337,6 +343,22 @@ impl GatewayMetrics {
                 "Generation of the routing snapshot being served.",
             )
             .expect("valid metric"),
+            connections_open: IntGauge::new(
+                "gateway_downstream_connections",
+                "Client connections open on the proxy listeners.",
+            )
+            .expect("valid metric"),
+            connections_refused: prometheus::IntCounter::new(
+                "gateway_downstream_connections_refused_total",
+                "Client connections refused with 503 because --max-connections were open.",
+            )
+            .expect("valid metric"),
+            header_timeouts: prometheus::IntCounter::new(
+                "gateway_downstream_header_timeouts_total",
+                "Client connections closed because a request header did not arrive within \
+                 --client-header-timeout (idle keep-alive connections included).",
+            )
+            .expect("valid metric"),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(metrics.model_requests.clone()),
@@ -370,6 +392,9 @@ impl GatewayMetrics {
             Box::new(metrics.endpoint_in_flight.clone()),
             Box::new(metrics.config_reloads.clone()),
             Box::new(metrics.snapshot_generation.clone()),
+            Box::new(metrics.connections_open.clone()),
+            Box::new(metrics.connections_refused.clone()),
+            Box::new(metrics.header_timeouts.clone()),
         ];
         for collector in collectors {
             metrics

@@ -26,6 +26,7 @@ use crate::config::Severity;
 use crate::drain::{ActiveRequests, DrainMonitor, DrainSignal};
 use crate::kubernetes::KubeSource;
 use crate::metrics::GatewayMetrics;
+use crate::proxy::connections::{ConnectionLimits, ConnectionMetrics, LimitedApp};
 use crate::proxy::forward::UpstreamSettings;
 use crate::proxy::{GatewayProxy, Shared};
 use crate::scrape::{ScrapeSettings, Scraper};
@@ -307,12 +308,26 @@ fn serve(args: Args, source: Source, built: Built) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         client_read_timeout: (!args.client_read_timeout.is_zero())
             .then_some(args.client_read_timeout),
+        max_header_bytes: args.max_header_bytes,
         active: Arc::clone(&active),
     });
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        GatewayProxy::new(shared),
-        "gateway",
+    raise_open_file_limit(args.max_connections);
+    let limits = ConnectionLimits {
+        max_connections: args.max_connections,
+        header_timeout: Some(args.client_header_timeout),
+    };
+    let connection_metrics = ConnectionMetrics {
+        open: shared.metrics.connections_open.clone(),
+        refused: shared.metrics.connections_refused.clone(),
+        header_timeouts: shared.metrics.header_timeouts.clone(),
+    };
+    let mut proxy = Service::new(
+        "gateway".to_owned(),
+        LimitedApp::new(
+            pingora::proxy::http_proxy(&server.configuration, GatewayProxy::new(shared)),
+            limits,
+            connection_metrics,
+        ),
     );
     // SO_REUSEPORT: a new gateway process can bind the same ports while the old one drains
     // (rolling restarts, several processes on one host).
@@ -361,4 +376,43 @@ fn serve(args: Args, source: Source, built: Built) -> anyhow::Result<()> {
         shutdown_signal: Box::new(drain_signal),
     });
     Ok(())
+}
+
+/// Make room in the open-file limit for `max_connections` client connections, each with an
+/// upstream connection, plus a margin for pooled connections, scrapes and files: raise the soft
+/// limit toward the hard one if it is lower, and warn if even the hard limit is short.
+fn raise_open_file_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if max_connections == 0 {
+        return;
+    }
+    let needed = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        .saturating_add(1024);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= needed {
+        return;
+    }
+    let raised = needed.min(hard);
+    let now = match setrlimit(Resource::RLIMIT_NOFILE, raised, hard) {
+        Ok(()) => raised,
+        Err(_) => soft,
+    };
+    if now < needed {
+        tracing::warn!(
+            open_file_limit = now,
+            max_connections,
+            "the open-file limit is below what --max-connections needs ({needed}); \
+             connections past it fail to be accepted; lower --max-connections or raise the limit"
+        );
+    } else {
+        tracing::info!(
+            from = soft,
+            to = now,
+            "raised the open-file limit for --max-connections"
+        );
+    }
 }

@@ -434,6 +434,16 @@ async fn sigterm_turns_unready_and_closes_keep_alive_while_streams_finish() {
 }
 
 /// Completions the simulators finished, by their own `vllm:request_success_total`.
+/// One simulator at 127.0.0.`ip` in a DEFAULT pool behind a gateway started with `args`: the
+/// simulators, the inference listener's port and the gateway.
+async fn one_sim_gateway(ip: u8, args: &[&str]) -> (Vec<SimServer>, u16, Gateway) {
+    let (port, sims) = start_sims(ip, 1, &[], &[]).await;
+    let llm_port = free_port();
+    let config = pool_config(llm_port, port, &sims, "DEFAULT");
+    let gateway = Gateway::start(gateway_binary(), &config, args).await;
+    (sims, llm_port, gateway)
+}
+
 async fn served_by(sims: &[SimServer]) -> f64 {
     let mut total = 0.0;
     for sim in sims {
@@ -585,14 +595,7 @@ async fn overload_sheds_sheddable_serves_critical_and_leaks_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stalls_its_body_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (port, sims) = start_sims(30, 1, &[], &[]).await;
-    let llm_port = free_port();
-    let gateway = Gateway::start(
-        gateway_binary(),
-        &pool_config(llm_port, port, &sims, "DEFAULT"),
-        &["--client-read-timeout", "1s"],
-    )
-    .await;
+    let (sims, llm_port, gateway) = one_sim_gateway(30, &["--client-read-timeout", "1s"]).await;
     // Headers announce 100 bytes of body; 9 arrive, then nothing.
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", llm_port))
         .await
@@ -618,5 +621,200 @@ async fn a_client_that_stalls_its_body_is_cut_off() {
     )
     .await;
     assert_eq!(status, 200);
+    drop(gateway);
+}
+
+/// The value of the unlabelled series `name` on the gateway's admin `/metrics`.
+async fn gateway_metric(gateway: &Gateway, name: &str) -> f64 {
+    let (_, page) = get(&format!("http://{}/metrics", gateway.admin)).await;
+    String::from_utf8_lossy(&page)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} on the gateway's /metrics"))
+}
+
+/// A completion request with `Connection: close`, as raw HTTP/1.1 bytes, with extra header lines.
+fn raw_completion(extra_headers: &str) -> Vec<u8> {
+    let body = r#"{"model":"/model/qwen","prompt":"hi","max_tokens":2}"#;
+    format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+         connection: close\r\n{extra_headers}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Send `request` on a new connection and read until the gateway closes it.
+async fn raw_exchange(port: u16, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut reply))
+        .await
+        .expect("the gateway neither answered nor closed the connection")
+        .expect("read failed");
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// The OpenAI error object of a raw HTTP response.
+fn error_of(reply: &str) -> serde_json::Value {
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let json: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not a JSON body ({e}): {reply}"));
+    json["error"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_get_503_until_one_closes() {
+    let (sims, llm_port, gateway) = one_sim_gateway(40, &["--max-connections", "2"]).await;
+    // Two clients take both slots and send nothing.
+    let first = tokio::net::TcpStream::connect(("127.0.0.1", llm_port))
+        .await
+        .unwrap();
+    let second = tokio::net::TcpStream::connect(("127.0.0.1", llm_port))
+        .await
+        .unwrap();
+    let mut open = 0.0;
+    for _ in 0..2000 {
+        open = gateway_metric(&gateway, "gateway_downstream_connections").await;
+        if open == 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        open, 2.0,
+        "the gateway did not count the two open connections"
+    );
+
+    // A third connection is answered with a 503 in OpenAI's shape and closed.
+    let reply = raw_exchange(llm_port, &raw_completion("")).await;
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    let head = reply.to_ascii_lowercase();
+    assert!(head.contains("\r\nretry-after: 1\r\n"), "{reply}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{reply}");
+    let error = error_of(&reply);
+    assert_eq!(error["type"], "service_unavailable");
+    assert!(
+        error["message"].as_str().unwrap().contains("limit of 2"),
+        "{error}"
+    );
+    assert_eq!(served_by(&sims).await, 0.0);
+    assert_eq!(
+        gateway_metric(&gateway, "gateway_downstream_connections_refused_total").await,
+        1.0
+    );
+
+    // One holder leaves; its slot comes back and the next connection is served.
+    drop(first);
+    let mut reply = String::new();
+    for _ in 0..200 {
+        reply = raw_exchange(llm_port, &raw_completion("")).await;
+        if !reply.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(served_by(&sims).await, 1.0);
+
+    // Every slot is given back when the clients are gone.
+    drop(second);
+    let mut open = 2.0;
+    for _ in 0..2000 {
+        open = gateway_metric(&gateway, "gateway_downstream_connections").await;
+        if open == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(open, 0.0, "connection slots leaked");
+    drop(gateway);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_trickled_in_is_cut_off_but_a_long_response_is_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (sims, llm_port, gateway) = one_sim_gateway(50, &["--client-header-timeout", "1s"]).await;
+
+    // A slowloris client: a header line every 200 ms, each read well inside Pingora's own 60 s
+    // per-read limit, never finishing the header. The gateway closes it once 1 s has passed.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", llm_port))
+        .await
+        .unwrap();
+    tcp.write_all(b"POST /v1/completions HTTP/1.1\r\nhost: gateway\r\n")
+        .await
+        .unwrap();
+    let mut lines_sent = 0;
+    let started = Instant::now();
+    let closed = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if tcp.write_all(b"x-slow: 1\r\n").await.is_err() {
+            break true;
+        }
+        lines_sent += 1;
+        let mut byte = [0u8; 1];
+        if let Ok(read) = tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut byte)).await
+        {
+            // EOF or reset: the gateway closed the connection.
+            assert!(!matches!(read, Ok(n) if n > 0), "the gateway answered");
+            break true;
+        }
+        if started.elapsed() > DEADLINE {
+            break false;
+        }
+    };
+    assert!(
+        closed,
+        "a trickled header kept its connection for {lines_sent} lines"
+    );
+    assert!(gateway_metric(&gateway, "gateway_downstream_header_timeouts_total").await >= 1.0);
+    assert_eq!(served_by(&sims).await, 0.0);
+
+    // A request whose answer takes longer than the header timeout is not cut: the deadline only
+    // runs while the connection waits for a header. (1,500 tokens at the simulators' A10 pace,
+    // sped up 20 times, take about 2 s.)
+    let client = client();
+    let mut stream = Stream::open(
+        &client,
+        &format!("http://127.0.0.1:{llm_port}/v1/completions"),
+        &[],
+        r#"{"model":"/model/qwen","prompt":"hello","max_tokens":1500,"stream":true,"ignore_eos":true}"#,
+    )
+    .await;
+    assert_eq!(stream.status, 200);
+    let streamed = Instant::now();
+    let mut text = String::new();
+    while let Some(chunk) = stream.next_chunk().await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("[DONE]"), "the stream was cut: {text}");
+    assert!(
+        streamed.elapsed() > Duration::from_secs(1),
+        "the stream ended before the header timeout, so it shows nothing"
+    );
+    drop(gateway);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_head_gets_431() {
+    let (sims, llm_port, gateway) = one_sim_gateway(60, &["--max-header-bytes", "1KiB"]).await;
+    let big = format!("x-big: {}\r\n", "a".repeat(1024));
+    let reply = raw_exchange(llm_port, &raw_completion(&big)).await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    let error = error_of(&reply);
+    assert_eq!(error["type"], "invalid_request_error");
+    assert!(
+        error["message"].as_str().unwrap().contains("at most 1024"),
+        "{error}"
+    );
+    assert_eq!(served_by(&sims).await, 0.0);
+    // A head under the limit goes through.
+    let small = format!("x-small: {}\r\n", "a".repeat(512));
+    let reply = raw_exchange(llm_port, &raw_completion(&small)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     drop(gateway);
 }

@@ -7,6 +7,7 @@
 //! [`forward`], which answers the client itself, so `request_filter` returns `true`. `logging`
 //! always runs last and is where counts are released and metrics recorded.
 
+pub mod connections;
 pub mod forward;
 pub mod inference;
 pub mod response;
@@ -59,6 +60,8 @@ pub struct Shared {
     pub max_body_bytes: usize,
     /// Deadline for each read of a client's request body; `None` waits forever.
     pub client_read_timeout: Option<std::time::Duration>,
+    /// Largest request head accepted (431 above).
+    pub max_header_bytes: usize,
     /// Requests in progress, for draining.
     pub active: Arc<crate::drain::ActiveRequests>,
 }
@@ -68,6 +71,7 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("upstream", &self.upstream)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_header_bytes", &self.max_header_bytes)
             .finish()
     }
 }
@@ -519,6 +523,7 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        connections::request_started();
         if self.shared.active.draining() {
             // Shutting down: answer with `Connection: close` so the client reconnects elsewhere
             // rather than reusing a connection this process is about to drop.
@@ -531,6 +536,18 @@ impl ProxyHttp for GatewayProxy {
             .server_addr()
             .and_then(|a| a.as_inet())
             .map_or(0, |a| a.port());
+        let head = connections::header_bytes(session.req_header());
+        if head > self.shared.max_header_bytes {
+            let error = ApiError::new(
+                431,
+                "invalid_request_error",
+                format!(
+                    "The request head is {head} bytes; this gateway accepts at most {}.",
+                    self.shared.max_header_bytes
+                ),
+            );
+            return self.gateway_error(session, ctx, error).await;
+        }
         let header = session.req_header_mut();
         // Control headers all start with `x-gateway-`; most requests carry none, so look once.
         let has_control = header
@@ -702,6 +719,7 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {
+        connections::request_finished();
         let forwarded = ctx.forwarded.take();
         let status = ctx
             .status

@@ -105,7 +105,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for LimitedApp<A> {
     ) -> Option<Stream> {
         let Some(_slot) = self.admit() else {
             self.metrics.refused.inc();
-            refuse(stream, self.limits.max_connections).await;
+            // Boxed so the rare refusal does not grow every connection's future.
+            Box::pin(refuse(stream, self.limits.max_connections)).await;
             return None;
         };
         let serve = async {
@@ -119,6 +120,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for LimitedApp<A> {
             Some(timeout) => {
                 let clock = Arc::new(HeaderClock::new());
                 tokio::select! {
+                    biased;
                     () = CLOCK.scope(Arc::clone(&clock), serve) => {}
                     () = clock.expired(timeout) => self.metrics.header_timeouts.inc(),
                 }

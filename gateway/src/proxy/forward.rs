@@ -365,7 +365,7 @@ async fn attempt(
         abort(session, report, upstream).await;
         return Attempt::Done;
     }
-    observer.on_header(content_type.as_deref());
+    observer.on_header(content_type.as_deref(), true);
 
     // Stream the body.
     let mut complete = end_of_stream;

@@ -220,7 +220,19 @@ fn request_id(session: &Session) -> String {
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map_or_else(|| format!("{:032x}", fastrand::u128(..)), str::to_owned)
+        .map_or_else(new_request_id, str::to_owned)
+}
+
+/// 128 random bits as 32 lowercase hex digits.
+fn new_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bits = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for digit in id.iter_mut().rev() {
+        *digit = HEX[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    id.iter().map(|&b| char::from(b)).collect()
 }
 
 fn host_of(session: &Session) -> Option<String> {
@@ -248,7 +260,9 @@ impl GatewayProxy {
         error: ApiError,
     ) -> Result<bool> {
         ctx.status = Some(error.status);
-        respond_error(session, &error).await?;
+        // Boxed, like the other rare paths below: a future is copied whole into the box Pingora
+        // makes for every `request_filter` call, so what only some requests need stays out of it.
+        Box::pin(respond_error(session, &error)).await?;
         Ok(true)
     }
 
@@ -335,7 +349,7 @@ impl GatewayProxy {
                 }
                 match body {
                     Some(body) => {
-                        self.forward_to_service(session, ctx, Arc::clone(service), body)
+                        Box::pin(self.forward_to_service(session, ctx, Arc::clone(service), body))
                             .await?;
                         Ok(true)
                     }
@@ -348,7 +362,7 @@ impl GatewayProxy {
             Some(Backend::Pool(pool)) => {
                 ctx.backend = BackendKind::Pool;
                 let pool = Arc::clone(pool);
-                inference::handle(self, session, ctx, pool, body).await
+                Box::pin(inference::handle(self, session, ctx, pool, body)).await
             }
         }
     }
@@ -667,7 +681,10 @@ impl ProxyHttp for GatewayProxy {
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        ctx.observer.on_header(content_type);
+        // A Service route's first token and token usage only go to the access log; finding them
+        // costs a JSON parse per response, so it is skipped while that log is off.
+        let scan = tracing::enabled!(target: "access", tracing::Level::INFO);
+        ctx.observer.on_header(content_type, scan);
         Ok(())
     }
 
@@ -729,10 +746,11 @@ impl ProxyHttp for GatewayProxy {
         let port = ctx.port.to_string();
         let backend = ctx.backend.label();
         let metrics = &self.shared.metrics;
-        let code = status.to_string();
+        let status_code = http::StatusCode::from_u16(status).ok();
+        let code = status_code.as_ref().map_or("0", http::StatusCode::as_str);
         metrics
             .requests
-            .with_label_values(&[port.as_str(), backend, code.as_str()])
+            .with_label_values(&[port.as_str(), backend, code])
             .inc();
         let elapsed = ctx.started.elapsed();
         metrics
@@ -787,5 +805,30 @@ impl ProxyHttp for GatewayProxy {
         );
         // Dropping the report releases the in-flight count of the serving endpoint.
         drop(forwarded);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_32_lowercase_hex_digits_and_differ() {
+        let ids: Vec<String> = (0..64).map(|_| new_request_id()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+        }
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Every digit position takes more than one value (no fixed padding).
+        for position in 0..32 {
+            let values: std::collections::HashSet<u8> =
+                ids.iter().map(|id| id.as_bytes()[position]).collect();
+            assert!(values.len() > 1, "digit {position} never changes");
+        }
     }
 }

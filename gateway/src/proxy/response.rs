@@ -29,11 +29,14 @@ impl ResponseObserver {
         }
     }
 
-    /// The response header, with this `Content-Type`, was sent to the client.
-    pub fn on_header(&mut self, content_type: Option<&str>) {
+    /// The response header, with this `Content-Type`, was sent to the client. With `scan` false
+    /// the body is not scanned for its first token and token usage.
+    pub fn on_header(&mut self, content_type: Option<&str>, scan: bool) {
         if self.header_at.is_none() {
             self.header_at = Some(Instant::now());
-            self.scanner.on_header(content_type);
+            if scan {
+                self.scanner.on_header(content_type);
+            }
         }
     }
 
@@ -100,7 +103,7 @@ mod tests {
     fn first_byte_is_the_first_non_empty_chunk() {
         let mut observer = ResponseObserver::new(Instant::now());
         assert!(!observer.response_started());
-        observer.on_header(Some("text/event-stream"));
+        observer.on_header(Some("text/event-stream"), true);
         observer.on_body(b"");
         assert!(observer.time_to_first_byte().is_none());
         observer.on_body(b": comment\n\n");

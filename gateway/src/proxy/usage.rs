@@ -93,10 +93,15 @@ fn has_choice(event: &[u8]) -> bool {
 impl UsageScanner {
     /// A scanner for a response with this `Content-Type`.
     pub fn on_header(&mut self, content_type: Option<&str>) {
-        let content_type = content_type.unwrap_or("").to_ascii_lowercase();
-        self.body = if content_type.starts_with("text/event-stream") {
+        let content_type = content_type.unwrap_or("").as_bytes();
+        let is = |prefix: &str| {
+            content_type
+                .get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
+        };
+        self.body = if is("text/event-stream") {
             Body::Events
-        } else if content_type.starts_with("application/json") {
+        } else if is("application/json") {
             Body::Json
         } else {
             Body::Other

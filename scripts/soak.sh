@@ -128,6 +128,11 @@ for l in metrics.splitlines():
         code = re.search(r'error_code="([^"]*)"', l).group(1)
         by_code[code] = by_code.get(code, 0) + int(float(l.rsplit(" ", 1)[1]))
 errors = sum(by_code.values())
+def scalar(name):
+    return next((int(float(l.split(" ")[1])) for l in metrics.splitlines() if l.startswith(name + " ")), None)
+open_connections = scalar("gateway_downstream_connections")
+refused = scalar("gateway_downstream_connections_refused_total")
+header_timeouts = scalar("gateway_downstream_header_timeouts_total")
 loaded_rows = [r for r in rows if r[4]]
 last_loaded = loaded_rows[-1] if loaded_rows else rows[0]
 codes = ", ".join(f"`{c}` {n}" for c, n in sorted(by_code.items())) or "none"
@@ -151,6 +156,8 @@ lines += [
     f"  growth after warm-up {100*(peak-base)/base:.1f}% (peak), {100*(end-base)/base:.1f}% (end).",
     f"- Open file descriptors: {rows[0][2]} at the start, {max(r[2] for r in rows)} at most, {rows[-1][2]} at the end.",
     f"- Requests in flight on the pool's endpoints after the load stopped: {in_flight}.",
+    f"- Client connections open after the load stopped: {open_connections} (`gateway_downstream_connections`); refused at",
+    f"  `--max-connections`: {refused}; closed for want of a request header: {header_timeouts}.",
     f"- Failed requests (`inference_model_request_error_total`) while the load ran: {last_loaded[3]} at {last_loaded[0]} s,",
     f"  the last sample with both clients running. After the clients stopped: {errors} ({codes}), against 32 client",
     "  connections: wrk closes its connections when its duration ends, cutting the request each has in flight, and the",

@@ -22,8 +22,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::http::ResponseHeader;
-use pingora::protocols::Stream;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::{ALPN, Stream};
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntGauge};
 use tokio::time::Instant;
@@ -109,13 +109,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for LimitedApp<A> {
             Box::pin(refuse(stream, self.limits.max_connections)).await;
             return None;
         };
+        let stream_alpn = stream.selected_alpn_proto();
         let serve = async {
             let mut next = self.inner.process_new(stream, shutdown).await;
             while let Some(stream) = next {
                 next = self.inner.process_new(stream, shutdown).await;
             }
         };
-        match self.limits.header_timeout {
+        // The clock follows HTTP/1 requests, which run on this task. An HTTP/2 connection (TLS with
+        // ALPN h2) serves its streams on tasks of their own that cannot reach the clock, so it
+        // would look idle while busy: it gets none.
+        let http2 = matches!(stream_alpn, Some(ALPN::H2));
+        match self.limits.header_timeout.filter(|_| !http2) {
             None => serve.await,
             Some(timeout) => {
                 let clock = Arc::new(HeaderClock::new());

@@ -523,15 +523,28 @@ status: {loadBalancer: {ingress: [{ip: 203.0.113.10}]}}
     api.apply(&serde_yaml::to_string(&gw).unwrap());
     api.apply(STATUS_OBJECTS);
 
-    // A bad object does not stop the rest: the broken pool is left out, the others serve.
+    // A bad object does not stop the rest: the broken pool is left out, the others serve. (Wait
+    // for the InferenceModels too: from then on, the first pool serves only `llama`.)
     gateway
-        .wait_snapshot("the valid pools serve", DEADLINE, |s| {
-            s["pools"].as_array().is_some_and(|p| p.len() == 2)
+        .wait_snapshot("the valid pools and their models serve", DEADLINE, |s| {
+            s["pools"].as_array().is_some_and(|pools| {
+                pools.len() == 2
+                    && pools.iter().any(|p| {
+                        p["pool"] == "default/pool"
+                            && p["models"].as_array().is_some_and(|m| !m.is_empty())
+                    })
+            })
         })
         .await;
     let (code, _) = post(&client(), &format!("{llm}/broken"), &[], r#"{"model":"m"}"#).await;
     assert_eq!(code, 500, "the broken pool's share gets 500");
-    let (code, body) = post(&client(), &format!("{llm}/other"), &[], r#"{"model":"m"}"#).await;
+    let (code, body) = post(
+        &client(),
+        &format!("{llm}/other"),
+        &[],
+        r#"{"model":"llama"}"#,
+    )
+    .await;
     assert_eq!(
         code,
         200,

@@ -123,7 +123,8 @@ pub struct Args {
     pub client_read_timeout: Duration,
 
     /// Largest request head (request line and header fields) accepted; larger ones get 431. At
-    /// most 1 MiB: Pingora rejects heads above that (and above 256 header fields) with a plain 400.
+    /// most 1,048,575 bytes (1 MiB less one): Pingora rejects heads above that (and above 256
+    /// header fields) with a plain 400.
     #[arg(long, default_value = "64KiB", value_parser = header_size)]
     pub max_header_bytes: usize,
 
@@ -209,8 +210,8 @@ mod tests {
         assert!(duration("0s").is_err());
         assert_eq!(duration_or_zero("0s"), Ok(Duration::ZERO));
         assert_eq!(duration_or_zero("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(header_size("1MiB"), Err(header_size("2MiB").unwrap_err()));
         assert_eq!(header_size("1048575"), Ok(PINGORA_MAX_HEADER_BYTES));
+        assert!(header_size("1MiB").is_err());
         assert_eq!(header_timeout("60s"), Ok(Duration::from_secs(60)));
         assert!(header_timeout("61s").is_err());
     }

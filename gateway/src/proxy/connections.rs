@@ -30,9 +30,9 @@ use tokio::time::Instant;
 
 use crate::openai::ApiError;
 
-/// How long an over-the-cap connection may take to send its request header before it is closed
-/// without an answer.
-const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an over-the-cap connection gets, first to send its request header (else it is closed
+/// without an answer), then to take the 503.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Connection limits.
 #[derive(Debug, Clone, Copy)]
@@ -143,7 +143,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for LimitedApp<A> {
 async fn refuse(stream: Stream, cap: usize) {
     let mut session = ServerSession::new_http1(stream);
     // Reading the header first lets the client see the answer instead of a reset.
-    match tokio::time::timeout(REFUSAL_READ_TIMEOUT, session.read_request()).await {
+    match tokio::time::timeout(REFUSAL_TIMEOUT, session.read_request()).await {
         Ok(Ok(true)) => {}
         _ => return,
     }
@@ -162,7 +162,7 @@ async fn refuse(stream: Stream, cap: usize) {
         session.write_response_body(body, true).await?;
         session.finish().await
     };
-    if let Err(e) = tokio::time::timeout(REFUSAL_READ_TIMEOUT, written).await {
+    if let Err(e) = tokio::time::timeout(REFUSAL_TIMEOUT, written).await {
         tracing::debug!(error = %e, "writing a connection-limit refusal timed out");
     }
 }

@@ -11,12 +11,12 @@ use clap::Parser;
 pub const DEFAULT_CONTROLLER_NAME: &str = "inference-gateway.dev/controller";
 
 fn duration(text: &str) -> Result<Duration, String> {
-    crate::snapshot::build::parse_duration(text)?
+    crate::config::duration::parse_duration(text)?
         .ok_or_else(|| "must be greater than zero".to_owned())
 }
 
 fn duration_or_zero(text: &str) -> Result<Duration, String> {
-    Ok(crate::snapshot::build::parse_duration(text)?.unwrap_or(Duration::ZERO))
+    Ok(crate::config::duration::parse_duration(text)?.unwrap_or(Duration::ZERO))
 }
 
 fn byte_size(text: &str) -> Result<usize, String> {

@@ -4,6 +4,7 @@
 //! [`crate::snapshot`]'s job.
 
 pub mod crds;
+pub mod duration;
 pub mod issues;
 pub mod load;
 pub mod objects;

@@ -76,7 +76,7 @@ pub struct KubeArgs {
 }
 
 fn positive_duration(text: &str) -> Result<Duration, String> {
-    crate::snapshot::build::parse_duration(text)?
+    crate::config::duration::parse_duration(text)?
         .ok_or_else(|| "must be greater than zero".to_owned())
 }
 

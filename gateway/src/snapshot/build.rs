@@ -27,6 +27,7 @@ use super::routes::{
     hostname_matches,
 };
 use super::{Backend, RuleAction, ServiceBackend, Snapshot, WeightedBackend};
+use crate::config::duration::parse_duration;
 use crate::config::{ConfigIssue, Kind, Object, ObjectKey, ObjectSet, Origin};
 
 /// The header that carries the body's `model` for routing (GIE body-based routing).
@@ -140,13 +141,6 @@ enum AllowedNamespaces {
     Same,
     All,
     Selector(BTreeMap<String, String>),
-}
-
-/// Parse a Gateway API duration (`1h`, `30s`, `500ms`); `0s` means none.
-pub fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
-    let parsed: gateway_api::Duration = text.parse()?;
-    let duration = Duration::new(parsed.as_secs(), parsed.subsec_nanos());
-    Ok((!duration.is_zero()).then_some(duration))
 }
 
 /// Build a snapshot from `objects`. `previous` donates runtime state (endpoint counters, strategy

@@ -1,0 +1,121 @@
+//! From objects to a [`Snapshot`]: which Gateways are ours, their listeners, the HTTPRoutes that
+//! attach to them, and the backends those routes name.
+//!
+//! The rules are the Gateway API's: a Gateway is ours when its class names our controller; a route
+//! attaches to listeners through `parentRefs` (`sectionName`, `port`), subject to
+//! `allowedRoutes` and hostname intersection; a backend that cannot be resolved still takes its
+//! share of traffic and answers 500. Every problem is collected as a [`ConfigIssue`].
+//!
+//! The passes, one module each: [`index`] sorts the objects by kind, [`listeners`] finds our
+//! Gateways' listeners, [`attach`] attaches routes to them, [`matches`] and [`actions`] turn a
+//! rule into matches and weighted backends. Pools and models are built by
+//! [`super::backends`]. The build reads objects only: it does no I/O and writes no status.
+
+mod actions;
+mod attach;
+mod index;
+mod listeners;
+mod matches;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use plugins::Registry;
+
+use super::Snapshot;
+use super::backends::{self, ModelObject};
+use crate::config::{ConfigIssue, ObjectSet};
+use index::Index;
+use listeners::ListenerBuild;
+
+/// The header that carries the body's `model` for routing (GIE body-based routing).
+pub const MODEL_NAME_HEADER: &str = "x-gateway-model-name";
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+const INFERENCE_GROUPS: [&str; 2] = [
+    "inference.networking.x-k8s.io",
+    "inference.networking.k8s.io",
+];
+
+/// Settings that are not part of the objects.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildOptions<'a> {
+    /// GatewayClasses whose `spec.controllerName` equals this are ours.
+    pub controller_name: &'a str,
+    /// Strategy factories.
+    pub registry: &'a Registry,
+    /// Whole-request timeout when neither the rule nor a BackendTrafficPolicy sets one.
+    pub default_request_timeout: Option<Duration>,
+}
+
+/// Build a snapshot from `objects`. `previous` donates runtime state (endpoint counters, strategy
+/// instances). The snapshot is usable only when no returned issue is an error.
+pub fn build(
+    objects: &ObjectSet,
+    options: &BuildOptions<'_>,
+    previous: Option<&Snapshot>,
+) -> (Snapshot, Vec<ConfigIssue>) {
+    let mut issues = Vec::new();
+    let index = index::index(objects, &mut issues);
+    let mut snapshot = Snapshot::default();
+    build_pools(&index, options, previous, &mut snapshot, &mut issues);
+    let mut listeners = listeners::gateway_listeners(&index, options, &mut issues);
+    for route in &index.routes {
+        attach::attach_route(route, &index, &mut listeners, &mut snapshot, &mut issues);
+    }
+    publish_listeners(listeners, &mut snapshot);
+    (snapshot, issues)
+}
+
+/// The InferencePools with their models.
+fn build_pools(
+    index: &Index<'_>,
+    options: &BuildOptions<'_>,
+    previous: Option<&Snapshot>,
+    snapshot: &mut Snapshot,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    let model_objects: Vec<ModelObject<'_>> = index
+        .models
+        .iter()
+        .map(|m| ModelObject {
+            model: m.object,
+            key: &m.key,
+            origin: m.origin,
+            order: m.order,
+        })
+        .collect();
+    let pool_exists = |key: &_| index.pools.iter().any(|p| &p.key == key);
+    let mut models = backends::models_by_pool(&model_objects, pool_exists, issues);
+    for spec in &index.pools {
+        let pool_models = models.remove(&spec.key).unwrap_or_default();
+        let pods = index.pods_in(&spec.key.namespace);
+        let pool =
+            backends::build_pool(spec, pods, pool_models, options.registry, previous, issues);
+        if let Some(pool) = pool {
+            snapshot.pools.insert(spec.key.clone(), Arc::new(pool));
+        }
+    }
+}
+
+/// Sort every listener's routes by precedence and file the listeners by port.
+fn publish_listeners(listeners: Vec<ListenerBuild>, snapshot: &mut Snapshot) {
+    for listener in listeners {
+        let mut routes = listener.routes;
+        routes
+            .entries
+            .sort_by(|a, b| a.precedence().cmp(&b.precedence()));
+        snapshot
+            .ports
+            .entry(listener.port)
+            .or_default()
+            .listeners
+            .push(routes);
+    }
+    for port in snapshot.ports.values_mut() {
+        port.sort();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,306 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use plugins::Registry;
+
+use super::attach::hostnames_overlap;
+use super::*;
+use crate::config::Severity;
+use crate::snapshot::Backend;
+
+const CONTROLLER: &str = "inference-gateway.dev/controller";
+
+fn build_yaml(yaml: &str) -> (Snapshot, Vec<ConfigIssue>) {
+    let mut objects = ObjectSet::default();
+    let parse_issues = objects.add_yaml(yaml, std::path::Path::new("t.yaml"));
+    assert!(parse_issues.is_empty(), "{parse_issues:?}");
+    build_objects(&objects)
+}
+
+fn build_objects(objects: &ObjectSet) -> (Snapshot, Vec<ConfigIssue>) {
+    let registry = Registry::with_builtins();
+    let options = BuildOptions {
+        controller_name: CONTROLLER,
+        registry: &registry,
+        default_request_timeout: Some(Duration::from_secs(3600)),
+    };
+    build(objects, &options, None)
+}
+
+const GATEWAY: &str = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: ours}
+spec: {controllerName: inference-gateway.dev/controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  gatewayClassName: ours
+  listeners:
+  - {name: http, protocol: HTTP, port: 8080}
+  - {name: llm, protocol: HTTP, port: 8081}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p0, labels: {app: q}}
+status: {podIP: 10.0.0.1, conditions: [{type: Ready, status: 'True'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p1, labels: {app: q}}
+status: {podIP: 10.0.0.2, conditions: [{type: Ready, status: 'False'}]}
+---
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: pool}
+spec:
+  selector: {matchLabels: {app: q}}
+  targetPorts: [{number: 8000}, {number: 8001}]
+";
+
+fn errors(issues: &[ConfigIssue]) -> Vec<&ConfigIssue> {
+    issues
+        .iter()
+        .filter(|i| i.severity == Severity::Error)
+        .collect()
+}
+
+#[test]
+fn the_local_example_builds_cleanly() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/local");
+    let loaded = crate::config::load::load(&[dir]);
+    assert!(loaded.issues.is_empty(), "{:?}", loaded.issues);
+    assert_eq!(
+        loaded.objects.ignored.len(),
+        1,
+        "only the Deployment is ignored"
+    );
+    let (snapshot, issues) = build_objects(&loaded.objects);
+    assert!(issues.is_empty(), "{issues:#?}");
+    assert_eq!(
+        snapshot.ports.keys().copied().collect::<Vec<_>>(),
+        vec![8080, 8081]
+    );
+    let service = snapshot.services.values().next().unwrap();
+    assert_eq!(service.endpoints.len(), 5);
+    let pool = snapshot.pools.values().next().unwrap();
+    assert_eq!(pool.endpoints.len(), 5);
+    assert_eq!(
+        pool.endpoints[0].id.address(),
+        "127.0.0.2:8000".parse().unwrap()
+    );
+    assert_eq!(pool.endpoints[0].id.name(), "default/qwen-0");
+    assert_eq!(pool.resolution.implementation, "DEFAULT");
+    let mut models: Vec<&str> = pool.models.keys().map(String::as_str).collect();
+    models.sort_unstable();
+    assert_eq!(models, vec!["/model/qwen", "travel-helper"]);
+    assert_eq!(
+        pool.models["/model/qwen"].criticality,
+        plugins::Criticality::Critical
+    );
+    let llm = &snapshot.ports[&8081].listeners[0];
+    assert_eq!(llm.name, "llm-gw");
+    assert_eq!(
+        llm.entries[0].action.timeout,
+        Some(Duration::from_secs(3600))
+    );
+    assert!(matches!(
+        llm.entries[0].action.backends[0].backend,
+        Backend::Pool(_)
+    ));
+}
+
+#[test]
+fn pools_take_ready_pods_on_every_target_port() {
+    let (snapshot, issues) = build_yaml(GATEWAY);
+    assert!(errors(&issues).is_empty(), "{issues:?}");
+    let pool = snapshot.pools.values().next().unwrap();
+    let addresses: Vec<String> = pool
+        .endpoints
+        .iter()
+        .map(|e| e.id.address().to_string())
+        .collect();
+    assert_eq!(addresses, vec!["10.0.0.1:8000", "10.0.0.1:8001"]);
+    assert_eq!(pool.endpoints[1].id.name(), "default/p0:8001");
+}
+
+#[test]
+fn unknown_strategies_are_errors_naming_the_annotation() {
+    let yaml = GATEWAY.replace(
+            "metadata: {name: pool}",
+            "metadata: {name: pool, annotations: {inference.networking.x-k8s.io/routing-strategy: FASTEST}}",
+        );
+    let (_, issues) = build_yaml(&yaml);
+    let errors = errors(&issues);
+    assert_eq!(errors.len(), 1, "{issues:?}");
+    assert_eq!(errors[0].object, "InferencePool default/pool");
+    assert_eq!(
+        errors[0].field,
+        "metadata.annotations[inference.networking.x-k8s.io/routing-strategy]"
+    );
+    assert_eq!(errors[0].value, "FASTEST");
+    assert!(errors[0].reason.contains("unknown routing strategy"));
+}
+
+#[test]
+fn routes_attach_by_section_name_and_missing_backends_get_500() {
+    let yaml = format!(
+        "{GATEWAY}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  parentRefs: [{{name: gw, sectionName: llm}}, {{name: gw, sectionName: nope}}]
+  rules:
+  - backendRefs:
+    - {{group: inference.networking.k8s.io, kind: InferencePool, name: pool, weight: 3}}
+    - {{kind: Service, name: missing, port: 80}}
+"
+    );
+    let (snapshot, issues) = build_yaml(&yaml);
+    assert!(errors(&issues).is_empty(), "{issues:?}");
+    let warnings: Vec<&str> = issues.iter().map(|i| i.reason.as_str()).collect();
+    assert!(
+        warnings.iter().any(|w| w.starts_with("NoMatchingParent")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.starts_with("BackendNotFound")),
+        "{warnings:?}"
+    );
+    assert!(snapshot.ports[&8080].listeners[0].entries.is_empty());
+    let entry = &snapshot.ports[&8081].listeners[0].entries[0];
+    assert_eq!(entry.action.total_weight, 4);
+    assert!(matches!(
+        entry.action.backends[1].backend,
+        Backend::Invalid(_)
+    ));
+}
+
+#[test]
+fn field_errors_name_field_and_value() {
+    let yaml = format!(
+        "{GATEWAY}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: 'v1//x'}}}}]
+    backendRefs: [{{kind: Service, name: s, port: 80, weight: -2}}]
+  - backendRefs: [{{kind: Service, name: s}}]
+    timeouts: {{request: 10 minutes}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {{name: m}}
+spec:
+  modelName: llama
+  criticality: Urgent
+  poolRef: {{name: pool}}
+  targetModels: [{{name: a, weight: 1}}, {{name: b}}]
+"
+    );
+    let (_, issues) = build_yaml(&yaml);
+    let mut found: Vec<(String, String)> = errors(&issues)
+        .iter()
+        .map(|i| (i.field.clone(), i.value.clone()))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            ("spec.criticality".into(), "Urgent".into()),
+            ("spec.rules[0].matches[0].path.value".into(), "v1//x".into()),
+            ("spec.rules[1].timeouts.request".into(), "10 minutes".into()),
+            ("spec.targetModels".into(), "1 of 2".into()),
+        ],
+        "{issues:#?}"
+    );
+}
+
+#[test]
+fn oldest_model_wins_a_duplicated_name() {
+    let yaml = format!(
+            "{GATEWAY}---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {{name: newer, creationTimestamp: '2026-02-01T00:00:00Z'}}
+spec: {{modelName: llama, poolRef: {{group: inference.networking.k8s.io, name: pool}}}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {{name: older, creationTimestamp: '2026-01-01T00:00:00Z'}}
+spec: {{modelName: llama, criticality: Schedulable, poolRef: {{group: inference.networking.k8s.io, name: pool}}}}
+"
+        );
+    let (snapshot, issues) = build_yaml(&yaml);
+    assert!(errors(&issues).is_empty());
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.object == "InferenceModel default/newer"
+                && i.reason.starts_with("ModelNameInUse"))
+    );
+    let pool = snapshot.pools.values().next().unwrap();
+    assert_eq!(pool.models["llama"].object.name, "older");
+    assert_eq!(
+        pool.models["llama"].criticality,
+        plugins::Criticality::Sheddable
+    );
+}
+
+#[test]
+fn without_our_gateway_class_the_config_is_unusable() {
+    let yaml = GATEWAY.replace(
+        "inference-gateway.dev/controller",
+        "gateway.envoyproxy.io/gatewayclass-controller",
+    );
+    let (_, issues) = build_yaml(&yaml);
+    let errors = errors(&issues);
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0]
+            .reason
+            .contains("ours names \"gateway.envoyproxy.io/gatewayclass-controller\""),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn duplicates_are_errors_and_rebuilds_keep_endpoint_state() {
+    let yaml = format!("{GATEWAY}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p0}}\n");
+    let (_, issues) = build_yaml(&yaml);
+    assert_eq!(
+        errors(&issues)[0].reason,
+        "defined twice; first at t.yaml, document 3"
+    );
+
+    let mut objects = ObjectSet::default();
+    objects.add_yaml(GATEWAY, std::path::Path::new("t.yaml"));
+    let (first, _) = build_objects(&objects);
+    let registry = Registry::with_builtins();
+    let options = BuildOptions {
+        controller_name: CONTROLLER,
+        registry: &registry,
+        default_request_timeout: None,
+    };
+    let (second, _) = build(&objects, &options, Some(&first));
+    let a = &first.pools.values().next().unwrap();
+    let b = &second.pools.values().next().unwrap();
+    assert!(Arc::ptr_eq(&a.endpoints[0], &b.endpoints[0]));
+    assert!(Arc::ptr_eq(&a.strategy, &b.strategy));
+}
+
+#[test]
+fn hostname_overlap() {
+    assert!(hostnames_overlap("*.ex.com", "a.ex.com"));
+    assert!(hostnames_overlap("a.ex.com", "*.ex.com"));
+    assert!(!hostnames_overlap("ex.com", "*.ex.com"));
+    assert!(hostnames_overlap("*.com", "*.ex.com"));
+    assert!(!hostnames_overlap("a.ex.com", "b.ex.com"));
+}

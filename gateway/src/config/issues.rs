@@ -5,9 +5,15 @@
 //! (the gateway refuses to start on it, and a reload keeps the previous snapshot); a
 //! [`Severity::Warning`] is served the way the Gateway API prescribes (for example a missing
 //! backend answers 500) and is logged.
+//!
+//! An issue the Gateway API or the Inference Extension has a condition reason for carries it
+//! typed ([`IssueReason`]), with the part of the object it is about ([`Subject`]); its printed
+//! text names the reason first, so what operators read and what the status says agree.
 
 use std::fmt;
 use std::path::PathBuf;
+
+use super::reasons::{IssueReason, Subject};
 
 /// How bad an issue is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -35,30 +41,36 @@ impl fmt::Display for Origin {
 }
 
 /// One problem in the configuration.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+///
+/// It prints (and serializes) as `severity: object (origin): field = "value": reason`, where the
+/// reason is the [`IssueReason`], if any, followed by the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
     /// Error or warning.
     pub severity: Severity,
     /// The object, as `Kind namespace/name` (or `document` when it has no identity yet).
     pub object: String,
     /// Where the object was defined, when it came from a file.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
     /// The field path, for example `spec.rules[0].backendRefs[1].weight`.
     pub field: String,
     /// The offending value, rendered as text.
     pub value: String,
-    /// Why it is a problem.
-    pub reason: String,
+    /// The condition reason the problem is, when the specification has one.
+    pub reason: Option<IssueReason>,
+    /// The part of the object the problem is about, for the status writer.
+    pub subject: Subject,
+    /// Why it is a problem, in words (after the reason, when there is one).
+    pub message: String,
 }
 
 impl ConfigIssue {
-    /// An error.
+    /// An error, without a condition reason, about the object as a whole.
     pub fn error(
         object: impl Into<String>,
         field: impl Into<String>,
         value: impl fmt::Display,
-        reason: impl Into<String>,
+        message: impl Into<String>,
     ) -> Self {
         Self {
             severity: Severity::Error,
@@ -66,20 +78,22 @@ impl ConfigIssue {
             origin: None,
             field: field.into(),
             value: value.to_string(),
-            reason: reason.into(),
+            reason: None,
+            subject: Subject::Object,
+            message: message.into(),
         }
     }
 
-    /// A warning.
+    /// A warning, without a condition reason, about the object as a whole.
     pub fn warning(
         object: impl Into<String>,
         field: impl Into<String>,
         value: impl fmt::Display,
-        reason: impl Into<String>,
+        message: impl Into<String>,
     ) -> Self {
         Self {
             severity: Severity::Warning,
-            ..Self::error(object, field, value, reason)
+            ..Self::error(object, field, value, message)
         }
     }
 
@@ -87,6 +101,52 @@ impl ConfigIssue {
     pub fn at(mut self, origin: Option<&Origin>) -> Self {
         self.origin = origin.cloned();
         self
+    }
+
+    /// The same issue, being the condition reason `reason`.
+    pub fn because(mut self, reason: impl Into<Option<IssueReason>>) -> Self {
+        self.reason = reason.into();
+        self
+    }
+
+    /// The same issue, about `subject`.
+    pub fn about(mut self, subject: Subject) -> Self {
+        self.subject = subject;
+        self
+    }
+
+    /// The reason and the message, as printed after the field: `BackendNotFound: Service
+    /// default/s does not exist`, or the message alone.
+    pub fn explanation(&self) -> String {
+        match self.reason {
+            Some(reason) => format!("{}: {}", reason.label(), self.message),
+            None => self.message.clone(),
+        }
+    }
+}
+
+/// The issue as JSON, with the printed reason: `{severity, object, origin?, field, value, reason}`.
+impl serde::Serialize for ConfigIssue {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Printed<'a> {
+            severity: Severity,
+            object: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            origin: Option<&'a Origin>,
+            field: &'a str,
+            value: &'a str,
+            reason: String,
+        }
+        Printed {
+            severity: self.severity,
+            object: &self.object,
+            origin: self.origin.as_ref(),
+            field: &self.field,
+            value: &self.value,
+            reason: self.explanation(),
+        }
+        .serialize(serializer)
     }
 }
 
@@ -104,7 +164,11 @@ impl fmt::Display for ConfigIssue {
         if !self.value.is_empty() {
             write!(f, " = {:?}", self.value)?;
         }
-        write!(f, ": {}", self.reason)
+        write!(f, ": ")?;
+        if let Some(reason) = self.reason {
+            write!(f, "{}: ", reason.label())?;
+        }
+        f.write_str(&self.message)
     }
 }
 

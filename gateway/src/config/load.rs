@@ -142,6 +142,6 @@ mod tests {
     fn missing_paths_are_errors() {
         let loaded = load(&[PathBuf::from("/nonexistent/igw.yaml")]);
         assert_eq!(loaded.issues.len(), 1);
-        assert!(loaded.issues[0].reason.starts_with("cannot read"));
+        assert!(loaded.issues[0].message.starts_with("cannot read"));
     }
 }

@@ -8,6 +8,8 @@ pub mod duration;
 pub mod issues;
 pub mod load;
 pub mod objects;
+pub mod reasons;
 
 pub use issues::{ConfigIssue, Origin, Severity};
 pub use objects::{Document, Kind, Object, ObjectKey, ObjectSet};
+pub use reasons::{IssueReason, Subject};

@@ -481,7 +481,7 @@ mod tests {
         assert_eq!(issue.field, "spec.targetPortNumber");
         assert_eq!(issue.object, "InferencePool pool");
         assert_eq!(issue.origin.as_ref().unwrap().document, 2);
-        assert!(issue.reason.contains("invalid type"), "{}", issue.reason);
+        assert!(issue.message.contains("invalid type"), "{}", issue.message);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::endpoint::Endpoint;
 use super::models::{ModelEntry, TargetModel};
 use super::{Pool, ServiceBackend, Snapshot};
 use crate::config::crds::{v1, v1alpha2};
-use crate::config::{ConfigIssue, Kind, ObjectKey, Origin};
+use crate::config::{ConfigIssue, IssueReason, Kind, ObjectKey, Origin};
 use crate::scrape::Engine;
 
 /// Pool annotation choosing the metric dialect of its model servers (ACK's key).
@@ -457,11 +457,9 @@ pub fn models_by_pool(
                     m.key.to_string(),
                     "spec.modelName",
                     &spec.model_name,
-                    format!(
-                        "ModelNameInUse: already served by the older {}",
-                        winner.object
-                    ),
+                    format!("already served by the older {}", winner.object),
                 )
+                .because(IssueReason::ModelNameInUse)
                 .at(m.origin),
             );
             continue;

@@ -7,9 +7,9 @@ use serde_json::{Value, json};
 
 use super::{
     GATEWAY_GROUP, Issues, OurGateway, StatusContext, StatusKind, StatusUpdate,
-    existing_conditions, messages, status_json,
+    existing_conditions, messages, status_json, with_reason,
 };
-use crate::config::{ConfigIssue, Object, ObjectKey, ObjectSet};
+use crate::config::{ConfigIssue, IssueReason, Object, ObjectKey, ObjectSet, Subject};
 use crate::kubernetes::conditions::{Desired, conditions};
 use crate::snapshot::Snapshot;
 
@@ -99,27 +99,20 @@ pub(super) fn gateway_status(
         if !names.insert(listener.name.as_str()) {
             continue;
         }
-        let prefix = format!("spec.listeners[{i}].");
         let mine: Vec<&ConfigIssue> = gateway_issues
             .iter()
             .copied()
-            .filter(|i| i.field.starts_with(&prefix))
+            .filter(|issue| issue.subject.listener() == Some(i))
             .collect();
-        let find = |suffix: &str| {
-            mine.iter()
-                .copied()
-                .filter(|i| i.field[prefix.len()..].starts_with(suffix))
-                .collect::<Vec<_>>()
-        };
         let mut desired = Vec::new();
-        let protocol = find("protocol");
-        let port = find("port");
-        let conflicted: Vec<&ConfigIssue> = port
+        let protocol = with_reason(&mine, IssueReason::UnsupportedProtocol);
+        let port: Vec<&ConfigIssue> = mine
             .iter()
             .copied()
-            .filter(|i| i.reason.starts_with("Conflicted"))
+            .filter(|issue| issue.subject == Subject::ListenerPort(i))
             .collect();
-        let kinds = find("allowedRoutes.kinds");
+        let conflicted = with_reason(&port, IssueReason::HostnameConflict);
+        let kinds = with_reason(&mine, IssueReason::InvalidRouteKinds);
         match served.get(listener.name.as_str()) {
             Some((port, _)) => {
                 any_accepted = true;
@@ -143,7 +136,10 @@ pub(super) fn gateway_status(
             }
             None => {
                 let (reason, message) = if !protocol.is_empty() {
-                    ("UnsupportedProtocol", messages(&protocol))
+                    (
+                        IssueReason::UnsupportedProtocol.as_str(),
+                        messages(&protocol),
+                    )
                 } else if !port.is_empty() {
                     ("PortUnavailable", messages(&port))
                 } else {
@@ -156,13 +152,21 @@ pub(super) fn gateway_status(
         desired.push(if kinds.is_empty() {
             Desired::ok("ResolvedRefs", "ResolvedRefs", "All references resolved")
         } else {
-            Desired::fail("ResolvedRefs", "InvalidRouteKinds", messages(&kinds))
+            Desired::fail(
+                "ResolvedRefs",
+                IssueReason::InvalidRouteKinds.as_str(),
+                messages(&kinds),
+            )
         });
         // `Conflicted` holds when there is a conflict.
         desired.push(if conflicted.is_empty() {
             Desired::fail("Conflicted", "NoConflicts", "No conflicts")
         } else {
-            Desired::ok("Conflicted", "HostnameConflict", messages(&conflicted))
+            Desired::ok(
+                "Conflicted",
+                IssueReason::HostnameConflict.as_str(),
+                messages(&conflicted),
+            )
         });
         let existing = existing_listeners
             .iter()

@@ -7,10 +7,10 @@ use serde_json::{Value, json};
 
 use super::{
     GATEWAY_GROUP, Issues, StatusContext, StatusKind, StatusUpdate, existing_conditions, messages,
-    status_json,
+    status_json, with_reason,
 };
 use crate::config::crds::v1alpha2;
-use crate::config::{ConfigIssue, Kind, Object, ObjectKey, Severity};
+use crate::config::{ConfigIssue, IssueReason, Kind, Object, ObjectKey, Severity};
 use crate::kubernetes::conditions::{Desired, conditions};
 use crate::snapshot::Snapshot;
 
@@ -206,15 +206,15 @@ pub(super) fn model_status(
         .copied()
         .filter(|i| i.severity == Severity::Error)
         .collect();
-    let in_use: Vec<&ConfigIssue> = model_issues
-        .iter()
-        .copied()
-        .filter(|i| i.reason.starts_with("ModelNameInUse"))
-        .collect();
+    let in_use = with_reason(model_issues, IssueReason::ModelNameInUse);
     let accepted = if !errors.is_empty() {
         Desired::fail("Accepted", "Invalid", messages(&errors))
     } else if !in_use.is_empty() {
-        Desired::fail("Accepted", "ModelNameInUse", messages(&in_use))
+        Desired::fail(
+            "Accepted",
+            IssueReason::ModelNameInUse.as_str(),
+            messages(&in_use),
+        )
     } else {
         Desired::ok("Accepted", "Accepted", "Model is served by its pool")
     };

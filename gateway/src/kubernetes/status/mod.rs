@@ -1,10 +1,11 @@
 //! The status the gateway owes each object, derived from one snapshot build.
 //!
 //! Inputs are the objects the build read, the snapshot it produced and its
-//! [`ConfigIssue`]s; the reason strings at the start of the issues (`NoMatchingParent:`,
-//! `BackendNotFound:`, `ModelNameInUse:`, ...) are the Gateway API's and the Inference Extension's
-//! condition reasons, so they map directly. The output is one JSON merge patch of `.status` per
-//! object; [`super::writer`] writes the ones that differ from what is stored.
+//! [`ConfigIssue`]s. An issue carries its condition reason typed ([`IssueReason`]: the Gateway
+//! API's and the Inference Extension's) and the part of the object it is about ([`crate::config::Subject`]), so
+//! reasons map directly and nothing here parses an issue's text or field path. The output is one
+//! JSON merge patch of `.status` per object; [`super::writer`] writes the ones that differ from
+//! what is stored.
 //!
 //! What is ours to write: the `Accepted` condition of GatewayClasses naming our controller; the
 //! whole status of their Gateways (conditions, listeners, and `addresses` from the gateway's own
@@ -21,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time
 use serde_json::{Value, json};
 
 use super::conditions::{Desired, conditions};
-use crate::config::{ConfigIssue, Kind, Object, ObjectKey, ObjectSet};
+use crate::config::{ConfigIssue, IssueReason, Kind, Object, ObjectKey, ObjectSet};
 use crate::snapshot::Snapshot;
 
 mod gateways;
@@ -125,20 +126,27 @@ impl<'a> Issues<'a> {
     }
 }
 
-/// The reason an issue starts with (`BackendNotFound: ...`), if it is one of `known`.
-pub(crate) fn reason_of(issue: &ConfigIssue, known: &[&'static str]) -> Option<&'static str> {
-    let prefix = issue.reason.split_once(':').map(|(p, _)| p)?;
-    known.iter().copied().find(|k| *k == prefix)
+/// The issues among `issues` that are `reason`.
+pub(crate) fn with_reason<'a>(
+    issues: &[&'a ConfigIssue],
+    reason: IssueReason,
+) -> Vec<&'a ConfigIssue> {
+    issues
+        .iter()
+        .copied()
+        .filter(|i| i.reason == Some(reason))
+        .collect()
 }
 
+/// A condition message: the issues' fields, values and reasons.
 pub(crate) fn messages(issues: &[&ConfigIssue]) -> String {
     issues
         .iter()
         .map(|i| {
             if i.value.is_empty() {
-                format!("{}: {}", i.field, i.reason)
+                format!("{}: {}", i.field, i.explanation())
             } else {
-                format!("{} = {:?}: {}", i.field, i.value, i.reason)
+                format!("{} = {:?}: {}", i.field, i.value, i.explanation())
             }
         })
         .collect::<Vec<_>>()

@@ -7,9 +7,9 @@ use serde_json::{Value, json};
 
 use super::{
     GATEWAY_GROUP, INFERENCE_GROUPS, Issues, StatusContext, StatusKind, StatusUpdate,
-    existing_conditions, messages, reason_of, status_json,
+    existing_conditions, messages, status_json,
 };
-use crate::config::{ConfigIssue, Kind, ObjectKey, Severity};
+use crate::config::{ConfigIssue, IssueReason, Kind, ObjectKey, Severity, Subject};
 use crate::kubernetes::conditions::{Desired, conditions};
 
 /// The route's status (when it names one of our Gateways or carries our old entries), the
@@ -39,18 +39,13 @@ pub(super) fn route_status(
     let mut invalid: Vec<&ConfigIssue> = Vec::new();
     let mut unresolved: Vec<&ConfigIssue> = Vec::new();
     for issue in route_issues.iter().copied() {
-        let Some(rest) = issue.field.strip_prefix("spec.rules[") else {
+        let Some(rule) = issue.subject.rule() else {
             continue;
         };
-        let rule: usize = rest
-            .split(']')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        if issue.severity == Severity::Error || issue.field.contains(".filters[") {
+        if issue.severity == Severity::Error || issue.subject == Subject::RuleFilters(rule) {
             invalid_rules.insert(rule);
             invalid.push(issue);
-        } else if issue.field.contains(".backendRefs[") {
+        } else if matches!(issue.subject, Subject::BackendRef { .. }) {
             unresolved.push(issue);
         }
     }
@@ -71,24 +66,22 @@ pub(super) fn route_status(
         if !ours.contains(&gateway) {
             continue;
         }
-        let field = format!("spec.parentRefs[{i}]");
         let refused: Vec<&ConfigIssue> = route_issues
             .iter()
             .copied()
-            .filter(|i| i.field == field)
+            .filter(|issue| issue.subject == Subject::ParentRef(i))
             .collect();
         let mut desired = Vec::new();
         let is_accepted = if let Some(issue) = refused.first() {
-            let reason = reason_of(
-                issue,
-                &[
-                    "NoMatchingParent",
-                    "NotAllowedByListeners",
-                    "NoMatchingListenerHostname",
-                ],
-            )
-            .unwrap_or("NotAllowedByListeners");
-            desired.push(Desired::fail("Accepted", reason, messages(&refused)));
+            let reason = match issue.reason {
+                Some(reason @ IssueReason::NoMatchingParent) => reason,
+                _ => IssueReason::NotAllowedByListeners,
+            };
+            desired.push(Desired::fail(
+                "Accepted",
+                reason.as_str(),
+                messages(&refused),
+            ));
             false
         } else if invalid_rules.len() >= rules {
             desired.push(Desired::fail(
@@ -105,16 +98,7 @@ pub(super) fn route_status(
             None => Desired::ok("ResolvedRefs", "ResolvedRefs", "All references resolved"),
             Some(first) => Desired::fail(
                 "ResolvedRefs",
-                reason_of(
-                    first,
-                    &[
-                        "RefNotPermitted",
-                        "InvalidKind",
-                        "BackendNotFound",
-                        "UnsupportedProtocol",
-                    ],
-                )
-                .unwrap_or("BackendNotFound"),
+                unresolved_reason(first).as_str(),
                 messages(&unresolved),
             ),
         });
@@ -166,6 +150,19 @@ pub(super) fn route_status(
         patch: json!({"parents": all}),
     };
     (Some(update), accepted, referenced)
+}
+
+/// The `ResolvedRefs` reason of an unresolved backendRef; one the specification has no name for
+/// (an invalid pool, a Service without the port) is reported as not found.
+fn unresolved_reason(issue: &ConfigIssue) -> IssueReason {
+    match issue.reason {
+        Some(
+            reason @ (IssueReason::RefNotPermitted
+            | IssueReason::InvalidKind
+            | IssueReason::BackendNotFound),
+        ) => reason,
+        _ => IssueReason::BackendNotFound,
+    }
 }
 
 /// The pools a route's backendRefs name.

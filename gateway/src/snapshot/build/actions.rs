@@ -11,7 +11,7 @@ use gateway_api::httproutes::{HttpRoute, HttpRouteRules, HttpRouteRulesBackendRe
 use super::INFERENCE_GROUPS;
 use super::index::{Index, Located};
 use crate::config::duration::parse_duration;
-use crate::config::{ConfigIssue, Kind, ObjectKey};
+use crate::config::{ConfigIssue, IssueReason, Kind, ObjectKey, Subject};
 use crate::snapshot::{Backend, RuleAction, ServiceBackend, Snapshot, WeightedBackend, backends};
 
 /// Upper bound on a backendRef's weight (the CRD's limit).
@@ -34,7 +34,11 @@ pub(super) fn rule_action(
         Some(Ok(timeout)) => timeout,
         Some(Err(reason)) => {
             let text = explicit.unwrap_or_default();
-            issues.push(route.error(field(".timeouts.request"), text, reason));
+            issues.push(
+                route
+                    .error(field(".timeouts.request"), text, reason)
+                    .about(Subject::Rule(rule_index)),
+            );
             return None;
         }
     };
@@ -43,11 +47,15 @@ pub(super) fn rule_action(
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
-        issues.push(route.warning(
-            field(".filters[0].type"),
-            &name,
-            "filters are not supported yet; requests matching this rule get 500",
-        ));
+        issues.push(
+            route
+                .warning(
+                    field(".filters[0].type"),
+                    &name,
+                    "filters are not supported yet; requests matching this rule get 500",
+                )
+                .about(Subject::RuleFilters(rule_index)),
+        );
         let action = RuleAction {
             timeout,
             ..RuleAction::invalid("this route rule uses a filter the gateway does not support")
@@ -64,11 +72,15 @@ pub(super) fn rule_action(
         backends.push(at.weighted_backend(backend, index, snapshot, issues)?);
     }
     if backends.is_empty() {
-        issues.push(route.warning(
-            field(".backendRefs"),
-            "",
-            "the rule has no backends; its requests get 500",
-        ));
+        issues.push(
+            route
+                .warning(
+                    field(".backendRefs"),
+                    "",
+                    "the rule has no backends; its requests get 500",
+                )
+                .about(Subject::Rule(rule_index)),
+        );
     }
     let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
     let action = RuleAction {
@@ -106,6 +118,13 @@ impl BackendAt<'_, '_> {
         )
     }
 
+    fn subject(&self) -> Subject {
+        Subject::BackendRef {
+            rule: self.rule,
+            index: self.index,
+        }
+    }
+
     /// The backend with its weight, `Backend::Invalid` when it cannot be resolved; `None` when
     /// the reference is malformed (an error).
     fn weighted_backend(
@@ -117,21 +136,30 @@ impl BackendAt<'_, '_> {
     ) -> Option<WeightedBackend> {
         let weight = backend.weight.unwrap_or(1);
         if !(0..=MAX_BACKEND_WEIGHT).contains(&weight) {
-            issues.push(self.route.error(
-                self.field(".weight"),
-                weight,
-                "must be between 0 and 1000000",
-            ));
+            issues.push(
+                self.route
+                    .error(
+                        self.field(".weight"),
+                        weight,
+                        "must be between 0 and 1000000",
+                    )
+                    .about(self.subject()),
+            );
             return None;
         }
         let target = self.target(backend, issues)?;
-        let backend = resolve(target, index, snapshot).unwrap_or_else(|reason| {
-            issues.push(self.route.warning(
-                self.field(".name"),
-                &backend.name,
-                format!("{reason}; its share of traffic gets 500"),
-            ));
-            Backend::Invalid(reason.into())
+        let backend = resolve(target, index, snapshot).unwrap_or_else(|unresolved| {
+            issues.push(
+                self.route
+                    .warning(
+                        self.field(".name"),
+                        &backend.name,
+                        format!("{}; its share of traffic gets 500", unresolved.detail),
+                    )
+                    .because(unresolved.reason)
+                    .about(self.subject()),
+            );
+            Backend::Invalid(unresolved.to_string().into())
         });
         Some(WeightedBackend {
             weight: u32::try_from(weight).unwrap_or(0),
@@ -155,11 +183,15 @@ impl BackendAt<'_, '_> {
             BackendTarget::OtherNamespace(namespace)
         } else if group.is_empty() && kind == "Service" {
             let Some(port) = backend.port else {
-                issues.push(self.route.error(
-                    self.field(".port"),
-                    "",
-                    "port is required for a Service backend",
-                ));
+                issues.push(
+                    self.route
+                        .error(
+                            self.field(".port"),
+                            "",
+                            "port is required for a Service backend",
+                        )
+                        .about(self.subject()),
+                );
                 return None;
             };
             BackendTarget::Service(
@@ -182,26 +214,71 @@ impl BackendAt<'_, '_> {
     }
 }
 
+/// Why a backendRef cannot be used: the condition reason, if the specification has one, and
+/// the details. It prints as the issue does (`BackendNotFound: Service default/s does not
+/// exist`), which is also what the 500 of its share of traffic says.
+struct Unresolved {
+    reason: Option<IssueReason>,
+    detail: String,
+}
+
+impl Unresolved {
+    fn new(reason: IssueReason, detail: String) -> Self {
+        Self {
+            reason: Some(reason),
+            detail,
+        }
+    }
+}
+
+/// A reason the specification has no name for.
+impl From<String> for Unresolved {
+    fn from(detail: String) -> Self {
+        Self {
+            reason: None,
+            detail,
+        }
+    }
+}
+
+impl std::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(reason) = self.reason {
+            write!(f, "{}: ", reason.label())?;
+        }
+        f.write_str(&self.detail)
+    }
+}
+
 /// The backend `target` names, or why it cannot be used.
 fn resolve(
     target: BackendTarget,
     index: &Index<'_>,
     snapshot: &mut Snapshot,
-) -> Result<Backend, String> {
+) -> Result<Backend, Unresolved> {
     match target {
-        BackendTarget::OtherNamespace(namespace) => Err(format!(
-            "RefNotPermitted: a backend in namespace {namespace} needs a ReferenceGrant, which is not supported"
+        BackendTarget::OtherNamespace(namespace) => Err(Unresolved::new(
+            IssueReason::RefNotPermitted,
+            format!(
+                "a backend in namespace {namespace} needs a ReferenceGrant, which is not supported"
+            ),
         )),
         BackendTarget::Service(key, port) => {
             service_backend(&key, port, index, snapshot).map(Backend::Service)
         }
         BackendTarget::Pool(key) => match snapshot.pools.get(&key) {
             Some(pool) => Ok(Backend::Pool(Arc::clone(pool))),
-            None if index.pools.iter().any(|p| p.key == key) => Err(format!("{key} is invalid")),
-            None => Err(format!("BackendNotFound: {key} does not exist")),
+            None if index.pools.iter().any(|p| p.key == key) => {
+                Err(format!("{key} is invalid").into())
+            }
+            None => Err(Unresolved::new(
+                IssueReason::BackendNotFound,
+                format!("{key} does not exist"),
+            )),
         },
-        BackendTarget::Unsupported { group, kind } => Err(format!(
-            "InvalidKind: backend kind {kind:?} in group {group:?} is not supported"
+        BackendTarget::Unsupported { group, kind } => Err(Unresolved::new(
+            IssueReason::InvalidKind,
+            format!("backend kind {kind:?} in group {group:?} is not supported"),
         )),
     }
 }
@@ -212,7 +289,7 @@ fn service_backend(
     port: i32,
     index: &Index<'_>,
     snapshot: &mut Snapshot,
-) -> Result<Arc<ServiceBackend>, String> {
+) -> Result<Arc<ServiceBackend>, Unresolved> {
     let port = u16::try_from(port)
         .ok()
         .filter(|p| *p > 0)
@@ -220,10 +297,12 @@ fn service_backend(
     if let Some(existing) = snapshot.services.get(&(key.clone(), port)) {
         return Ok(Arc::clone(existing));
     }
-    let service = index
-        .services
-        .get(key)
-        .ok_or_else(|| format!("BackendNotFound: {key} does not exist"))?;
+    let service = index.services.get(key).ok_or_else(|| {
+        Unresolved::new(
+            IssueReason::BackendNotFound,
+            format!("{key} does not exist"),
+        )
+    })?;
     let pods = index.pods_in(&key.namespace);
     let backend = Arc::new(backends::service_backend(key, service.object, port, pods)?);
     snapshot

@@ -13,7 +13,7 @@ use super::index::{Index, Located};
 use super::listeners::ListenerBuild;
 use super::matches::rule_matches;
 use super::{GATEWAY_GROUP, MODEL_NAME_HEADER};
-use crate::config::{ConfigIssue, Kind, ObjectKey};
+use crate::config::{ConfigIssue, IssueReason, Kind, ObjectKey, Subject};
 use crate::snapshot::routes::{RouteEntry, RouteMatch, hostname_matches};
 use crate::snapshot::{RuleAction, Snapshot};
 
@@ -91,11 +91,15 @@ fn parent_listeners(
         .unwrap_or_else(|| route.key.namespace.clone());
     let gateway = ObjectKey::new(Kind::Gateway, namespace, parent.name.clone());
     if !index.gateways.iter().any(|g| g.key == gateway) {
-        issues.push(route.warning(
-            format!("spec.parentRefs[{i}].name"),
-            &parent.name,
-            format!("{gateway} does not exist"),
-        ));
+        issues.push(
+            route
+                .warning(
+                    format!("spec.parentRefs[{i}].name"),
+                    &parent.name,
+                    format!("{gateway} does not exist"),
+                )
+                .about(Subject::ParentRef(i)),
+        );
         return Vec::new();
     }
     let is_ours = listeners.iter().any(|l| l.gateway == gateway);
@@ -111,11 +115,16 @@ fn parent_listeners(
         .map(|(n, _)| n)
         .collect();
     if candidates.is_empty() {
-        issues.push(route.warning(
-            format!("spec.parentRefs[{i}]"),
-            parent.section_name.as_deref().unwrap_or(""),
-            format!("NoMatchingParent: {gateway} has no such HTTP listener"),
-        ));
+        issues.push(
+            route
+                .warning(
+                    format!("spec.parentRefs[{i}]"),
+                    parent.section_name.as_deref().unwrap_or(""),
+                    format!("{gateway} has no such HTTP listener"),
+                )
+                .because(IssueReason::NoMatchingParent)
+                .about(Subject::ParentRef(i)),
+        );
         return Vec::new();
     }
     let accepted: Vec<usize> = candidates
@@ -128,11 +137,16 @@ fn parent_listeners(
         })
         .collect();
     if accepted.is_empty() {
-        issues.push(route.warning(
-            format!("spec.parentRefs[{i}]"),
-            &parent.name,
-            "NotAllowedByListeners: no listener admits this route (allowedRoutes or hostnames)",
-        ));
+        issues.push(
+            route
+                .warning(
+                    format!("spec.parentRefs[{i}]"),
+                    &parent.name,
+                    "no listener admits this route (allowedRoutes or hostnames)",
+                )
+                .because(IssueReason::NotAllowedByListeners)
+                .about(Subject::ParentRef(i)),
+        );
     }
     accepted
 }

@@ -15,7 +15,7 @@ use gateway_api::gateways::{
 use super::index::{Index, Located};
 use super::{BuildOptions, GATEWAY_GROUP};
 use crate::config::duration::parse_duration;
-use crate::config::{ConfigIssue, ObjectKey};
+use crate::config::{ConfigIssue, IssueReason, ObjectKey, Subject};
 use crate::snapshot::backends;
 use crate::snapshot::routes::ListenerRoutes;
 
@@ -120,41 +120,59 @@ impl ListenerAt<'_, '_> {
             .iter()
             .any(|l| l.gateway == gateway.key && l.name == listener.name)
         {
-            issues.push(gateway.error(
-                self.field("name"),
-                &listener.name,
-                "listener names must be unique",
-            ));
+            issues.push(
+                gateway
+                    .error(
+                        self.field("name"),
+                        &listener.name,
+                        "listener names must be unique",
+                    )
+                    .about(Subject::Listener(self.index)),
+            );
             return None;
         }
         if listener.protocol != "HTTP" {
-            issues.push(gateway.warning(
-                self.field("protocol"),
-                &listener.protocol,
-                "UnsupportedProtocol: only HTTP listeners are served; this listener is skipped",
-            ));
+            issues.push(
+                gateway
+                    .warning(
+                        self.field("protocol"),
+                        &listener.protocol,
+                        "only HTTP listeners are served; this listener is skipped",
+                    )
+                    .because(IssueReason::UnsupportedProtocol)
+                    .about(Subject::Listener(self.index)),
+            );
             return None;
         }
         let Some(port) = u16::try_from(listener.port).ok().filter(|p| *p > 0) else {
-            issues.push(gateway.error(
-                self.field("port"),
-                listener.port,
-                "must be between 1 and 65535",
-            ));
+            issues.push(
+                gateway
+                    .error(
+                        self.field("port"),
+                        listener.port,
+                        "must be between 1 and 65535",
+                    )
+                    .about(Subject::ListenerPort(self.index)),
+            );
             return None;
         };
         if let Some(other) = before
             .iter()
             .find(|l| l.port == port && l.hostname == listener.hostname)
         {
-            issues.push(gateway.error(
-                self.field("port"),
-                port,
-                format!(
-                    "Conflicted: listener {} of {} already serves this port and hostname",
-                    other.name, other.gateway
-                ),
-            ));
+            issues.push(
+                gateway
+                    .error(
+                        self.field("port"),
+                        port,
+                        format!(
+                            "listener {} of {} already serves this port and hostname",
+                            other.name, other.gateway
+                        ),
+                    )
+                    .because(IssueReason::HostnameConflict)
+                    .about(Subject::ListenerPort(self.index)),
+            );
             return None;
         }
         let (namespaces, allows_http_routes) = match &listener.allowed_routes {
@@ -194,11 +212,16 @@ impl ListenerAt<'_, '_> {
             })
         });
         if !kinds_ok {
-            issues.push(self.gateway.warning(
-                self.field("allowedRoutes.kinds"),
-                "",
-                "InvalidRouteKinds: HTTPRoute is not allowed, so no route attaches",
-            ));
+            issues.push(
+                self.gateway
+                    .warning(
+                        self.field("allowedRoutes.kinds"),
+                        "",
+                        "HTTPRoute is not allowed, so no route attaches",
+                    )
+                    .because(IssueReason::InvalidRouteKinds)
+                    .about(Subject::Listener(self.index)),
+            );
         }
         kinds_ok
     }
@@ -222,11 +245,15 @@ impl ListenerAt<'_, '_> {
                 if selector
                     .is_some_and(|s| s.match_expressions.as_ref().is_some_and(|e| !e.is_empty()))
                 {
-                    issues.push(self.gateway.warning(
-                        self.field("allowedRoutes.namespaces.selector.matchExpressions"),
-                        "",
-                        "matchExpressions are not supported; only matchLabels are used",
-                    ));
+                    issues.push(
+                        self.gateway
+                            .warning(
+                                self.field("allowedRoutes.namespaces.selector.matchExpressions"),
+                                "",
+                                "matchExpressions are not supported; only matchLabels are used",
+                            )
+                            .about(Subject::Listener(self.index)),
+                    );
                 }
                 AllowedNamespaces::Selector(
                     selector

@@ -12,7 +12,7 @@ use gateway_api::httproutes::{
 use http::{HeaderName, Method};
 
 use super::index::Located;
-use crate::config::ConfigIssue;
+use crate::config::{ConfigIssue, Subject};
 use crate::snapshot::routes::{PathMatch, RouteMatch, ValueMatch, full_match_regex};
 
 /// The matches of rule `rule`; `None` (with the errors reported) when one is invalid. A rule
@@ -45,11 +45,13 @@ struct MatchAt<'r, 'a> {
 impl MatchAt<'_, '_> {
     /// An error at `rest` below this match.
     fn error(&self, rest: &str, value: &str, message: impl Into<String>) -> ConfigIssue {
-        self.route.error(
-            format!("spec.rules[{}].matches[{}]{rest}", self.rule, self.index),
-            value,
-            message,
-        )
+        self.route
+            .error(
+                format!("spec.rules[{}].matches[{}]{rest}", self.rule, self.index),
+                value,
+                message,
+            )
+            .about(Subject::Rule(self.rule))
     }
 
     /// The match; an invalid path leaves the rest of it unchecked.

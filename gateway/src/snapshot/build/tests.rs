@@ -5,7 +5,7 @@ use plugins::Registry;
 
 use super::attach::hostnames_overlap;
 use super::*;
-use crate::config::Severity;
+use crate::config::{IssueReason, Severity};
 use crate::snapshot::Backend;
 
 const CONTROLLER: &str = "inference-gateway.dev/controller";
@@ -141,7 +141,7 @@ fn unknown_strategies_are_errors_naming_the_annotation() {
         "metadata.annotations[inference.networking.x-k8s.io/routing-strategy]"
     );
     assert_eq!(errors[0].value, "FASTEST");
-    assert!(errors[0].reason.contains("unknown routing strategy"));
+    assert!(errors[0].message.contains("unknown routing strategy"));
 }
 
 #[test]
@@ -161,14 +161,14 @@ spec:
     );
     let (snapshot, issues) = build_yaml(&yaml);
     assert!(errors(&issues).is_empty(), "{issues:?}");
-    let warnings: Vec<&str> = issues.iter().map(|i| i.reason.as_str()).collect();
+    let reasons: Vec<Option<IssueReason>> = issues.iter().map(|i| i.reason).collect();
     assert!(
-        warnings.iter().any(|w| w.starts_with("NoMatchingParent")),
-        "{warnings:?}"
+        reasons.contains(&Some(IssueReason::NoMatchingParent)),
+        "{issues:?}"
     );
     assert!(
-        warnings.iter().any(|w| w.starts_with("BackendNotFound")),
-        "{warnings:?}"
+        reasons.contains(&Some(IssueReason::BackendNotFound)),
+        "{issues:?}"
     );
     assert!(snapshot.ports[&8080].listeners[0].entries.is_empty());
     let entry = &snapshot.ports[&8081].listeners[0].entries[0];
@@ -243,7 +243,7 @@ spec: {{modelName: llama, criticality: Schedulable, poolRef: {{group: inference.
         issues
             .iter()
             .any(|i| i.object == "InferenceModel default/newer"
-                && i.reason.starts_with("ModelNameInUse"))
+                && i.reason == Some(IssueReason::ModelNameInUse))
     );
     let pool = snapshot.pools.values().next().unwrap();
     assert_eq!(pool.models["llama"].object.name, "older");
@@ -264,7 +264,7 @@ fn without_our_gateway_class_the_config_is_unusable() {
     assert_eq!(errors.len(), 1);
     assert!(
         errors[0]
-            .reason
+            .message
             .contains("ours names \"gateway.envoyproxy.io/gatewayclass-controller\""),
         "{}",
         errors[0]
@@ -276,7 +276,7 @@ fn duplicates_are_errors_and_rebuilds_keep_endpoint_state() {
     let yaml = format!("{GATEWAY}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p0}}\n");
     let (_, issues) = build_yaml(&yaml);
     assert_eq!(
-        errors(&issues)[0].reason,
+        errors(&issues)[0].message,
         "defined twice; first at t.yaml, document 3"
     );
 

@@ -5,6 +5,9 @@
 //! [`SnapshotStore`] (an `ArcSwap`): the request path does one `load` per request and never
 //! locks. Runtime state that must survive a rebuild (in-flight counts, scraped metrics, strategy
 //! instances with their indexes) is carried over from the previous snapshot by [`build`].
+//!
+//! The snapshot also records what the build decided that the request path does not need but the
+//! status writer reports ([`RouteParent`]), so that nothing resolves the objects a second time.
 
 pub mod backends;
 pub mod build;
@@ -28,7 +31,7 @@ pub use endpoint::{Endpoint, HealthPolicy, InFlight, ScrapedMetrics};
 pub use models::{ModelEntry, TargetModel};
 pub use routes::{ListenerRoutes, PortRoutes, RequestParts, RouteEntry};
 
-use crate::config::ObjectKey;
+use crate::config::{IssueReason, ObjectKey};
 
 /// A Service port as a backend: round-robin over the ready pods the Service selects.
 pub struct ServiceBackend {
@@ -160,6 +163,39 @@ impl RuleAction {
     }
 }
 
+/// What the build made of one `parentRef` of an HTTPRoute that names a Gateway (a parentRef of
+/// another kind is never ours and is not recorded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteParent {
+    /// Its position in the route's `spec.parentRefs`.
+    pub index: usize,
+    /// The Gateway it names, its namespace defaulted to the route's.
+    pub gateway: ObjectKey,
+    /// Whether the route attached through it.
+    pub attachment: Attachment,
+}
+
+/// Whether a route attached to a Gateway through one parentRef.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// The Gateway is not ours: its GatewayClass names another controller, or it does not exist.
+    NotOurs,
+    /// One of our Gateways, none of whose listeners is served (none is a valid HTTP listener).
+    /// Nothing attaches, and nothing refuses the route either: no issue is reported for it.
+    NoServedListener,
+    /// Attached to at least one listener.
+    Attached,
+    /// Refused, for this reason (the route's issues say more).
+    Refused(IssueReason),
+}
+
+impl Attachment {
+    /// Whether the Gateway is ours, so the route's status for it is ours to write.
+    pub fn is_ours(self) -> bool {
+        self != Attachment::NotOurs
+    }
+}
+
 /// Everything the request path needs, immutable once built.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -171,6 +207,8 @@ pub struct Snapshot {
     pub pools: BTreeMap<ObjectKey, Arc<Pool>>,
     /// Service backends by Service key and port.
     pub services: BTreeMap<(ObjectKey, u16), Arc<ServiceBackend>>,
+    /// For status: every HTTPRoute's Gateway parentRefs, in order, and what became of them.
+    pub route_parents: BTreeMap<ObjectKey, Vec<RouteParent>>,
 }
 
 impl Snapshot {

@@ -233,16 +233,19 @@ pub fn compute(
         ));
     }
 
-    // Routes: which of our Gateways accepted each, and which pools each names.
-    let ours: BTreeSet<&ObjectKey> = gateways.iter().map(|g| &g.key).collect();
-    let mut accepted_by: HashMap<ObjectKey, BTreeSet<ObjectKey>> = HashMap::new();
+    // Routes: which of our Gateways accepted each (as the build recorded), and which pools each
+    // names.
     let mut parents_of_pool: BTreeMap<ObjectKey, BTreeMap<ObjectKey, bool>> = BTreeMap::new();
     for document in objects.iter() {
         let Object::HttpRoute(route) = &document.object else {
             continue;
         };
         let key = document.object.key();
-        let (update, accepted, referenced) = route_status(route, &key, &ours, &issues, cx);
+        let parents = snapshot
+            .route_parents
+            .get(&key)
+            .map_or(&[][..], Vec::as_slice);
+        let (update, referenced) = route_status(route, &key, parents, &issues, cx);
         if let Some(update) = update {
             updates.push(update);
         }
@@ -256,7 +259,6 @@ pub fn compute(
                 *entry |= *is_accepted;
             }
         }
-        accepted_by.insert(key, accepted);
     }
 
     // Pools, and the models of pools our Gateways route to.

@@ -2,7 +2,9 @@
 //! names (`sectionName`, `port`), kept when the listener admits the route (`allowedRoutes`,
 //! hostname intersection), and every rule of the route becomes route entries on those listeners.
 //!
-//! A refused parentRef is reported; it does not stop the route from attaching elsewhere.
+//! A refused parentRef is reported; it does not stop the route from attaching elsewhere. What
+//! became of every parentRef is recorded in [`crate::snapshot::Snapshot::route_parents`] for the
+//! status writer, which must not resolve parentRefs again.
 
 use std::sync::Arc;
 
@@ -10,28 +12,38 @@ use gateway_api::httproutes::{HttpRoute, HttpRouteParentRefs, HttpRouteRules};
 
 use super::actions::rule_action;
 use super::index::{Index, Located};
-use super::listeners::ListenerBuild;
+use super::listeners::{ListenerBuild, Listeners};
 use super::matches::rule_matches;
 use super::{GATEWAY_GROUP, MODEL_NAME_HEADER};
 use crate::config::{ConfigIssue, IssueReason, Kind, ObjectKey, Subject};
 use crate::snapshot::routes::{RouteEntry, RouteMatch, hostname_matches};
-use crate::snapshot::{RuleAction, Snapshot};
+use crate::snapshot::{Attachment, RouteParent, RuleAction, Snapshot};
 
-/// Attach `route` to the listeners its parentRefs admit it to.
+/// Attach `route` to the listeners its parentRefs admit it to, and record what became of each
+/// parentRef in `snapshot.route_parents`.
 pub(super) fn attach_route(
     route: &Located<'_, HttpRoute>,
     index: &Index<'_>,
-    listeners: &mut [ListenerBuild],
+    listeners: &mut Listeners,
     snapshot: &mut Snapshot,
     issues: &mut Vec<ConfigIssue>,
 ) {
     let hostnames = route.object.spec.hostnames.clone().unwrap_or_default();
+    let parents = ParentResolver {
+        route,
+        hostnames: &hostnames,
+        index,
+        listeners,
+    };
+    let mut recorded = Vec::new();
     let mut targets: Vec<usize> = Vec::new();
     for (i, parent) in route.object.spec.parent_refs.iter().flatten().enumerate() {
-        targets.extend(parent_listeners(
-            route, i, parent, &hostnames, index, listeners, issues,
-        ));
+        if let Some((resolved, admitting)) = parents.resolve(i, parent, issues) {
+            recorded.push(resolved);
+            targets.extend(admitting);
+        }
     }
+    snapshot.route_parents.insert(route.key.clone(), recorded);
     targets.sort_unstable();
     targets.dedup();
     if targets.is_empty() {
@@ -65,90 +77,118 @@ pub(super) fn attach_route(
             explicit_timeout,
         };
         for &n in &targets {
-            rule.add_to(&mut listeners[n]);
+            rule.add_to(&mut listeners.built[n]);
         }
     }
 }
 
-/// The listeners parentRef `i` admits the route to; a refusal is reported.
-fn parent_listeners(
-    route: &Located<'_, HttpRoute>,
-    i: usize,
-    parent: &HttpRouteParentRefs,
-    hostnames: &[String],
-    index: &Index<'_>,
-    listeners: &[ListenerBuild],
-    issues: &mut Vec<ConfigIssue>,
-) -> Vec<usize> {
-    let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
-    let kind = parent.kind.as_deref().unwrap_or("Gateway");
-    if group != GATEWAY_GROUP || kind != "Gateway" {
-        return Vec::new();
+/// Resolves the parentRefs of one route against our listeners.
+struct ParentResolver<'r, 'a> {
+    route: &'r Located<'a, HttpRoute>,
+    hostnames: &'r [String],
+    index: &'r Index<'a>,
+    listeners: &'r Listeners,
+}
+
+impl ParentResolver<'_, '_> {
+    /// What became of parentRef `i`, with the listeners (indexes into `listeners.built`) it
+    /// admits the route to; a refusal is reported. `None` for a parentRef that is not a Gateway.
+    fn resolve(
+        &self,
+        i: usize,
+        parent: &HttpRouteParentRefs,
+        issues: &mut Vec<ConfigIssue>,
+    ) -> Option<(RouteParent, Vec<usize>)> {
+        let route = self.route;
+        let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
+        let kind = parent.kind.as_deref().unwrap_or("Gateway");
+        if group != GATEWAY_GROUP || kind != "Gateway" {
+            return None;
+        }
+        let namespace = parent
+            .namespace
+            .clone()
+            .unwrap_or_else(|| route.key.namespace.clone());
+        let gateway = ObjectKey::new(Kind::Gateway, namespace, parent.name.clone());
+        let (attachment, admitting) = if !self.index.gateways.iter().any(|g| g.key == gateway) {
+            issues.push(
+                route
+                    .warning(
+                        format!("spec.parentRefs[{i}].name"),
+                        &parent.name,
+                        format!("{gateway} does not exist"),
+                    )
+                    .about(Subject::ParentRef(i)),
+            );
+            (Attachment::NotOurs, Vec::new())
+        } else if !self.listeners.ours.contains(&gateway) {
+            (Attachment::NotOurs, Vec::new())
+        } else {
+            self.listeners_of(i, parent, &gateway, issues)
+        };
+        let resolved = RouteParent {
+            index: i,
+            gateway,
+            attachment,
+        };
+        Some((resolved, admitting))
     }
-    let namespace = parent
-        .namespace
-        .clone()
-        .unwrap_or_else(|| route.key.namespace.clone());
-    let gateway = ObjectKey::new(Kind::Gateway, namespace, parent.name.clone());
-    if !index.gateways.iter().any(|g| g.key == gateway) {
-        issues.push(
-            route
-                .warning(
-                    format!("spec.parentRefs[{i}].name"),
-                    &parent.name,
-                    format!("{gateway} does not exist"),
-                )
-                .about(Subject::ParentRef(i)),
-        );
-        return Vec::new();
+
+    /// The listeners of our `gateway` that parentRef `i` matches and that admit the route.
+    fn listeners_of(
+        &self,
+        i: usize,
+        parent: &HttpRouteParentRefs,
+        gateway: &ObjectKey,
+        issues: &mut Vec<ConfigIssue>,
+    ) -> (Attachment, Vec<usize>) {
+        let built = &self.listeners.built;
+        if !built.iter().any(|l| &l.gateway == gateway) {
+            return (Attachment::NoServedListener, Vec::new());
+        }
+        let candidates: Vec<usize> = built
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| &l.gateway == gateway)
+            .filter(|(_, l)| parent.section_name.as_deref().is_none_or(|s| s == l.name))
+            .filter(|(_, l)| parent.port.is_none_or(|p| i32::from(l.port) == p))
+            .map(|(n, _)| n)
+            .collect();
+        let refusal = |value: &str, message: String, reason| {
+            self.route
+                .warning(format!("spec.parentRefs[{i}]"), value, message)
+                .because(reason)
+                .about(Subject::ParentRef(i))
+        };
+        if candidates.is_empty() {
+            let reason = IssueReason::NoMatchingParent;
+            issues.push(refusal(
+                parent.section_name.as_deref().unwrap_or(""),
+                format!("{gateway} has no such HTTP listener"),
+                reason,
+            ));
+            return (Attachment::Refused(reason), Vec::new());
+        }
+        let admitting: Vec<usize> = candidates
+            .into_iter()
+            .filter(|&n| {
+                let l = &built[n];
+                l.allows_http_routes
+                    && l.admits_namespace(&self.route.key.namespace, self.index)
+                    && hostnames_intersect(l.hostname.as_deref(), self.hostnames)
+            })
+            .collect();
+        if admitting.is_empty() {
+            let reason = IssueReason::NotAllowedByListeners;
+            issues.push(refusal(
+                &parent.name,
+                "no listener admits this route (allowedRoutes or hostnames)".to_owned(),
+                reason,
+            ));
+            return (Attachment::Refused(reason), Vec::new());
+        }
+        (Attachment::Attached, admitting)
     }
-    let is_ours = listeners.iter().any(|l| l.gateway == gateway);
-    if !is_ours {
-        return Vec::new();
-    }
-    let candidates: Vec<usize> = listeners
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.gateway == gateway)
-        .filter(|(_, l)| parent.section_name.as_deref().is_none_or(|s| s == l.name))
-        .filter(|(_, l)| parent.port.is_none_or(|p| i32::from(l.port) == p))
-        .map(|(n, _)| n)
-        .collect();
-    if candidates.is_empty() {
-        issues.push(
-            route
-                .warning(
-                    format!("spec.parentRefs[{i}]"),
-                    parent.section_name.as_deref().unwrap_or(""),
-                    format!("{gateway} has no such HTTP listener"),
-                )
-                .because(IssueReason::NoMatchingParent)
-                .about(Subject::ParentRef(i)),
-        );
-        return Vec::new();
-    }
-    let accepted: Vec<usize> = candidates
-        .into_iter()
-        .filter(|&n| {
-            let l = &listeners[n];
-            l.allows_http_routes
-                && l.admits_namespace(&route.key.namespace, index)
-                && hostnames_intersect(l.hostname.as_deref(), hostnames)
-        })
-        .collect();
-    if accepted.is_empty() {
-        issues.push(
-            route
-                .warning(
-                    format!("spec.parentRefs[{i}]"),
-                    &parent.name,
-                    "no listener admits this route (allowedRoutes or hostnames)",
-                )
-                .because(IssueReason::NotAllowedByListeners)
-                .about(Subject::ParentRef(i)),
-        );
-    }
-    accepted
 }
 
 /// One valid rule of an attached route, ready to become route entries.

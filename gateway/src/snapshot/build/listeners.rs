@@ -4,7 +4,7 @@
 //! A listener that cannot be served is reported and left out; routes are attached elsewhere
 //! ([`super::attach`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use gateway_api::gateways::{
@@ -38,23 +38,34 @@ pub(super) enum AllowedNamespaces {
     Selector(BTreeMap<String, String>),
 }
 
-/// The listeners of our Gateways. Without any, the configuration is unusable (an error).
+/// The Gateways whose GatewayClass names our controller, and their served listeners.
+pub(super) struct Listeners {
+    /// Our Gateways, whether or not any of their listeners is served.
+    pub(super) ours: BTreeSet<ObjectKey>,
+    /// The served listeners, in Gateway and listener order.
+    pub(super) built: Vec<ListenerBuild>,
+}
+
+/// Our Gateways and their listeners. Without a listener, the configuration is unusable (an
+/// error).
 pub(super) fn gateway_listeners(
     index: &Index<'_>,
     options: &BuildOptions<'_>,
     issues: &mut Vec<ConfigIssue>,
-) -> Vec<ListenerBuild> {
+) -> Listeners {
     let classes: Vec<&str> = index
         .gateway_classes
         .iter()
         .filter(|c| c.object.spec.controller_name == options.controller_name)
         .map(|c| c.key.name.as_str())
         .collect();
+    let mut ours = BTreeSet::new();
     let mut built: Vec<ListenerBuild> = Vec::new();
     for gateway in &index.gateways {
         if !classes.contains(&gateway.object.spec.gateway_class_name.as_str()) {
             continue;
         }
+        ours.insert(gateway.key.clone());
         let timeout = gateway_request_timeout(index, &gateway.key, issues)
             .unwrap_or(options.default_request_timeout);
         for (i, listener) in gateway.object.spec.listeners.iter().enumerate() {
@@ -71,7 +82,7 @@ pub(super) fn gateway_listeners(
     if built.is_empty() {
         issues.push(no_listener(index, options));
     }
-    built
+    Listeners { ours, built }
 }
 
 /// Why there is nothing to serve.

@@ -63,7 +63,7 @@ pub fn build(
     for route in &index.routes {
         attach::attach_route(route, &index, &mut listeners, &mut snapshot, &mut issues);
     }
-    publish_listeners(listeners, &mut snapshot);
+    publish_listeners(listeners.built, &mut snapshot);
     (snapshot, issues)
 }
 

@@ -1,8 +1,9 @@
-//! Building backends from objects: ready pods, Service endpoints, InferencePools and their models.
+//! Building backends from objects: ready pods, Service endpoints and InferencePools (with the
+//! models [`super::build`] grouped for them).
 //!
 //! A pod is an endpoint when it is Ready, has a pod IP, and is neither terminating nor finished;
 //! this is what the kube source will read from real pods and what the file source's `Pod` objects
-//! describe. Selectors are label maps that must all match.
+//! describe. Selectors are label maps that must all match. Nothing here routes or attaches.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -11,13 +12,13 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pingora::lb::LoadBalancer;
-use plugins::{Criticality, EndpointId, Registry, STRATEGY_PARAM_PREFIX, StrategyConfig};
+use plugins::{EndpointId, Registry, STRATEGY_PARAM_PREFIX, Strategy, StrategyConfig};
 
 use super::endpoint::Endpoint;
-use super::models::{ModelEntry, TargetModel};
+use super::models::ModelEntry;
 use super::{Pool, ServiceBackend, Snapshot};
 use crate::config::crds::{v1, v1alpha2};
-use crate::config::{ConfigIssue, IssueReason, Kind, ObjectKey, Origin};
+use crate::config::{ConfigIssue, ObjectKey, Origin};
 use crate::scrape::Engine;
 
 /// Pool annotation choosing the metric dialect of its model servers (ACK's key).
@@ -28,13 +29,6 @@ pub const ENGINE_TYPE_LABEL: &str = "inference.networking.k8s.io/engine-type";
 
 /// The routing-strategy annotation's value when it is absent.
 pub const DEFAULT_STRATEGY: &str = "DEFAULT";
-
-/// Upper bound on `spec.targetModels` (the CRD's limit).
-const MAX_TARGET_MODELS: usize = 10;
-/// Upper bound on a target model's weight (the CRD's limit).
-const MAX_MODEL_WEIGHT: i32 = 1_000_000;
-/// Upper bound on `spec.modelName` length (the CRD's limit).
-const MAX_MODEL_NAME_LEN: usize = 256;
 
 /// Whether a pod can take traffic.
 pub fn pod_is_ready(pod: &Pod) -> bool {
@@ -203,6 +197,121 @@ impl<'a> PoolSpec<'a> {
             format!("spec.targetPorts[{index}].number")
         }
     }
+
+    /// An error about this pool.
+    fn error(
+        &self,
+        field: impl Into<String>,
+        value: impl std::fmt::Display,
+        message: impl Into<String>,
+    ) -> ConfigIssue {
+        ConfigIssue::error(self.key.to_string(), field, value, message).at(self.origin)
+    }
+
+    /// The selector and target ports, checked (every problem is reported); `None` when one is
+    /// invalid.
+    fn checked_ports(&self, issues: &mut Vec<ConfigIssue>) -> Option<Vec<u16>> {
+        let before = issues.len();
+        if self.selector.is_empty() {
+            issues.push(self.error(
+                "spec.selector",
+                "{}",
+                "a pool needs at least one selector label",
+            ));
+        }
+        let mut ports = Vec::new();
+        for (i, &port) in self.target_ports.iter().enumerate() {
+            match u16::try_from(port) {
+                Ok(p) if p > 0 && !ports.contains(&p) => ports.push(p),
+                Ok(p) if p > 0 => {
+                    issues.push(self.error(self.port_field(i), port, "target ports must be unique"))
+                }
+                _ => {
+                    issues.push(self.error(self.port_field(i), port, "must be between 1 and 65535"))
+                }
+            }
+        }
+        if ports.is_empty() || ports.len() > 8 {
+            issues.push(self.error(
+                "spec.targetPorts",
+                ports.len(),
+                "a pool needs 1 to 8 target ports",
+            ));
+        }
+        (issues.len() == before).then_some(ports)
+    }
+
+    /// The strategy named by the pool's annotations, and its parameters.
+    fn strategy_choice(&self) -> (String, StrategyConfig) {
+        let name = self
+            .annotations
+            .get(plugins::ROUTING_STRATEGY_ANNOTATION)
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_STRATEGY.to_owned());
+        let config: StrategyConfig = self
+            .annotations
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((k.strip_prefix(STRATEGY_PARAM_PREFIX)?.to_owned(), v.clone()))
+            })
+            .collect();
+        (name, config)
+    }
+
+    /// A strategy instance: `previous`'s when name and parameters are unchanged, a new one
+    /// otherwise; `None` (reported) when the registry refuses them.
+    fn strategy(
+        &self,
+        name: &str,
+        config: &StrategyConfig,
+        registry: &Registry,
+        previous: Option<&Pool>,
+        issues: &mut Vec<ConfigIssue>,
+    ) -> Option<Arc<dyn Strategy>> {
+        if let Some(p) =
+            previous.filter(|p| p.strategy_name == name && &p.strategy_config == config)
+        {
+            return Some(Arc::clone(&p.strategy));
+        }
+        registry
+            .build(name, config)
+            .map_err(|e| {
+                let (field, value) = match &e {
+                    plugins::RegistryError::Config { source, .. } => (
+                        format!(
+                            "metadata.annotations[{STRATEGY_PARAM_PREFIX}{}]",
+                            source.parameter
+                        ),
+                        source.value.clone(),
+                    ),
+                    plugins::RegistryError::Unknown { name, .. } => (
+                        format!(
+                            "metadata.annotations[{}]",
+                            plugins::ROUTING_STRATEGY_ANNOTATION
+                        ),
+                        name.clone(),
+                    ),
+                };
+                issues.push(self.error(field, value, e.to_string()));
+            })
+            .ok()
+    }
+
+    /// The metric dialect of the pool's model servers (vLLM's without the annotation); `None`
+    /// (reported) for an unknown one.
+    fn engine(&self, issues: &mut Vec<ConfigIssue>) -> Option<Engine> {
+        let Some(value) = self.annotations.get(MODEL_SERVER_RUNTIME_ANNOTATION) else {
+            return Some(Engine::Vllm);
+        };
+        Engine::parse(value).or_else(|| {
+            issues.push(self.error(
+                format!("metadata.annotations[{MODEL_SERVER_RUNTIME_ANNOTATION}]"),
+                value,
+                "unknown model-server runtime; expected vllm, sglang, trtllm or triton",
+            ));
+            None
+        })
+    }
 }
 
 /// Build one pool, reusing endpoint state and the strategy instance from `previous`.
@@ -214,167 +323,31 @@ pub fn build_pool(
     previous: Option<&Snapshot>,
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<Pool> {
-    let object = spec.key.to_string();
-    let mut valid = true;
-    if spec.selector.is_empty() {
-        issues.push(
-            ConfigIssue::error(
-                &object,
-                "spec.selector",
-                "{}",
-                "a pool needs at least one selector label",
-            )
-            .at(spec.origin),
-        );
-        valid = false;
-    }
-    let mut ports = Vec::new();
-    for (i, &port) in spec.target_ports.iter().enumerate() {
-        match u16::try_from(port) {
-            Ok(p) if p > 0 && !ports.contains(&p) => ports.push(p),
-            Ok(p) if p > 0 => {
-                issues.push(
-                    ConfigIssue::error(
-                        &object,
-                        spec.port_field(i),
-                        port,
-                        "target ports must be unique",
-                    )
-                    .at(spec.origin),
-                );
-                valid = false;
-            }
-            _ => {
-                issues.push(
-                    ConfigIssue::error(
-                        &object,
-                        spec.port_field(i),
-                        port,
-                        "must be between 1 and 65535",
-                    )
-                    .at(spec.origin),
-                );
-                valid = false;
-            }
-        }
-    }
-    if ports.is_empty() || ports.len() > 8 {
-        issues.push(
-            ConfigIssue::error(
-                &object,
-                "spec.targetPorts",
-                ports.len(),
-                "a pool needs 1 to 8 target ports",
-            )
-            .at(spec.origin),
-        );
-        valid = false;
-    }
-
-    let strategy_name = spec
-        .annotations
-        .get(plugins::ROUTING_STRATEGY_ANNOTATION)
-        .cloned()
-        .unwrap_or_else(|| DEFAULT_STRATEGY.to_owned());
-    let strategy_config: StrategyConfig = spec
-        .annotations
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix(STRATEGY_PARAM_PREFIX)?.to_owned(), v.clone())))
-        .collect();
+    let ports = spec.checked_ports(issues);
+    let (strategy_name, strategy_config) = spec.strategy_choice();
     let previous_pool = previous.and_then(|s| s.pools.get(&spec.key));
-    let reusable = previous_pool
-        .filter(|p| p.strategy_name == strategy_name && p.strategy_config == strategy_config);
-    let strategy = match reusable {
-        Some(p) => Some(Arc::clone(&p.strategy)),
-        None => match registry.build(&strategy_name, &strategy_config) {
-            Ok(strategy) => Some(strategy),
-            Err(e) => {
-                let field = match &e {
-                    plugins::RegistryError::Config { source, .. } => format!(
-                        "metadata.annotations[{STRATEGY_PARAM_PREFIX}{}]",
-                        source.parameter
-                    ),
-                    plugins::RegistryError::Unknown { .. } => {
-                        format!(
-                            "metadata.annotations[{}]",
-                            plugins::ROUTING_STRATEGY_ANNOTATION
-                        )
-                    }
-                };
-                let value = match &e {
-                    plugins::RegistryError::Config { source, .. } => source.value.clone(),
-                    plugins::RegistryError::Unknown { name, .. } => name.clone(),
-                };
-                issues
-                    .push(ConfigIssue::error(&object, field, value, e.to_string()).at(spec.origin));
-                None
-            }
-        },
-    };
+    let strategy = spec.strategy(
+        &strategy_name,
+        &strategy_config,
+        registry,
+        previous_pool.map(|p| &**p),
+        issues,
+    );
     let resolution = registry.describe(&strategy_name).ok();
-    let pool_engine = match spec.annotations.get(MODEL_SERVER_RUNTIME_ANNOTATION) {
-        None => Some(Engine::Vllm),
-        Some(value) => Engine::parse(value).or_else(|| {
-            issues.push(
-                ConfigIssue::error(
-                    &object,
-                    format!("metadata.annotations[{MODEL_SERVER_RUNTIME_ANNOTATION}]"),
-                    value,
-                    "unknown model-server runtime; expected vllm, sglang, trtllm or triton",
-                )
-                .at(spec.origin),
-            );
-            None
-        }),
-    };
-    let (Some(strategy), Some(resolution), Some(pool_engine), true) =
-        (strategy, resolution, pool_engine, valid)
+    let pool_engine = spec.engine(issues);
+    let (Some(ports), Some(strategy), Some(resolution), Some(pool_engine)) =
+        (ports, strategy, resolution, pool_engine)
     else {
         return None;
     };
-
-    let reuse: HashMap<SocketAddr, &Arc<Endpoint>> = previous_pool
-        .map(|p| p.endpoints.iter().map(|e| (e.id.address(), e)).collect())
-        .unwrap_or_default();
-    let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
-    for pod in selected_pods(pods, &spec.selector) {
-        let Some(ip) = pod_ip(pod) else { continue };
-        let label = pod
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(ENGINE_TYPE_LABEL));
-        let engine = match label {
-            None => pool_engine,
-            Some(value) => Engine::parse(value).unwrap_or_else(|| {
-                issues.push(ConfigIssue::warning(
-                    format!("Pod {}", pod_name(pod)),
-                    format!("metadata.labels[{ENGINE_TYPE_LABEL}]"),
-                    value,
-                    "unknown engine type; the pool's model-server runtime is used",
-                ));
-                pool_engine
-            }),
-        };
-        for &port in &ports {
-            let address = SocketAddr::new(ip, port);
-            let endpoint = match reuse.get(&address).filter(|e| e.engine == engine) {
-                Some(existing) => Arc::clone(existing),
-                None => {
-                    let name = if ports.len() == 1 {
-                        pod_name(pod)
-                    } else {
-                        format!("{}:{port}", pod_name(pod))
-                    };
-                    Arc::new(Endpoint::new(EndpointId::new(address, name), engine))
-                }
-            };
-            endpoints.push(endpoint);
-        }
-    }
-    endpoints.sort_by_key(|e| e.id.address());
-    endpoints.dedup_by_key(|e| e.id.address());
-
+    let endpoints = pool_endpoints(
+        spec,
+        pods,
+        &ports,
+        pool_engine,
+        previous_pool.map(|p| &**p),
+        issues,
+    );
     let changed = previous_pool.is_none_or(|p| {
         p.endpoints.len() != endpoints.len()
             || p.endpoints
@@ -398,174 +371,69 @@ pub fn build_pool(
     })
 }
 
-/// An InferenceModel with where it came from and its order, for "oldest wins".
-#[derive(Debug, Clone, Copy)]
-pub struct ModelObject<'a> {
-    /// The object.
-    pub model: &'a v1alpha2::InferenceModel,
-    /// Its key.
-    pub key: &'a ObjectKey,
-    /// Where it was defined.
-    pub origin: Option<&'a Origin>,
-    /// Source order.
-    pub order: usize,
-}
-
-/// Group InferenceModels by the pool they reference; the oldest of a duplicated model name wins.
-pub fn models_by_pool(
-    models: &[ModelObject<'_>],
-    pool_exists: impl Fn(&ObjectKey) -> bool,
+/// One endpoint per ready selected pod and target port, sorted by address; an endpoint whose
+/// address and engine are unchanged is `previous`'s, with its counters.
+fn pool_endpoints(
+    spec: &PoolSpec<'_>,
+    pods: &[&Pod],
+    ports: &[u16],
+    pool_engine: Engine,
+    previous: Option<&Pool>,
     issues: &mut Vec<ConfigIssue>,
-) -> HashMap<ObjectKey, HashMap<String, Arc<ModelEntry>>> {
-    let mut ordered: Vec<&ModelObject<'_>> = models.iter().collect();
-    ordered.sort_by_key(|m| {
-        let created = m
-            .model
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second());
-        (created.is_none(), created.unwrap_or(0), m.order)
-    });
-    let mut by_pool: HashMap<ObjectKey, HashMap<String, Arc<ModelEntry>>> = HashMap::new();
-    for m in ordered {
-        let Some(entry) = model_entry(m, issues) else {
-            continue;
-        };
-        let spec = &m.model.spec;
-        let pool_key = ObjectKey::new(
-            Kind::InferencePool,
-            m.key.namespace.clone(),
-            spec.pool_ref.name.clone(),
-        );
-        if !pool_exists(&pool_key) {
-            issues.push(
-                ConfigIssue::warning(
-                    m.key.to_string(),
-                    "spec.poolRef.name",
-                    &spec.pool_ref.name,
-                    format!("InferencePool {} does not exist", pool_key.qualified_name()),
-                )
-                .at(m.origin),
-            );
-            continue;
+) -> Vec<Arc<Endpoint>> {
+    let reuse: HashMap<SocketAddr, &Arc<Endpoint>> = previous
+        .map(|p| p.endpoints.iter().map(|e| (e.id.address(), e)).collect())
+        .unwrap_or_default();
+    let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
+    for pod in selected_pods(pods, &spec.selector) {
+        let Some(ip) = pod_ip(pod) else { continue };
+        let engine = pod_engine(pod, pool_engine, issues);
+        for &port in ports {
+            let address = SocketAddr::new(ip, port);
+            let endpoint = match reuse.get(&address).filter(|e| e.engine == engine) {
+                Some(existing) => Arc::clone(existing),
+                None => {
+                    let name = if ports.len() == 1 {
+                        pod_name(pod)
+                    } else {
+                        format!("{}:{port}", pod_name(pod))
+                    };
+                    Arc::new(Endpoint::new(EndpointId::new(address, name), engine))
+                }
+            };
+            endpoints.push(endpoint);
         }
-        let models = by_pool.entry(pool_key).or_default();
-        if let Some(winner) = models.get(&spec.model_name) {
-            issues.push(
-                ConfigIssue::warning(
-                    m.key.to_string(),
-                    "spec.modelName",
-                    &spec.model_name,
-                    format!("already served by the older {}", winner.object),
-                )
-                .because(IssueReason::ModelNameInUse)
-                .at(m.origin),
-            );
-            continue;
-        }
-        models.insert(spec.model_name.clone(), Arc::new(entry));
     }
-    by_pool
+    endpoints.sort_by_key(|e| e.id.address());
+    endpoints.dedup_by_key(|e| e.id.address());
+    endpoints
 }
 
-fn model_entry(m: &ModelObject<'_>, issues: &mut Vec<ConfigIssue>) -> Option<ModelEntry> {
-    let spec = &m.model.spec;
-    let object = m.key.to_string();
-    let before = issues.len();
-    let mut error = |field: String, value: String, reason: &str| {
-        issues.push(ConfigIssue::error(&object, field, value, reason).at(m.origin));
+/// The metric dialect of one pod: its engine-type label's, else its pool's.
+fn pod_engine(pod: &Pod, pool_engine: Engine, issues: &mut Vec<ConfigIssue>) -> Engine {
+    let label = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(ENGINE_TYPE_LABEL));
+    let Some(value) = label else {
+        return pool_engine;
     };
-    if spec.model_name.is_empty() || spec.model_name.len() > MAX_MODEL_NAME_LEN {
-        error(
-            "spec.modelName".into(),
-            spec.model_name.clone(),
-            "must be 1 to 256 characters",
-        );
-    }
-    let group = spec
-        .pool_ref
-        .group
-        .as_deref()
-        .unwrap_or("inference.networking.x-k8s.io");
-    if !matches!(
-        group,
-        "inference.networking.x-k8s.io" | "inference.networking.k8s.io"
-    ) {
-        error(
-            "spec.poolRef.group".into(),
-            group.into(),
-            "must be an Inference Extension API group",
-        );
-    }
-    let kind = spec.pool_ref.kind.as_deref().unwrap_or("InferencePool");
-    if kind != "InferencePool" {
-        error(
-            "spec.poolRef.kind".into(),
-            kind.into(),
-            "must be InferencePool",
-        );
-    }
-    let criticality = match spec.criticality.as_deref() {
-        None => Criticality::Standard,
-        Some(text) => text
-            .parse()
-            .unwrap_or_else(|e: plugins::request::UnknownCriticality| {
-                error("spec.criticality".into(), text.into(), &e.to_string());
-                Criticality::Standard
-            }),
-    };
-    let targets = spec.target_models.clone().unwrap_or_default();
-    if targets.len() > MAX_TARGET_MODELS {
-        error(
-            "spec.targetModels".into(),
-            targets.len().to_string(),
-            "at most 10 target models",
-        );
-    }
-    let weighted = targets.iter().filter(|t| t.weight.is_some()).count();
-    if weighted != 0 && weighted != targets.len() {
-        error(
-            "spec.targetModels".into(),
-            format!("{weighted} of {}", targets.len()),
-            "weights must be set on all target models or on none",
-        );
-    }
-    let mut resolved = Vec::with_capacity(targets.len());
-    for (i, target) in targets.iter().enumerate() {
-        if target.name.is_empty() {
-            error(
-                format!("spec.targetModels[{i}].name"),
-                String::new(),
-                "must not be empty",
-            );
-        }
-        let weight = target.weight.unwrap_or(1);
-        if !(1..=MAX_MODEL_WEIGHT).contains(&weight) {
-            error(
-                format!("spec.targetModels[{i}].weight"),
-                weight.to_string(),
-                "must be between 1 and 1000000",
-            );
-        }
-        resolved.push(TargetModel {
-            name: target.name.clone(),
-            weight: u32::try_from(weight.max(1)).unwrap_or(1),
-        });
-    }
-    (issues.len() == before).then(|| {
-        ModelEntry::new(
-            spec.model_name.clone(),
-            m.key.clone(),
-            criticality,
-            resolved,
-        )
+    Engine::parse(value).unwrap_or_else(|| {
+        issues.push(ConfigIssue::warning(
+            format!("Pod {}", pod_name(pod)),
+            format!("metadata.labels[{ENGINE_TYPE_LABEL}]"),
+            value,
+            "unknown engine type; the pool's model-server runtime is used",
+        ));
+        pool_engine
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Kind;
 
     fn pod(yaml: &str) -> Pod {
         serde_yaml::from_str(yaml).unwrap()

@@ -5,6 +5,7 @@
 //! ([`super::attach`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Display;
 use std::time::Duration;
 
 use gateway_api::gateways::{
@@ -119,6 +120,27 @@ impl ListenerAt<'_, '_> {
         format!("spec.listeners[{}].{name}", self.index)
     }
 
+    /// An error about field `name` of this listener (for its port, [`Self::port_error`]).
+    fn error(&self, name: &str, value: impl Display, message: impl Into<String>) -> ConfigIssue {
+        self.gateway
+            .error(self.field(name), value, message)
+            .about(Subject::Listener(self.index))
+    }
+
+    /// A warning about field `name` of this listener.
+    fn warning(&self, name: &str, value: impl Display, message: impl Into<String>) -> ConfigIssue {
+        self.gateway
+            .warning(self.field(name), value, message)
+            .about(Subject::Listener(self.index))
+    }
+
+    /// An error about this listener's port.
+    fn port_error(&self, value: impl Display, message: impl Into<String>) -> ConfigIssue {
+        self.gateway
+            .error(self.field("port"), value, message)
+            .about(Subject::ListenerPort(self.index))
+    }
+
     /// The listener, when it can be served beside the listeners `before` it.
     fn build(
         &self,
@@ -127,65 +149,7 @@ impl ListenerAt<'_, '_> {
         issues: &mut Vec<ConfigIssue>,
     ) -> Option<ListenerBuild> {
         let (gateway, listener) = (self.gateway, self.listener);
-        if before
-            .iter()
-            .any(|l| l.gateway == gateway.key && l.name == listener.name)
-        {
-            issues.push(
-                gateway
-                    .error(
-                        self.field("name"),
-                        &listener.name,
-                        "listener names must be unique",
-                    )
-                    .about(Subject::Listener(self.index)),
-            );
-            return None;
-        }
-        if listener.protocol != "HTTP" {
-            issues.push(
-                gateway
-                    .warning(
-                        self.field("protocol"),
-                        &listener.protocol,
-                        "only HTTP listeners are served; this listener is skipped",
-                    )
-                    .because(IssueReason::UnsupportedProtocol)
-                    .about(Subject::Listener(self.index)),
-            );
-            return None;
-        }
-        let Some(port) = u16::try_from(listener.port).ok().filter(|p| *p > 0) else {
-            issues.push(
-                gateway
-                    .error(
-                        self.field("port"),
-                        listener.port,
-                        "must be between 1 and 65535",
-                    )
-                    .about(Subject::ListenerPort(self.index)),
-            );
-            return None;
-        };
-        if let Some(other) = before
-            .iter()
-            .find(|l| l.port == port && l.hostname == listener.hostname)
-        {
-            issues.push(
-                gateway
-                    .error(
-                        self.field("port"),
-                        port,
-                        format!(
-                            "listener {} of {} already serves this port and hostname",
-                            other.name, other.gateway
-                        ),
-                    )
-                    .because(IssueReason::HostnameConflict)
-                    .about(Subject::ListenerPort(self.index)),
-            );
-            return None;
-        }
+        let port = self.servable_port(before, issues)?;
         let (namespaces, allows_http_routes) = match &listener.allowed_routes {
             None => (AllowedNamespaces::Same, true),
             Some(allowed) => {
@@ -211,6 +175,50 @@ impl ListenerAt<'_, '_> {
         })
     }
 
+    /// The port to serve the listener on; `None` (reported) when its name is taken, its
+    /// protocol is not HTTP, or its port is out of range or already serves its hostname.
+    fn servable_port(
+        &self,
+        before: &[ListenerBuild],
+        issues: &mut Vec<ConfigIssue>,
+    ) -> Option<u16> {
+        let listener = self.listener;
+        let port = u16::try_from(listener.port).ok().filter(|p| *p > 0);
+        let conflict = port.and_then(|port| {
+            before
+                .iter()
+                .find(|l| l.port == port && l.hostname == listener.hostname)
+        });
+        let refusal = if before
+            .iter()
+            .any(|l| l.gateway == self.gateway.key && l.name == listener.name)
+        {
+            self.error("name", &listener.name, "listener names must be unique")
+        } else if listener.protocol != "HTTP" {
+            self.warning(
+                "protocol",
+                &listener.protocol,
+                "only HTTP listeners are served; this listener is skipped",
+            )
+            .because(IssueReason::UnsupportedProtocol)
+        } else if port.is_none() {
+            self.port_error(listener.port, "must be between 1 and 65535")
+        } else if let Some(other) = conflict {
+            self.port_error(
+                listener.port,
+                format!(
+                    "listener {} of {} already serves this port and hostname",
+                    other.name, other.gateway
+                ),
+            )
+            .because(IssueReason::HostnameConflict)
+        } else {
+            return port;
+        };
+        issues.push(refusal);
+        None
+    }
+
     /// Whether `allowedRoutes.kinds` admits HTTPRoutes.
     fn allows_http_routes(
         &self,
@@ -224,14 +232,12 @@ impl ListenerAt<'_, '_> {
         });
         if !kinds_ok {
             issues.push(
-                self.gateway
-                    .warning(
-                        self.field("allowedRoutes.kinds"),
-                        "",
-                        "HTTPRoute is not allowed, so no route attaches",
-                    )
-                    .because(IssueReason::InvalidRouteKinds)
-                    .about(Subject::Listener(self.index)),
+                self.warning(
+                    "allowedRoutes.kinds",
+                    "",
+                    "HTTPRoute is not allowed, so no route attaches",
+                )
+                .because(IssueReason::InvalidRouteKinds),
             );
         }
         kinds_ok
@@ -256,15 +262,11 @@ impl ListenerAt<'_, '_> {
                 if selector
                     .is_some_and(|s| s.match_expressions.as_ref().is_some_and(|e| !e.is_empty()))
                 {
-                    issues.push(
-                        self.gateway
-                            .warning(
-                                self.field("allowedRoutes.namespaces.selector.matchExpressions"),
-                                "",
-                                "matchExpressions are not supported; only matchLabels are used",
-                            )
-                            .about(Subject::Listener(self.index)),
-                    );
+                    issues.push(self.warning(
+                        "allowedRoutes.namespaces.selector.matchExpressions",
+                        "",
+                        "matchExpressions are not supported; only matchLabels are used",
+                    ));
                 }
                 AllowedNamespaces::Selector(
                     selector

@@ -8,14 +8,15 @@
 //!
 //! The passes, one module each: [`index`] sorts the objects by kind, [`listeners`] finds our
 //! Gateways' listeners, [`attach`] attaches routes to them, [`matches`] and [`actions`] turn a
-//! rule into matches and weighted backends. Pools and models are built by
-//! [`super::backends`]. The build reads objects only: it does no I/O and writes no status.
+//! rule into matches and weighted backends, [`models`] groups InferenceModels by pool. Pools and
+//! Service endpoints are built by [`super::backends`]. The build reads objects only: it does no I/O and writes no status.
 
 mod actions;
 mod attach;
 mod index;
 mod listeners;
 mod matches;
+mod models;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use plugins::Registry;
 
 use super::Snapshot;
-use super::backends::{self, ModelObject};
+use super::backends;
 use crate::config::{ConfigIssue, ObjectSet};
 use index::Index;
 use listeners::ListenerBuild;
@@ -75,18 +76,8 @@ fn build_pools(
     snapshot: &mut Snapshot,
     issues: &mut Vec<ConfigIssue>,
 ) {
-    let model_objects: Vec<ModelObject<'_>> = index
-        .models
-        .iter()
-        .map(|m| ModelObject {
-            model: m.object,
-            key: &m.key,
-            origin: m.origin,
-            order: m.order,
-        })
-        .collect();
     let pool_exists = |key: &_| index.pools.iter().any(|p| &p.key == key);
-    let mut models = backends::models_by_pool(&model_objects, pool_exists, issues);
+    let mut models = models::models_by_pool(&index.models, pool_exists, issues);
     for spec in &index.pools {
         let pool_models = models.remove(&spec.key).unwrap_or_default();
         let pods = index.pods_in(&spec.key.namespace);

@@ -99,84 +99,18 @@ pub(super) fn gateway_status(
         if !names.insert(listener.name.as_str()) {
             continue;
         }
-        let mine: Vec<&ConfigIssue> = gateway_issues
-            .iter()
-            .copied()
-            .filter(|issue| issue.subject.listener() == Some(i))
-            .collect();
-        let mut desired = Vec::new();
-        let protocol = with_reason(&mine, IssueReason::UnsupportedProtocol);
-        let port: Vec<&ConfigIssue> = mine
-            .iter()
-            .copied()
-            .filter(|issue| issue.subject == Subject::ListenerPort(i))
-            .collect();
-        let conflicted = with_reason(&port, IssueReason::HostnameConflict);
-        let kinds = with_reason(&mine, IssueReason::InvalidRouteKinds);
-        match served.get(listener.name.as_str()) {
-            Some((port, _)) => {
-                any_accepted = true;
-                desired.push(Desired::ok("Accepted", "Accepted", "Listener is valid"));
-                if cx.bound_ports.contains(port) {
-                    any_programmed = true;
-                    desired.push(Desired::ok(
-                        "Programmed",
-                        "Programmed",
-                        format!("Serving on port {port}"),
-                    ));
-                } else {
-                    desired.push(Desired::fail(
-                        "Programmed",
-                        "Pending",
-                        format!(
-                            "Port {port} is bound when the gateway restarts (listener ports are fixed at start-up)"
-                        ),
-                    ));
-                }
-            }
-            None => {
-                let (reason, message) = if !protocol.is_empty() {
-                    (
-                        IssueReason::UnsupportedProtocol.as_str(),
-                        messages(&protocol),
-                    )
-                } else if !port.is_empty() {
-                    ("PortUnavailable", messages(&port))
-                } else {
-                    ("Invalid", messages(&mine))
-                };
-                desired.push(Desired::fail("Accepted", reason, message.clone()));
-                desired.push(Desired::fail("Programmed", "Invalid", message));
-            }
-        }
-        desired.push(if kinds.is_empty() {
-            Desired::ok("ResolvedRefs", "ResolvedRefs", "All references resolved")
-        } else {
-            Desired::fail(
-                "ResolvedRefs",
-                IssueReason::InvalidRouteKinds.as_str(),
-                messages(&kinds),
-            )
-        });
-        // `Conflicted` holds when there is a conflict.
-        desired.push(if conflicted.is_empty() {
-            Desired::fail("Conflicted", "NoConflicts", "No conflicts")
-        } else {
-            Desired::ok(
-                "Conflicted",
-                IssueReason::HostnameConflict.as_str(),
-                messages(&conflicted),
-            )
-        });
+        let served = served.get(listener.name.as_str());
+        let listener_issues = ListenerIssues::new(gateway_issues, i);
+        let (desired, accepted, programmed) =
+            listener_issues.conditions(served.map(|(port, _)| *port), cx.bound_ports);
+        any_accepted |= accepted;
+        any_programmed |= programmed;
         let existing = existing_listeners
             .iter()
             .find(|l| l.get("name").and_then(Value::as_str) == Some(listener.name.as_str()))
             .map(|l| existing_conditions(Some(l), &["conditions"]))
             .unwrap_or_default();
-        let attached = served
-            .get(listener.name.as_str())
-            .map_or(0, |(_, routes)| routes.len());
-        let supported = if kinds.is_empty() && protocol.is_empty() {
+        let supported = if listener_issues.kinds.is_empty() && listener_issues.protocol.is_empty() {
             json!([{"group": GATEWAY_GROUP, "kind": "HTTPRoute"}])
         } else {
             json!([])
@@ -184,35 +118,11 @@ pub(super) fn gateway_status(
         listeners.push(json!({
             "name": listener.name,
             "supportedKinds": supported,
-            "attachedRoutes": attached,
+            "attachedRoutes": served.map_or(0, |(_, routes)| routes.len()),
             "conditions": conditions(desired, &existing, generation, &cx.now),
         }));
     }
-    let mut desired = Vec::new();
-    desired.push(if any_accepted {
-        Desired::ok("Accepted", "Accepted", "Gateway is accepted")
-    } else {
-        Desired::fail(
-            "Accepted",
-            "ListenersNotValid",
-            "No listener is valid (only HTTP listeners are supported)",
-        )
-    });
-    desired.push(
-        if let (true, Some(Err(why))) = (any_programmed, addresses) {
-            Desired::fail("Programmed", "AddressNotAssigned", why.clone())
-        } else if any_programmed {
-            Desired::ok("Programmed", "Programmed", "Gateway is serving")
-        } else if any_accepted {
-            Desired::fail(
-                "Programmed",
-                "Pending",
-                "Listener ports are bound when the gateway restarts",
-            )
-        } else {
-            Desired::fail("Programmed", "Invalid", "No listener is valid")
-        },
-    );
+    let desired = gateway_conditions(any_accepted, any_programmed, addresses);
     let existing = existing_conditions(status.as_ref(), &["conditions"]);
     let mut patch = json!({
         "conditions": conditions(desired, &existing, generation, &cx.now),
@@ -226,5 +136,132 @@ pub(super) fn gateway_status(
         namespace: gateway.key.namespace.clone(),
         name: gateway.key.name.clone(),
         patch,
+    }
+}
+
+/// The Gateway's own conditions, from whether any listener is accepted and programmed.
+fn gateway_conditions(
+    any_accepted: bool,
+    any_programmed: bool,
+    addresses: Option<&Result<Vec<Value>, String>>,
+) -> Vec<Desired> {
+    let accepted = if any_accepted {
+        Desired::ok("Accepted", "Accepted", "Gateway is accepted")
+    } else {
+        Desired::fail(
+            "Accepted",
+            "ListenersNotValid",
+            "No listener is valid (only HTTP listeners are supported)",
+        )
+    };
+    let programmed = if let (true, Some(Err(why))) = (any_programmed, addresses) {
+        Desired::fail("Programmed", "AddressNotAssigned", why.clone())
+    } else if any_programmed {
+        Desired::ok("Programmed", "Programmed", "Gateway is serving")
+    } else if any_accepted {
+        Desired::fail(
+            "Programmed",
+            "Pending",
+            "Listener ports are bound when the gateway restarts",
+        )
+    } else {
+        Desired::fail("Programmed", "Invalid", "No listener is valid")
+    };
+    vec![accepted, programmed]
+}
+
+/// The issues about one listener, by the condition they bear on.
+struct ListenerIssues<'a> {
+    /// Every issue about the listener.
+    all: Vec<&'a ConfigIssue>,
+    /// Its protocol is not HTTP.
+    protocol: Vec<&'a ConfigIssue>,
+    /// Its port is out of range or already serves its hostname.
+    port: Vec<&'a ConfigIssue>,
+    /// Another listener serves its port and hostname.
+    conflicted: Vec<&'a ConfigIssue>,
+    /// Its `allowedRoutes.kinds` leaves out HTTPRoute.
+    kinds: Vec<&'a ConfigIssue>,
+}
+
+impl<'a> ListenerIssues<'a> {
+    /// The issues about listener `index` among a Gateway's.
+    fn new(gateway_issues: &[&'a ConfigIssue], index: usize) -> Self {
+        let all: Vec<&ConfigIssue> = gateway_issues
+            .iter()
+            .copied()
+            .filter(|issue| issue.subject.listener() == Some(index))
+            .collect();
+        let port: Vec<&ConfigIssue> = all
+            .iter()
+            .copied()
+            .filter(|issue| issue.subject == Subject::ListenerPort(index))
+            .collect();
+        ListenerIssues {
+            protocol: with_reason(&all, IssueReason::UnsupportedProtocol),
+            conflicted: with_reason(&port, IssueReason::HostnameConflict),
+            kinds: with_reason(&all, IssueReason::InvalidRouteKinds),
+            port,
+            all,
+        }
+    }
+
+    /// The listener's conditions, and whether it is accepted and programmed. `served` is the
+    /// port it is served on, when the build kept it.
+    fn conditions(&self, served: Option<u16>, bound_ports: &[u16]) -> (Vec<Desired>, bool, bool) {
+        let mut desired = Vec::new();
+        let (accepted, programmed) = match served {
+            Some(port) => {
+                desired.push(Desired::ok("Accepted", "Accepted", "Listener is valid"));
+                let programmed = bound_ports.contains(&port);
+                desired.push(if programmed {
+                    Desired::ok("Programmed", "Programmed", format!("Serving on port {port}"))
+                } else {
+                    Desired::fail(
+                        "Programmed",
+                        "Pending",
+                        format!(
+                            "Port {port} is bound when the gateway restarts (listener ports are fixed at start-up)"
+                        ),
+                    )
+                });
+                (true, programmed)
+            }
+            None => {
+                let (reason, message) = if !self.protocol.is_empty() {
+                    (
+                        IssueReason::UnsupportedProtocol.as_str(),
+                        messages(&self.protocol),
+                    )
+                } else if !self.port.is_empty() {
+                    ("PortUnavailable", messages(&self.port))
+                } else {
+                    ("Invalid", messages(&self.all))
+                };
+                desired.push(Desired::fail("Accepted", reason, message.clone()));
+                desired.push(Desired::fail("Programmed", "Invalid", message));
+                (false, false)
+            }
+        };
+        desired.push(if self.kinds.is_empty() {
+            Desired::ok("ResolvedRefs", "ResolvedRefs", "All references resolved")
+        } else {
+            Desired::fail(
+                "ResolvedRefs",
+                IssueReason::InvalidRouteKinds.as_str(),
+                messages(&self.kinds),
+            )
+        });
+        // `Conflicted` holds when there is a conflict.
+        desired.push(if self.conflicted.is_empty() {
+            Desired::fail("Conflicted", "NoConflicts", "No conflicts")
+        } else {
+            Desired::ok(
+                "Conflicted",
+                IssueReason::HostnameConflict.as_str(),
+                messages(&self.conflicted),
+            )
+        });
+        (desired, accepted, programmed)
     }
 }

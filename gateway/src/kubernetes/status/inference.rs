@@ -66,32 +66,11 @@ pub(super) fn pool_status(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let is_ours = |entry: &Value| {
-        let parent = entry.get("parentRef");
-        let kind = parent.and_then(|p| p.get("kind")).and_then(Value::as_str);
-        if kind == Some("Status") {
-            return true; // The CRD's "waiting for controller" placeholder.
-        }
-        match object {
-            Object::PoolV1(_) => {
-                entry.get("controllerName").and_then(Value::as_str) == Some(cx.controller_name)
-            }
-            _ => {
-                let name = parent.and_then(|p| p.get("name")).and_then(Value::as_str);
-                let namespace = parent
-                    .and_then(|p| p.get("namespace"))
-                    .and_then(Value::as_str)
-                    .unwrap_or(&key.namespace);
-                kind == Some("Gateway")
-                    && name.is_some_and(|n| {
-                        parents
-                            .keys()
-                            .any(|g| g.name == n && g.namespace == namespace)
-                    })
-            }
-        }
-    };
-    let others: Vec<Value> = existing.iter().filter(|e| !is_ours(e)).cloned().collect();
+    let others: Vec<Value> = existing
+        .iter()
+        .filter(|e| !is_our_entry(e, kind, key, &parents, cx.controller_name))
+        .cloned()
+        .collect();
     if parents.is_empty() && others.len() == existing.len() {
         return None;
     }
@@ -102,7 +81,106 @@ pub(super) fn pool_status(
         .filter(|i| i.severity == Severity::Error)
         .collect();
     let valid = snapshot.pools.contains_key(key) && errors.is_empty();
-    let resolved = match picker_ref(object) {
+    let resolved = picker_condition(object, key, services);
+    let not_supported = if kind == StatusKind::PoolV1 {
+        "NotSupportedByParent"
+    } else {
+        "NotSupportedByGateway"
+    };
+    let mut entries = others;
+    for (gateway, route_accepted) in &parents {
+        let accepted = if !valid {
+            Desired::fail("Accepted", not_supported, messages(&errors))
+        } else if *route_accepted {
+            Desired::ok("Accepted", "Accepted", "Routed to by an accepted HTTPRoute")
+        } else {
+            Desired::fail(
+                "Accepted",
+                "HTTPRouteNotAccepted",
+                "No HTTPRoute that names this pool is accepted by the Gateway",
+            )
+        };
+        let conditions = conditions(
+            vec![accepted, resolved.clone()],
+            &entry_conditions(&existing, gateway),
+            meta.generation,
+            &cx.now,
+        );
+        entries.push(parent_entry(kind, gateway, conditions, cx.controller_name));
+    }
+    Some(StatusUpdate {
+        kind,
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        patch: json!({ list_field: entries }),
+    })
+}
+
+/// Whether an existing parent entry of pool `key` is ours to replace: the CRD's placeholder, a v1
+/// entry with our controllerName, or a v1alpha2 entry for one of the Gateways in `parents`.
+fn is_our_entry(
+    entry: &Value,
+    kind: StatusKind,
+    key: &ObjectKey,
+    parents: &BTreeMap<ObjectKey, bool>,
+    controller_name: &str,
+) -> bool {
+    let parent = entry.get("parentRef");
+    let parent_kind = parent.and_then(|p| p.get("kind")).and_then(Value::as_str);
+    if parent_kind == Some("Status") {
+        return true; // The CRD's "waiting for controller" placeholder.
+    }
+    if kind == StatusKind::PoolV1 {
+        return entry.get("controllerName").and_then(Value::as_str) == Some(controller_name);
+    }
+    let name = parent.and_then(|p| p.get("name")).and_then(Value::as_str);
+    let namespace = parent
+        .and_then(|p| p.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or(&key.namespace);
+    parent_kind == Some("Gateway")
+        && name.is_some_and(|n| {
+            parents
+                .keys()
+                .any(|g| g.name == n && g.namespace == namespace)
+        })
+}
+
+/// The conditions of the existing parent entry for `gateway`, if there is one.
+fn entry_conditions(existing: &[Value], gateway: &ObjectKey) -> Vec<Condition> {
+    existing
+        .iter()
+        .find(|e| {
+            let p = e.get("parentRef");
+            p.and_then(|p| p.get("name")).and_then(Value::as_str) == Some(gateway.name.as_str())
+                && p.and_then(|p| p.get("namespace")).and_then(Value::as_str)
+                    == Some(gateway.namespace.as_str())
+                && p.and_then(|p| p.get("kind")).and_then(Value::as_str) == Some("Gateway")
+        })
+        .map(|e| existing_conditions(Some(e), &["conditions"]))
+        .unwrap_or_default()
+}
+
+/// One parent entry of a pool's status, in the shape of its API version.
+fn parent_entry(
+    kind: StatusKind,
+    gateway: &ObjectKey,
+    conditions: Vec<Condition>,
+    controller_name: &str,
+) -> Value {
+    if kind == StatusKind::PoolV1 {
+        let parent_ref = json!({"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": gateway.namespace, "name": gateway.name});
+        json!({"parentRef": parent_ref, "controllerName": controller_name, "conditions": conditions})
+    } else {
+        let parent_ref = json!({"apiVersion": format!("{GATEWAY_GROUP}/v1"), "kind": "Gateway", "namespace": gateway.namespace, "name": gateway.name});
+        json!({"parentRef": parent_ref, "conditions": conditions})
+    }
+}
+
+/// The `ResolvedRefs` condition of a pool: whether its endpoint picker reference names an
+/// existing Service (the gateway never calls it, so routing does not depend on it).
+fn picker_condition(object: &Object, key: &ObjectKey, services: &BTreeSet<ObjectKey>) -> Desired {
+    match picker_ref(object) {
         None => Desired::ok(
             "ResolvedRefs",
             "ResolvedRefs",
@@ -137,59 +215,7 @@ pub(super) fn pool_status(
                 )
             }
         }
-    };
-    let not_supported = if kind == StatusKind::PoolV1 {
-        "NotSupportedByParent"
-    } else {
-        "NotSupportedByGateway"
-    };
-    let mut entries = others;
-    for (gateway, route_accepted) in &parents {
-        let accepted = if !valid {
-            Desired::fail("Accepted", not_supported, messages(&errors))
-        } else if *route_accepted {
-            Desired::ok("Accepted", "Accepted", "Routed to by an accepted HTTPRoute")
-        } else {
-            Desired::fail(
-                "Accepted",
-                "HTTPRouteNotAccepted",
-                "No HTTPRoute that names this pool is accepted by the Gateway",
-            )
-        };
-        let parent_ref = if kind == StatusKind::PoolV1 {
-            json!({"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": gateway.namespace, "name": gateway.name})
-        } else {
-            json!({"apiVersion": format!("{GATEWAY_GROUP}/v1"), "kind": "Gateway", "namespace": gateway.namespace, "name": gateway.name})
-        };
-        let previous = existing
-            .iter()
-            .find(|e| {
-                let p = e.get("parentRef");
-                p.and_then(|p| p.get("name")).and_then(Value::as_str) == Some(gateway.name.as_str())
-                    && p.and_then(|p| p.get("namespace")).and_then(Value::as_str)
-                        == Some(gateway.namespace.as_str())
-                    && p.and_then(|p| p.get("kind")).and_then(Value::as_str) == Some("Gateway")
-            })
-            .map(|e| existing_conditions(Some(e), &["conditions"]))
-            .unwrap_or_default();
-        let conditions = conditions(
-            vec![accepted, resolved.clone()],
-            &previous,
-            meta.generation,
-            &cx.now,
-        );
-        entries.push(if kind == StatusKind::PoolV1 {
-            json!({"parentRef": parent_ref, "controllerName": cx.controller_name, "conditions": conditions})
-        } else {
-            json!({"parentRef": parent_ref, "conditions": conditions})
-        });
     }
-    Some(StatusUpdate {
-        kind,
-        namespace: key.namespace.clone(),
-        name: key.name.clone(),
-        patch: json!({ list_field: entries }),
-    })
 }
 
 pub(super) fn model_status(

@@ -181,126 +181,166 @@ pub fn compute(
     issues: &[ConfigIssue],
     cx: &StatusContext<'_>,
 ) -> Vec<StatusUpdate> {
-    let issues = Issues::new(issues);
-    let mut updates = Vec::new();
+    let mut computation = Computation {
+        objects,
+        snapshot,
+        issues: Issues::new(issues),
+        cx,
+        updates: Vec::new(),
+    };
+    let our_classes = computation.classes();
+    computation.gateways(&our_classes);
+    let parents_of_pool = computation.routes();
+    computation.pools_and_models(&parents_of_pool);
+    computation.updates
+}
 
-    let mut our_classes = BTreeSet::new();
-    for document in objects.iter() {
-        if let Object::GatewayClass(class) = &document.object
-            && class.spec.controller_name == cx.controller_name
-        {
+/// One status computation: its inputs, and the updates so far.
+struct Computation<'a> {
+    objects: &'a ObjectSet,
+    snapshot: &'a Snapshot,
+    issues: Issues<'a>,
+    cx: &'a StatusContext<'a>,
+    updates: Vec<StatusUpdate>,
+}
+
+impl Computation<'_> {
+    /// The GatewayClasses naming our controller are accepted; their names.
+    fn classes(&mut self) -> BTreeSet<String> {
+        let cx = self.cx;
+        let mut our_classes = BTreeSet::new();
+        for document in self.objects.iter() {
+            if let Object::GatewayClass(class) = &document.object
+                && class.spec.controller_name == cx.controller_name
+            {
+                let key = document.object.key();
+                our_classes.insert(key.name.clone());
+                let existing = existing_conditions(
+                    status_json(class.status.as_ref()).as_ref(),
+                    &["conditions"],
+                );
+                let desired = vec![Desired::ok(
+                    "Accepted",
+                    "Accepted",
+                    format!("Handled by {}", cx.controller_name),
+                )];
+                self.updates.push(StatusUpdate {
+                    kind: StatusKind::GatewayClass,
+                    namespace: String::new(),
+                    name: key.name,
+                    patch: json!({"conditions": conditions(desired, &existing, class.metadata.generation, &cx.now)}),
+                });
+            }
+        }
+        our_classes
+    }
+
+    /// The Gateways of `our_classes`.
+    fn gateways(&mut self, our_classes: &BTreeSet<String>) {
+        let addresses = self
+            .cx
+            .gateway_service
+            .map(|key| service_addresses(self.objects, key));
+        for document in self.objects.iter() {
+            let Object::Gateway(g) = &document.object else {
+                continue;
+            };
+            if !our_classes.contains(&g.spec.gateway_class_name) {
+                continue;
+            }
+            let gateway = OurGateway {
+                key: document.object.key(),
+                meta: &g.metadata,
+                gateway: g,
+            };
+            let update = gateway_status(
+                &gateway,
+                self.snapshot,
+                &self.issues,
+                addresses.as_ref(),
+                self.cx,
+            );
+            self.updates.push(update);
+        }
+    }
+
+    /// The HTTPRoutes naming our Gateways (as the build recorded); for each pool a route names,
+    /// the Gateways of ours the route names and whether one of them accepted it.
+    fn routes(&mut self) -> BTreeMap<ObjectKey, BTreeMap<ObjectKey, bool>> {
+        let mut parents_of_pool: BTreeMap<ObjectKey, BTreeMap<ObjectKey, bool>> = BTreeMap::new();
+        for document in self.objects.iter() {
+            let Object::HttpRoute(route) = &document.object else {
+                continue;
+            };
             let key = document.object.key();
-            our_classes.insert(key.name.clone());
-            let existing =
-                existing_conditions(status_json(class.status.as_ref()).as_ref(), &["conditions"]);
-            let desired = vec![Desired::ok(
-                "Accepted",
-                "Accepted",
-                format!("Handled by {}", cx.controller_name),
-            )];
-            updates.push(StatusUpdate {
-                kind: StatusKind::GatewayClass,
-                namespace: String::new(),
-                name: key.name,
-                patch: json!({"conditions": conditions(desired, &existing, class.metadata.generation, &cx.now)}),
-            });
-        }
-    }
-
-    let gateways: Vec<OurGateway<'_>> = objects
-        .iter()
-        .filter_map(|d| match &d.object {
-            Object::Gateway(g) if our_classes.contains(&g.spec.gateway_class_name) => {
-                Some(OurGateway {
-                    key: d.object.key(),
-                    meta: &g.metadata,
-                    gateway: g,
-                })
+            let parents = self
+                .snapshot
+                .route_parents
+                .get(&key)
+                .map_or(&[][..], Vec::as_slice);
+            let (update, referenced) = route_status(route, &key, parents, &self.issues, self.cx);
+            self.updates.extend(update);
+            for pool in route_pools(route, &key) {
+                for (gateway, is_accepted) in &referenced {
+                    let entry = parents_of_pool
+                        .entry(pool.clone())
+                        .or_default()
+                        .entry(gateway.clone())
+                        .or_insert(false);
+                    *entry |= *is_accepted;
+                }
             }
-            _ => None,
-        })
-        .collect();
-    let addresses = cx
-        .gateway_service
-        .map(|key| service_addresses(objects, key));
-    for gateway in &gateways {
-        updates.push(gateway_status(
-            gateway,
-            snapshot,
-            &issues,
-            addresses.as_ref(),
-            cx,
-        ));
+        }
+        parents_of_pool
     }
 
-    // Routes: which of our Gateways accepted each (as the build recorded), and which pools each
-    // names.
-    let mut parents_of_pool: BTreeMap<ObjectKey, BTreeMap<ObjectKey, bool>> = BTreeMap::new();
-    for document in objects.iter() {
-        let Object::HttpRoute(route) = &document.object else {
-            continue;
-        };
-        let key = document.object.key();
-        let parents = snapshot
-            .route_parents
-            .get(&key)
-            .map_or(&[][..], Vec::as_slice);
-        let (update, referenced) = route_status(route, &key, parents, &issues, cx);
-        if let Some(update) = update {
-            updates.push(update);
+    /// The pools, with `parents_of_pool` from [`Self::routes`], and the models of pools our
+    /// Gateways route to.
+    fn pools_and_models(
+        &mut self,
+        parents_of_pool: &BTreeMap<ObjectKey, BTreeMap<ObjectKey, bool>>,
+    ) {
+        let services: BTreeSet<ObjectKey> = self
+            .objects
+            .iter()
+            .filter(|d| matches!(d.object, Object::Service(_)))
+            .map(|d| d.object.key())
+            .collect();
+        let mut served_pools = BTreeSet::new();
+        for document in self.objects.iter() {
+            let key = document.object.key();
+            let parents = parents_of_pool.get(&key);
+            if let Some(update) = pool_status(
+                &document.object,
+                &key,
+                parents,
+                &services,
+                self.snapshot,
+                &self.issues,
+                self.cx,
+            ) {
+                if parents.is_some_and(|p| !p.is_empty()) {
+                    served_pools.insert(key);
+                }
+                self.updates.push(update);
+            }
         }
-        for pool in route_pools(route, &key) {
-            for (gateway, is_accepted) in &referenced {
-                let entry = parents_of_pool
-                    .entry(pool.clone())
-                    .or_default()
-                    .entry(gateway.clone())
-                    .or_insert(false);
-                *entry |= *is_accepted;
+        for document in self.objects.iter() {
+            let Object::InferenceModel(model) = &document.object else {
+                continue;
+            };
+            let key = document.object.key();
+            let pool = ObjectKey::new(
+                Kind::InferencePool,
+                key.namespace.clone(),
+                model.spec.pool_ref.name.clone(),
+            );
+            if served_pools.contains(&pool) {
+                self.updates
+                    .push(model_status(model, &key, &self.issues, self.cx));
             }
         }
     }
-
-    // Pools, and the models of pools our Gateways route to.
-    let services: BTreeSet<ObjectKey> = objects
-        .iter()
-        .filter(|d| matches!(d.object, Object::Service(_)))
-        .map(|d| d.object.key())
-        .collect();
-    let mut served_pools = BTreeSet::new();
-    for document in objects.iter() {
-        let key = document.object.key();
-        let parents = parents_of_pool.get(&key);
-        if let Some(update) = pool_status(
-            &document.object,
-            &key,
-            parents,
-            &services,
-            snapshot,
-            &issues,
-            cx,
-        ) {
-            if parents.is_some_and(|p| !p.is_empty()) {
-                served_pools.insert(key);
-            }
-            updates.push(update);
-        }
-    }
-    for document in objects.iter() {
-        let Object::InferenceModel(model) = &document.object else {
-            continue;
-        };
-        let key = document.object.key();
-        let pool = ObjectKey::new(
-            Kind::InferencePool,
-            key.namespace.clone(),
-            model.spec.pool_ref.name.clone(),
-        );
-        if served_pools.contains(&pool) {
-            updates.push(model_status(model, &key, &issues, cx));
-        }
-    }
-    updates
 }
 
 #[cfg(test)]

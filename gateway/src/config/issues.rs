@@ -200,4 +200,54 @@ mod tests {
              spec.rules[0].backendRefs[0].weight = \"-1\": must be between 0 and 1000000"
         );
     }
+
+    #[test]
+    fn a_reason_prints_before_the_message_as_it_always_has() {
+        let origin = Origin {
+            file: "routes.yaml".into(),
+            document: 2,
+        };
+        let issue = ConfigIssue::warning(
+            "HTTPRoute default/chat",
+            "spec.parentRefs[1]",
+            "nope",
+            "Gateway default/gw has no such HTTP listener",
+        )
+        .because(IssueReason::NoMatchingParent)
+        .about(Subject::ParentRef(1))
+        .at(Some(&origin));
+        let printed = "warning: HTTPRoute default/chat (routes.yaml, document 2): \
+                       spec.parentRefs[1] = \"nope\": NoMatchingParent: Gateway default/gw has no such HTTP listener";
+        assert_eq!(issue.to_string(), printed);
+        assert_eq!(
+            issue.explanation(),
+            "NoMatchingParent: Gateway default/gw has no such HTTP listener"
+        );
+        assert_eq!(
+            serde_json::to_value(&issue).unwrap(),
+            serde_json::json!({
+                "severity": "warning",
+                "object": "HTTPRoute default/chat",
+                "origin": {"file": "routes.yaml", "document": 2},
+                "field": "spec.parentRefs[1]",
+                "value": "nope",
+                "reason": "NoMatchingParent: Gateway default/gw has no such HTTP listener",
+            })
+        );
+
+        // A hostname conflict prints as the condition it sets.
+        let conflict = ConfigIssue::error(
+            "Gateway default/gw",
+            "spec.listeners[1].port",
+            8080,
+            "listener a of Gateway default/gw already serves this port and hostname",
+        )
+        .because(IssueReason::HostnameConflict);
+        assert_eq!(
+            conflict.to_string(),
+            "error: Gateway default/gw: spec.listeners[1].port = \"8080\": Conflicted: \
+             listener a of Gateway default/gw already serves this port and hostname"
+        );
+        assert_eq!(IssueReason::HostnameConflict.as_str(), "HostnameConflict");
+    }
 }

@@ -70,17 +70,30 @@ metadata: {name: s}
 spec: {selector: {app: q}, ports: [{port: 80}]}
 ";
 
-fn compute_yaml(yaml: &str, bound: &[u16], service: Option<&ObjectKey>) -> Vec<StatusUpdate> {
+fn objects_of(yaml: &str) -> ObjectSet {
     let mut objects = ObjectSet::default();
     let parse = objects.add_yaml(yaml, std::path::Path::new("t.yaml"));
     assert!(parse.is_empty(), "{parse:?}");
+    objects
+}
+
+fn build_objects(objects: &ObjectSet) -> (Snapshot, Vec<ConfigIssue>) {
     let registry = Registry::with_builtins();
     let options = BuildOptions {
         controller_name: CONTROLLER,
         registry: &registry,
         default_request_timeout: Some(Duration::from_secs(3600)),
     };
-    let (snapshot, issues) = crate::snapshot::build(&objects, &options, None);
+    crate::snapshot::build(objects, &options, None)
+}
+
+fn build_yaml(yaml: &str) -> (Snapshot, Vec<ConfigIssue>) {
+    build_objects(&objects_of(yaml))
+}
+
+fn compute_yaml(yaml: &str, bound: &[u16], service: Option<&ObjectKey>) -> Vec<StatusUpdate> {
+    let objects = objects_of(yaml);
+    let (snapshot, issues) = build_objects(&objects);
     let cx = StatusContext {
         controller_name: CONTROLLER,
         bound_ports: bound,
@@ -247,4 +260,193 @@ fn recomputing_an_unchanged_status_changes_nothing() {
     );
     let again = compute_yaml(&yaml, &[8080, 9000], None);
     assert_eq!(find(&again, StatusKind::HttpRoute, "half"), &route);
+}
+
+/// A second Gateway of ours and objects that make the build emit every [`IssueReason`].
+const EVERY_REASON: &str = "
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw2}
+spec:
+  gatewayClassName: ours
+  listeners:
+  - {name: tls, protocol: HTTPS, port: 8443}
+  - {name: grpc, protocol: HTTP, port: 8090, allowedRoutes: {kinds: [{kind: GRPCRoute}]}}
+  - {name: web, protocol: HTTP, port: 8091}
+---
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: served}
+spec:
+  selector: {matchLabels: {app: q}}
+  targetPorts: [{number: 8000}]
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: newer, creationTimestamp: '2026-02-01T00:00:00Z'}
+spec: {modelName: llama, poolRef: {group: inference.networking.k8s.io, name: served}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: older, creationTimestamp: '2026-01-01T00:00:00Z'}
+spec: {modelName: llama, poolRef: {group: inference.networking.k8s.io, name: served}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: to-pool}
+spec:
+  parentRefs: [{name: gw2, sectionName: web}]
+  rules:
+  - backendRefs: [{group: inference.networking.k8s.io, kind: InferencePool, name: served}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: no-such-listener}
+spec:
+  parentRefs: [{name: gw2, sectionName: nope}]
+  rules:
+  - backendRefs: [{kind: Service, name: s, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: other-namespace}
+spec:
+  parentRefs: [{name: gw2, sectionName: web}]
+  rules:
+  - backendRefs: [{kind: Service, name: s, namespace: team, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: odd-kind}
+spec:
+  parentRefs: [{name: gw2, sectionName: web}]
+  rules:
+  - backendRefs: [{group: example.com, kind: Thing, name: t}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: missing}
+spec:
+  parentRefs: [{name: gw2, sectionName: web}]
+  rules:
+  - backendRefs: [{kind: Service, name: absent, port: 80}]
+";
+
+/// Where the status shows `reason`: the object, the listener (for a Gateway), the condition type
+/// and the condition's `(status, reason)`. Exhaustive, so a new reason needs a case here.
+fn shown_at(
+    reason: IssueReason,
+) -> (
+    StatusKind,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    (String, String),
+) {
+    use IssueReason::*;
+    match reason {
+        NoMatchingParent => (
+            StatusKind::HttpRoute,
+            "no-such-listener",
+            None,
+            "Accepted",
+            pair("False", "NoMatchingParent"),
+        ),
+        NotAllowedByListeners => (
+            StatusKind::HttpRoute,
+            "cross",
+            None,
+            "Accepted",
+            pair("False", "NotAllowedByListeners"),
+        ),
+        HostnameConflict => (
+            StatusKind::Gateway,
+            "gw",
+            Some("b"),
+            "Conflicted",
+            pair("True", "HostnameConflict"),
+        ),
+        UnsupportedProtocol => (
+            StatusKind::Gateway,
+            "gw2",
+            Some("tls"),
+            "Accepted",
+            pair("False", "UnsupportedProtocol"),
+        ),
+        InvalidRouteKinds => (
+            StatusKind::Gateway,
+            "gw2",
+            Some("grpc"),
+            "ResolvedRefs",
+            pair("False", "InvalidRouteKinds"),
+        ),
+        RefNotPermitted => (
+            StatusKind::HttpRoute,
+            "other-namespace",
+            None,
+            "ResolvedRefs",
+            pair("False", "RefNotPermitted"),
+        ),
+        InvalidKind => (
+            StatusKind::HttpRoute,
+            "odd-kind",
+            None,
+            "ResolvedRefs",
+            pair("False", "InvalidKind"),
+        ),
+        BackendNotFound => (
+            StatusKind::HttpRoute,
+            "missing",
+            None,
+            "ResolvedRefs",
+            pair("False", "BackendNotFound"),
+        ),
+        ModelNameInUse => (
+            StatusKind::InferenceModel,
+            "newer",
+            None,
+            "Accepted",
+            pair("False", "ModelNameInUse"),
+        ),
+    }
+}
+
+#[test]
+fn every_reason_the_build_emits_reaches_its_condition() {
+    use IssueReason::*;
+    let every = [
+        NoMatchingParent,
+        NotAllowedByListeners,
+        HostnameConflict,
+        UnsupportedProtocol,
+        InvalidRouteKinds,
+        RefNotPermitted,
+        InvalidKind,
+        BackendNotFound,
+        ModelNameInUse,
+    ];
+    let yaml = format!("{BASE}{EVERY_REASON}");
+    let (_, issues) = build_yaml(&yaml);
+    let updates = compute_yaml(&yaml, &[8080, 9000, 8090, 8091], None);
+    for reason in every {
+        assert!(
+            issues.iter().any(|i| i.reason == Some(reason)),
+            "the build does not emit {reason:?}: {issues:#?}"
+        );
+        let (kind, name, listener, type_, expected) = shown_at(reason);
+        let status = find(&updates, kind, name);
+        let conditions = match listener {
+            Some(listener) => &status["listeners"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["name"] == listener)
+                .unwrap()["conditions"],
+            None if kind == StatusKind::HttpRoute => &status["parents"][0]["conditions"],
+            None => &status["conditions"],
+        };
+        assert_eq!(state(conditions, type_), expected, "{reason:?}");
+        assert_eq!(expected.1, reason.as_str());
+    }
 }

@@ -5,8 +5,8 @@ use plugins::Registry;
 
 use super::attach::hostnames_overlap;
 use super::*;
-use crate::config::{IssueReason, Severity};
-use crate::snapshot::Backend;
+use crate::config::{IssueReason, Kind, ObjectKey, Severity, Subject};
+use crate::snapshot::{Attachment, Backend, RouteParent};
 
 const CONTROLLER: &str = "inference-gateway.dev/controller";
 
@@ -303,4 +303,164 @@ fn hostname_overlap() {
     assert!(!hostnames_overlap("ex.com", "*.ex.com"));
     assert!(hostnames_overlap("*.com", "*.ex.com"));
     assert!(!hostnames_overlap("a.ex.com", "b.ex.com"));
+}
+
+/// Objects after [`GATEWAY`] that make the build emit every [`IssueReason`] and every kind of
+/// parentRef outcome (documents 6 to 13 of `t.yaml`).
+const EVERY_REASON: &str = "
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: theirs}
+spec: {controllerName: example.com/other}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: other}
+spec:
+  gatewayClassName: theirs
+  listeners: [{name: a, protocol: HTTP, port: 7000}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: tlsonly}
+spec:
+  gatewayClassName: ours
+  listeners: [{name: tls, protocol: HTTPS, port: 8443}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw3}
+spec:
+  gatewayClassName: ours
+  listeners:
+  - {name: a, protocol: HTTP, port: 9000}
+  - {name: b, protocol: HTTP, port: 9000}
+  - {name: k, protocol: HTTP, port: 9001, allowedRoutes: {kinds: [{kind: GRPCRoute}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs:
+  - {name: gw, sectionName: llm}
+  - {name: gw, sectionName: nope}
+  - {name: other}
+  - {name: ghost}
+  - {kind: Service, name: s}
+  - {name: tlsonly}
+  rules:
+  - backendRefs:
+    - {group: inference.networking.k8s.io, kind: InferencePool, name: pool}
+    - {kind: Service, name: missing, port: 80}
+    - {kind: Service, name: s, namespace: team, port: 80}
+    - {group: example.com, kind: Thing, name: t}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: cross, namespace: team}
+spec:
+  parentRefs: [{name: gw, namespace: default}]
+  rules:
+  - backendRefs: [{kind: Service, name: s, port: 80}]
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: newer, creationTimestamp: '2026-02-01T00:00:00Z'}
+spec: {modelName: llama, poolRef: {group: inference.networking.k8s.io, name: pool}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: older, creationTimestamp: '2026-01-01T00:00:00Z'}
+spec: {modelName: llama, poolRef: {group: inference.networking.k8s.io, name: pool}}
+";
+
+#[test]
+fn issues_with_a_reason_print_as_they_always_have() {
+    let (_, issues) = build_yaml(&format!("{GATEWAY}{EVERY_REASON}"));
+    let printed: Vec<String> = issues
+        .iter()
+        .filter(|i| i.reason.is_some())
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        printed,
+        [
+            "warning: InferenceModel default/newer (t.yaml, document 12): spec.modelName = \"llama\": ModelNameInUse: already served by the older InferenceModel default/older",
+            "warning: Gateway default/tlsonly (t.yaml, document 8): spec.listeners[0].protocol = \"HTTPS\": UnsupportedProtocol: only HTTP listeners are served; this listener is skipped",
+            "error: Gateway default/gw3 (t.yaml, document 9): spec.listeners[1].port = \"9000\": Conflicted: listener a of Gateway default/gw3 already serves this port and hostname",
+            "warning: Gateway default/gw3 (t.yaml, document 9): spec.listeners[2].allowedRoutes.kinds: InvalidRouteKinds: HTTPRoute is not allowed, so no route attaches",
+            "warning: HTTPRoute default/r (t.yaml, document 10): spec.parentRefs[1] = \"nope\": NoMatchingParent: Gateway default/gw has no such HTTP listener",
+            "warning: HTTPRoute default/r (t.yaml, document 10): spec.rules[0].backendRefs[1].name = \"missing\": BackendNotFound: Service default/missing does not exist; its share of traffic gets 500",
+            "warning: HTTPRoute default/r (t.yaml, document 10): spec.rules[0].backendRefs[2].name = \"s\": RefNotPermitted: a backend in namespace team needs a ReferenceGrant, which is not supported; its share of traffic gets 500",
+            "warning: HTTPRoute default/r (t.yaml, document 10): spec.rules[0].backendRefs[3].name = \"t\": InvalidKind: backend kind \"Thing\" in group \"example.com\" is not supported; its share of traffic gets 500",
+            "warning: HTTPRoute team/cross (t.yaml, document 11): spec.parentRefs[0] = \"gw\": NotAllowedByListeners: no listener admits this route (allowedRoutes or hostnames)",
+        ],
+        "{issues:#?}"
+    );
+}
+
+#[test]
+fn unresolved_backends_answer_with_the_reason_they_print() {
+    let (snapshot, _) = build_yaml(&format!("{GATEWAY}{EVERY_REASON}"));
+    let entry = &snapshot.ports[&8081].listeners[0].entries[0];
+    let invalid: Vec<&str> = entry
+        .action
+        .backends
+        .iter()
+        .filter_map(|b| match &b.backend {
+            Backend::Invalid(reason) => Some(&**reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        invalid,
+        [
+            "BackendNotFound: Service default/missing does not exist",
+            "RefNotPermitted: a backend in namespace team needs a ReferenceGrant, which is not supported",
+            "InvalidKind: backend kind \"Thing\" in group \"example.com\" is not supported",
+        ]
+    );
+}
+
+#[test]
+fn every_gateway_parent_ref_is_recorded_with_its_outcome() {
+    let (snapshot, issues) = build_yaml(&format!("{GATEWAY}{EVERY_REASON}"));
+    let gateway = |name: &str| ObjectKey::new(Kind::Gateway, "default", name);
+    let parent = |index, name, attachment| RouteParent {
+        index,
+        gateway: gateway(name),
+        attachment,
+    };
+    let route = ObjectKey::new(Kind::HttpRoute, "default", "r");
+    assert_eq!(
+        snapshot.route_parents[&route],
+        [
+            parent(0, "gw", Attachment::Attached),
+            parent(1, "gw", Attachment::Refused(IssueReason::NoMatchingParent)),
+            parent(2, "other", Attachment::NotOurs),
+            parent(3, "ghost", Attachment::NotOurs),
+            // parentRefs[4] names a Service: not recorded.
+            parent(5, "tlsonly", Attachment::NoServedListener),
+        ],
+        "{issues:#?}"
+    );
+    let cross = ObjectKey::new(Kind::HttpRoute, "team", "cross");
+    assert_eq!(
+        snapshot.route_parents[&cross],
+        [parent(
+            0,
+            "gw",
+            Attachment::Refused(IssueReason::NotAllowedByListeners)
+        )]
+    );
+    // Each refusal is reported about its parentRef.
+    for (route, index) in [("HTTPRoute default/r", 1), ("HTTPRoute team/cross", 0)] {
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.object == route && i.subject == Subject::ParentRef(index)),
+            "{route}: {issues:#?}"
+        );
+    }
 }

@@ -39,6 +39,19 @@ pub enum IssueReason {
 }
 
 impl IssueReason {
+    /// Every reason, for checks that must cover them all.
+    pub const ALL: [IssueReason; 9] = [
+        IssueReason::NoMatchingParent,
+        IssueReason::NotAllowedByListeners,
+        IssueReason::HostnameConflict,
+        IssueReason::UnsupportedProtocol,
+        IssueReason::InvalidRouteKinds,
+        IssueReason::RefNotPermitted,
+        IssueReason::InvalidKind,
+        IssueReason::BackendNotFound,
+        IssueReason::ModelNameInUse,
+    ];
+
     /// The condition reason, as the specification spells it.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -262,150 +262,89 @@ fn recomputing_an_unchanged_status_changes_nothing() {
     assert_eq!(find(&again, StatusKind::HttpRoute, "half"), &route);
 }
 
-/// A second Gateway of ours and objects that make the build emit every [`IssueReason`].
-const EVERY_REASON: &str = "
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw2}
-spec:
-  gatewayClassName: ours
-  listeners:
-  - {name: tls, protocol: HTTPS, port: 8443}
-  - {name: grpc, protocol: HTTP, port: 8090, allowedRoutes: {kinds: [{kind: GRPCRoute}]}}
-  - {name: web, protocol: HTTP, port: 8091}
----
-apiVersion: inference.networking.k8s.io/v1
-kind: InferencePool
-metadata: {name: served}
-spec:
-  selector: {matchLabels: {app: q}}
-  targetPorts: [{number: 8000}]
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {name: newer, creationTimestamp: '2026-02-01T00:00:00Z'}
-spec: {modelName: llama, poolRef: {group: inference.networking.k8s.io, name: served}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {name: older, creationTimestamp: '2026-01-01T00:00:00Z'}
-spec: {modelName: llama, poolRef: {group: inference.networking.k8s.io, name: served}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: to-pool}
-spec:
-  parentRefs: [{name: gw2, sectionName: web}]
-  rules:
-  - backendRefs: [{group: inference.networking.k8s.io, kind: InferencePool, name: served}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: no-such-listener}
-spec:
-  parentRefs: [{name: gw2, sectionName: nope}]
-  rules:
-  - backendRefs: [{kind: Service, name: s, port: 80}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: other-namespace}
-spec:
-  parentRefs: [{name: gw2, sectionName: web}]
-  rules:
-  - backendRefs: [{kind: Service, name: s, namespace: team, port: 80}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: odd-kind}
-spec:
-  parentRefs: [{name: gw2, sectionName: web}]
-  rules:
-  - backendRefs: [{group: example.com, kind: Thing, name: t}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: missing}
-spec:
-  parentRefs: [{name: gw2, sectionName: web}]
-  rules:
-  - backendRefs: [{kind: Service, name: absent, port: 80}]
-";
+/// Where a condition is: the object's own conditions, a Gateway listener's, or an HTTPRoute's
+/// `n`th parent entry's.
+enum Place {
+    Object,
+    Listener(&'static str),
+    Parent(usize),
+}
 
-/// Where the status shows `reason`: the object, the listener (for a Gateway), the condition type
-/// and the condition's `(status, reason)`. Exhaustive, so a new reason needs a case here.
+/// Where the status shows `reason`: the object, the place, the condition type and the
+/// condition's `(status, reason)`, for the build's `GATEWAY` and `EVERY_REASON` fixtures.
+/// Exhaustive, so a new reason needs a case here.
 fn shown_at(
     reason: IssueReason,
 ) -> (
     StatusKind,
     &'static str,
-    Option<&'static str>,
+    Place,
     &'static str,
     (String, String),
 ) {
     use IssueReason::*;
+    use StatusKind::{Gateway, HttpRoute, InferenceModel};
     match reason {
         NoMatchingParent => (
-            StatusKind::HttpRoute,
-            "no-such-listener",
-            None,
+            HttpRoute,
+            "r",
+            Place::Parent(1),
             "Accepted",
             pair("False", "NoMatchingParent"),
         ),
         NotAllowedByListeners => (
-            StatusKind::HttpRoute,
+            HttpRoute,
             "cross",
-            None,
+            Place::Parent(0),
             "Accepted",
             pair("False", "NotAllowedByListeners"),
         ),
         HostnameConflict => (
-            StatusKind::Gateway,
-            "gw",
-            Some("b"),
+            Gateway,
+            "gw3",
+            Place::Listener("b"),
             "Conflicted",
             pair("True", "HostnameConflict"),
         ),
         UnsupportedProtocol => (
-            StatusKind::Gateway,
-            "gw2",
-            Some("tls"),
+            Gateway,
+            "tlsonly",
+            Place::Listener("tls"),
             "Accepted",
             pair("False", "UnsupportedProtocol"),
         ),
         InvalidRouteKinds => (
-            StatusKind::Gateway,
-            "gw2",
-            Some("grpc"),
+            Gateway,
+            "gw3",
+            Place::Listener("k"),
             "ResolvedRefs",
             pair("False", "InvalidRouteKinds"),
         ),
         RefNotPermitted => (
-            StatusKind::HttpRoute,
-            "other-namespace",
-            None,
+            HttpRoute,
+            "foreign",
+            Place::Parent(0),
             "ResolvedRefs",
             pair("False", "RefNotPermitted"),
         ),
         InvalidKind => (
-            StatusKind::HttpRoute,
-            "odd-kind",
-            None,
+            HttpRoute,
+            "odd",
+            Place::Parent(0),
             "ResolvedRefs",
             pair("False", "InvalidKind"),
         ),
         BackendNotFound => (
-            StatusKind::HttpRoute,
-            "missing",
-            None,
+            HttpRoute,
+            "r",
+            Place::Parent(0),
             "ResolvedRefs",
             pair("False", "BackendNotFound"),
         ),
         ModelNameInUse => (
-            StatusKind::InferenceModel,
+            InferenceModel,
             "newer",
-            None,
+            Place::Object,
             "Accepted",
             pair("False", "ModelNameInUse"),
         ),
@@ -414,37 +353,26 @@ fn shown_at(
 
 #[test]
 fn every_reason_the_build_emits_reaches_its_condition() {
-    use IssueReason::*;
-    let every = [
-        NoMatchingParent,
-        NotAllowedByListeners,
-        HostnameConflict,
-        UnsupportedProtocol,
-        InvalidRouteKinds,
-        RefNotPermitted,
-        InvalidKind,
-        BackendNotFound,
-        ModelNameInUse,
-    ];
-    let yaml = format!("{BASE}{EVERY_REASON}");
+    use crate::snapshot::build::tests::{EVERY_REASON, GATEWAY};
+    let yaml = format!("{GATEWAY}{EVERY_REASON}");
     let (_, issues) = build_yaml(&yaml);
-    let updates = compute_yaml(&yaml, &[8080, 9000, 8090, 8091], None);
-    for reason in every {
+    let updates = compute_yaml(&yaml, &[8080, 8081, 9000, 9001], None);
+    for reason in IssueReason::ALL {
         assert!(
             issues.iter().any(|i| i.reason == Some(reason)),
             "the build does not emit {reason:?}: {issues:#?}"
         );
-        let (kind, name, listener, type_, expected) = shown_at(reason);
+        let (kind, name, place, type_, expected) = shown_at(reason);
         let status = find(&updates, kind, name);
-        let conditions = match listener {
-            Some(listener) => &status["listeners"]
+        let conditions = match place {
+            Place::Object => &status["conditions"],
+            Place::Listener(listener) => &status["listeners"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .find(|l| l["name"] == listener)
                 .unwrap()["conditions"],
-            None if kind == StatusKind::HttpRoute => &status["parents"][0]["conditions"],
-            None => &status["conditions"],
+            Place::Parent(n) => &status["parents"][n]["conditions"],
         };
         assert_eq!(state(conditions, type_), expected, "{reason:?}");
         assert_eq!(expected.1, reason.as_str());

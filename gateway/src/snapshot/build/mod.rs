@@ -108,5 +108,6 @@ fn publish_listeners(listeners: Vec<ListenerBuild>, snapshot: &mut Snapshot) {
     }
 }
 
+/// Also read by `kubernetes::status`'s tests, which share the fixtures.
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

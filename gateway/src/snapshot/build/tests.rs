@@ -27,7 +27,8 @@ fn build_objects(objects: &ObjectSet) -> (Snapshot, Vec<ConfigIssue>) {
     build(objects, &options, None)
 }
 
-const GATEWAY: &str = "
+/// Our Gateway with two listeners, two pods and a pool (documents 1 to 5 of `t.yaml`).
+pub(crate) const GATEWAY: &str = "
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata: {name: ours}
@@ -306,8 +307,9 @@ fn hostname_overlap() {
 }
 
 /// Objects after [`GATEWAY`] that make the build emit every [`IssueReason`] and every kind of
-/// parentRef outcome (documents 6 to 13 of `t.yaml`).
-const EVERY_REASON: &str = "
+/// parentRef outcome (documents 6 to 15 of `t.yaml`). Each unresolved backendRef has a route of
+/// its own, since a route's status names the reason of its first one.
+pub(crate) const EVERY_REASON: &str = "
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
@@ -353,8 +355,22 @@ spec:
   - backendRefs:
     - {group: inference.networking.k8s.io, kind: InferencePool, name: pool}
     - {kind: Service, name: missing, port: 80}
-    - {kind: Service, name: s, namespace: team, port: 80}
-    - {group: example.com, kind: Thing, name: t}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: foreign}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - backendRefs: [{kind: Service, name: s, namespace: team, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: odd}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - backendRefs: [{group: example.com, kind: Thing, name: t}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -386,15 +402,15 @@ fn issues_with_a_reason_print_as_they_always_have() {
     assert_eq!(
         printed,
         [
-            "warning: InferenceModel default/newer (t.yaml, document 12): spec.modelName = \"llama\": ModelNameInUse: already served by the older InferenceModel default/older",
+            "warning: InferenceModel default/newer (t.yaml, document 14): spec.modelName = \"llama\": ModelNameInUse: already served by the older InferenceModel default/older",
             "warning: Gateway default/tlsonly (t.yaml, document 8): spec.listeners[0].protocol = \"HTTPS\": UnsupportedProtocol: only HTTP listeners are served; this listener is skipped",
             "error: Gateway default/gw3 (t.yaml, document 9): spec.listeners[1].port = \"9000\": Conflicted: listener a of Gateway default/gw3 already serves this port and hostname",
             "warning: Gateway default/gw3 (t.yaml, document 9): spec.listeners[2].allowedRoutes.kinds: InvalidRouteKinds: HTTPRoute is not allowed, so no route attaches",
             "warning: HTTPRoute default/r (t.yaml, document 10): spec.parentRefs[1] = \"nope\": NoMatchingParent: Gateway default/gw has no such HTTP listener",
             "warning: HTTPRoute default/r (t.yaml, document 10): spec.rules[0].backendRefs[1].name = \"missing\": BackendNotFound: Service default/missing does not exist; its share of traffic gets 500",
-            "warning: HTTPRoute default/r (t.yaml, document 10): spec.rules[0].backendRefs[2].name = \"s\": RefNotPermitted: a backend in namespace team needs a ReferenceGrant, which is not supported; its share of traffic gets 500",
-            "warning: HTTPRoute default/r (t.yaml, document 10): spec.rules[0].backendRefs[3].name = \"t\": InvalidKind: backend kind \"Thing\" in group \"example.com\" is not supported; its share of traffic gets 500",
-            "warning: HTTPRoute team/cross (t.yaml, document 11): spec.parentRefs[0] = \"gw\": NotAllowedByListeners: no listener admits this route (allowedRoutes or hostnames)",
+            "warning: HTTPRoute default/foreign (t.yaml, document 11): spec.rules[0].backendRefs[0].name = \"s\": RefNotPermitted: a backend in namespace team needs a ReferenceGrant, which is not supported; its share of traffic gets 500",
+            "warning: HTTPRoute default/odd (t.yaml, document 12): spec.rules[0].backendRefs[0].name = \"t\": InvalidKind: backend kind \"Thing\" in group \"example.com\" is not supported; its share of traffic gets 500",
+            "warning: HTTPRoute team/cross (t.yaml, document 13): spec.parentRefs[0] = \"gw\": NotAllowedByListeners: no listener admits this route (allowedRoutes or hostnames)",
         ],
         "{issues:#?}"
     );
@@ -403,22 +419,32 @@ fn issues_with_a_reason_print_as_they_always_have() {
 #[test]
 fn unresolved_backends_answer_with_the_reason_they_print() {
     let (snapshot, _) = build_yaml(&format!("{GATEWAY}{EVERY_REASON}"));
-    let entry = &snapshot.ports[&8081].listeners[0].entries[0];
-    let invalid: Vec<&str> = entry
-        .action
-        .backends
-        .iter()
-        .filter_map(|b| match &b.backend {
-            Backend::Invalid(reason) => Some(&**reason),
+    let invalid: Vec<(&str, &str)> = snapshot
+        .ports
+        .values()
+        .flat_map(|port| &port.listeners)
+        .flat_map(|listener| &listener.entries)
+        .flat_map(|entry| entry.action.backends.iter().map(move |b| (entry, b)))
+        .filter_map(|(entry, b)| match &b.backend {
+            Backend::Invalid(reason) => Some((&*entry.route.name, &**reason)),
             _ => None,
         })
         .collect();
     assert_eq!(
         invalid,
         [
-            "BackendNotFound: Service default/missing does not exist",
-            "RefNotPermitted: a backend in namespace team needs a ReferenceGrant, which is not supported",
-            "InvalidKind: backend kind \"Thing\" in group \"example.com\" is not supported",
+            (
+                "foreign",
+                "RefNotPermitted: a backend in namespace team needs a ReferenceGrant, which is not supported"
+            ),
+            (
+                "odd",
+                "InvalidKind: backend kind \"Thing\" in group \"example.com\" is not supported"
+            ),
+            (
+                "r",
+                "BackendNotFound: Service default/missing does not exist"
+            ),
         ]
     );
 }

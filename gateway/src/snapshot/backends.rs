@@ -1,5 +1,5 @@
 //! Building backends from objects: ready pods, Service endpoints and InferencePools (with the
-//! models [`super::build`] grouped for them).
+//! models the build grouped for them).
 //!
 //! A pod is an endpoint when it is Ready, has a pod IP, and is neither terminating nor finished;
 //! this is what the kube source will read from real pods and what the file source's `Pod` objects

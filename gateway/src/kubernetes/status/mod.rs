@@ -2,10 +2,11 @@
 //!
 //! Inputs are the objects the build read, the snapshot it produced and its
 //! [`ConfigIssue`]s. An issue carries its condition reason typed ([`IssueReason`]: the Gateway
-//! API's and the Inference Extension's) and the part of the object it is about ([`crate::config::Subject`]), so
-//! reasons map directly and nothing here parses an issue's text or field path. The output is one
-//! JSON merge patch of `.status` per object; [`super::writer`] writes the ones that differ from
-//! what is stored.
+//! API's and the Inference Extension's) and the part of the object it is about
+//! ([`crate::config::Subject`]), so reasons map directly and nothing here parses an issue's text
+//! or field path; what became of each route's parentRefs is the build's record
+//! ([`Snapshot::route_parents`]), not resolved again here. The output is one JSON merge patch of
+//! `.status` per object; [`super::writer`] writes the ones that differ from what is stored.
 //!
 //! What is ours to write: the `Accepted` condition of GatewayClasses naming our controller; the
 //! whole status of their Gateways (conditions, listeners, and `addresses` from the gateway's own

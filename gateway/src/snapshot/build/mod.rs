@@ -9,7 +9,8 @@
 //! The passes, one module each: `index` sorts the objects by kind, `listeners` finds our
 //! Gateways' listeners, `attach` attaches routes to them, `matches` and `actions` turn a rule
 //! into matches and weighted backends, `models` groups InferenceModels by pool. Pools and Service
-//! endpoints are built by [`super::backends`]. The build reads objects only: it does no I/O and writes no status.
+//! endpoints are built by [`super::backends`]. The build reads objects only: it does no I/O and
+//! writes no status.
 
 mod actions;
 mod attach;

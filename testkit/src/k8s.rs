@@ -114,6 +114,27 @@ impl Manifest {
         )
     }
 
+    /// Add `pods`, then `pool`, then the HTTPRoute `llm-route` sending every request on the `llm`
+    /// listener of [`Manifest::test_gateway`] to the pool.
+    pub fn with_pool(self, pool: InferencePool, pods: impl IntoIterator<Item = Pod>) -> Manifest {
+        let route = HttpRoute::new("llm-route")
+            .on(TEST_GATEWAY, "llm")
+            .to(BackendRef::pool(&pool.meta.name));
+        self.with_all(pods).with(pool).with(route)
+    }
+
+    /// Add the Service `name` (port 80 to the `target_port` of the pods labelled `app: {app}`) and
+    /// the HTTPRoute `plain` sending every request on the `http` listener of
+    /// [`Manifest::test_gateway`] to it.
+    pub fn with_plain_service(self, name: &str, app: &str, target_port: u16) -> Manifest {
+        self.with(Service::new(name).selector("app", app).port(80, target_port))
+            .with(
+                HttpRoute::new("plain")
+                    .on(TEST_GATEWAY, "http")
+                    .to(BackendRef::service(name, 80)),
+            )
+    }
+
     /// Add `object` at the end.
     pub fn with(mut self, object: impl Object) -> Manifest {
         self.documents.push(object.to_value());
@@ -695,6 +716,12 @@ impl BackendTrafficPolicy {
             gateway: gateway.to_owned(),
             request_timeout: request_timeout.to_owned(),
         }
+    }
+
+    /// In `namespace` (default: none, which the gateway reads as `default`), with its Gateway.
+    pub fn namespace(mut self, namespace: &str) -> BackendTrafficPolicy {
+        self.meta.namespace = Some(namespace.to_owned());
+        self
     }
 }
 

@@ -610,3 +610,21 @@ pub async fn start_sims(
     }
     panic!("no free port for simulators");
 }
+
+/// The configuration of most simulator tests: [`k8s::Manifest::test_gateway`] (its `http` listener
+/// on a free port), and `sims` as Ready pods `sim-N` labelled `app: sim` in the v1alpha2 pool `pool`
+/// (routing `strategy`, endpoints on `port`) behind the `llm` listener.
+pub fn sim_pool_config(
+    llm_port: u16,
+    port: u16,
+    sims: &[loadtest::sim::server::SimServer],
+    strategy: &str,
+) -> k8s::Manifest {
+    let ips = sims.iter().map(|s| s.local_addr().ip());
+    k8s::Manifest::test_gateway(free_port(), llm_port).with_pool(
+        k8s::InferencePool::new("pool", port)
+            .selector("app", "sim")
+            .strategy(strategy),
+        k8s::ready_pods("sim", "sim", ips),
+    )
+}

@@ -441,7 +441,11 @@ async fn gateway_api_error_statuses_and_route_timeouts() {
     let (http_port, llm_port) = (free_port(), free_port());
     let service = |name: &str| BackendRef::service(name, 80);
     let config = config(http_port, llm_port, port, &backends)
-        .with(Service::new("empty").selector("app", "nobody").port(80, 1234))
+        .with(
+            Service::new("empty")
+                .selector("app", "nobody")
+                .port(80, 1234),
+        )
         .with(
             HttpRoute::new("edge-cases")
                 .on("gw", "http")

@@ -160,7 +160,10 @@ fn matches_timeouts_policies_v1_pools_and_namespaces_build() {
     let snapshot = build(&yaml);
 
     let pool = key(Kind::InferencePool, "team-a", "pool");
-    assert_eq!(snapshot.pools[&pool].api_version, "inference.networking.k8s.io/v1");
+    assert_eq!(
+        snapshot.pools[&pool].api_version,
+        "inference.networking.k8s.io/v1"
+    );
     assert_eq!(pool_endpoints(&snapshot, &pool), vec!["10.0.0.4:9000"]);
     let entries = &snapshot.ports[&18082].listeners[0].entries;
     let timeout_of = |path: PathMatch| {
@@ -170,7 +173,10 @@ fn matches_timeouts_policies_v1_pools_and_namespaces_build() {
             .unwrap_or_else(|| panic!("no entry for {path:?}: {entries:#?}"));
         entry.action.timeout
     };
-    assert_eq!(timeout_of(PathMatch::Exact("/fast".into())), Some(Duration::from_millis(300)));
+    assert_eq!(
+        timeout_of(PathMatch::Exact("/fast".into())),
+        Some(Duration::from_millis(300))
+    );
     assert_eq!(
         timeout_of(PathMatch::prefix("/v1")),
         Some(Duration::from_secs(3600)),

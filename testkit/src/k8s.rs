@@ -127,12 +127,16 @@ impl Manifest {
     /// the HTTPRoute `plain` sending every request on the `http` listener of
     /// [`Manifest::test_gateway`] to it.
     pub fn with_plain_service(self, name: &str, app: &str, target_port: u16) -> Manifest {
-        self.with(Service::new(name).selector("app", app).port(80, target_port))
-            .with(
-                HttpRoute::new("plain")
-                    .on(TEST_GATEWAY, "http")
-                    .to(BackendRef::service(name, 80)),
-            )
+        self.with(
+            Service::new(name)
+                .selector("app", app)
+                .port(80, target_port),
+        )
+        .with(
+            HttpRoute::new("plain")
+                .on(TEST_GATEWAY, "http")
+                .to(BackendRef::service(name, 80)),
+        )
     }
 
     /// Add `object` at the end.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use loadtest::sim::server::SimServer;
-use testkit::k8s::{self, InferenceModel, InferencePool, Manifest, Pod};
+use testkit::k8s::{self, InferencePool, Manifest, Pod};
 use testkit::*;
 
 fn gateway_binary() -> &'static std::path::Path {
@@ -42,12 +42,7 @@ fn config(http_port: u16, llm_port: u16, port: u16, sims: &[SimServer], dead: Ip
     Manifest::test_gateway(http_port, llm_port)
         .with_pool(pool, pods)
         .with_plain_service("sims", "sim", port)
-        .with(InferenceModel::new("base", "/model/qwen", "pool").criticality("Critical"))
-        .with(
-            InferenceModel::new("travel", "travel-helper", "pool")
-                .weighted_target("travel-helper-v1", 50)
-                .weighted_target("travel-helper-v2", 50),
-        )
+        .with_all(k8s::seed_models("pool", (50, 50)))
 }
 
 /// The pool's pod `down` at `ip`, where no server listens.

@@ -30,12 +30,7 @@ fn config(http_port: u16, llm_port: u16, port: u16, backends: &[Backend]) -> Man
             k8s::ready_pods("qwen", "qwen", ips),
         )
         .with_plain_service("qwen", "qwen", port)
-        .with(InferenceModel::new("base", "/model/qwen", "pool").criticality("Critical"))
-        .with(
-            InferenceModel::new("travel", "travel-helper", "pool")
-                .weighted_target("travel-helper-v1", 70)
-                .weighted_target("travel-helper-v2", 30),
-        )
+        .with_all(k8s::seed_models("pool", (70, 30)))
 }
 
 async fn setup(first_ip: u8, extra_args: &[&str]) -> Setup {

@@ -66,12 +66,7 @@ fn the_usual_test_configuration_builds_with_every_value_in_place() {
         )
         .with(Pod::new("down", ip(3)).label("app", "sim").ready(false))
         .with_plain_service("sims", "sim", 8000)
-        .with(InferenceModel::new("base", "/model/qwen", "pool").criticality("Critical"))
-        .with(
-            InferenceModel::new("travel", "travel-helper", "pool")
-                .weighted_target("travel-helper-v1", 70)
-                .weighted_target("travel-helper-v2", 30),
-        )
+        .with_all(k8s::seed_models("pool", (70, 30)))
         .with(
             InferenceModel::new("batch", "batch", "pool")
                 .criticality("Sheddable")

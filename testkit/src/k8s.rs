@@ -703,6 +703,18 @@ impl Object for InferenceModel {
     }
 }
 
+/// The seed's two InferenceModels in `pool`: `base`, the Critical model `/model/qwen`, and
+/// `travel`, the model `travel-helper` sent to `travel-helper-v1` and `travel-helper-v2` with
+/// `weights` (the seed's are 90 and 10).
+pub fn seed_models(pool: &str, weights: (u32, u32)) -> [InferenceModel; 2] {
+    [
+        InferenceModel::new("base", "/model/qwen", pool).criticality("Critical"),
+        InferenceModel::new("travel", "travel-helper", pool)
+            .weighted_target("travel-helper-v1", weights.0)
+            .weighted_target("travel-helper-v2", weights.1),
+    ]
+}
+
 /// Envoy Gateway's BackendTrafficPolicy setting the request timeout of a Gateway (the seed's
 /// `timeout.http.requestTimeout`).
 #[derive(Debug, Clone)]

@@ -13,39 +13,25 @@ mod panels;
 mod promql;
 mod vllm;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
-use clap::Parser;
+use anyhow::{Result, bail};
+use gateway::generated::{GeneratedFile, GeneratorArgs, exit_code, write_or_check};
 
 use crate::panels::Sources;
 
-/// Generate the dashboards and alert rules.
-#[derive(Debug, Parser)]
-#[command(name = "dashboards")]
-struct Args {
-    /// Directory the files go to.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/observability"))]
-    out: PathBuf,
-    /// Only compare: exit 1 when a file is missing or differs.
-    #[arg(long)]
-    check: bool,
-}
-
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let args = GeneratorArgs::parse_for(
+        "dashboards",
+        "Generate the dashboards and alert rules from the gateway's metric definitions.",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/observability"),
+    );
+    let regenerate = "cargo run -p inference-gateway --bin dashboards";
+    exit_code(outputs().and_then(|files| Ok(write_or_check(&args, &files, regenerate)?)))
 }
 
-/// The generated files, by name, after every query passed its checks.
-fn outputs() -> Result<Vec<(&'static str, String)>> {
+/// The generated files, once every query has passed its checks.
+fn outputs() -> Result<Vec<GeneratedFile>> {
     let sources = Sources::new();
     let gateway = panels::gateway(&sources);
     let vllm = vllm::dashboard();
@@ -78,42 +64,15 @@ fn outputs() -> Result<Vec<(&'static str, String)>> {
             problems.join("\n")
         );
     }
+    let file = |path: &str, text| GeneratedFile {
+        path: path.into(),
+        text,
+    };
     Ok(vec![
-        ("gateway-dashboard.json", gateway.render()),
-        ("vllm-dashboard.json", vllm.render()),
-        ("alerts.yaml", alerts::render(&rules)),
+        file("gateway-dashboard.json", gateway.render()),
+        file("vllm-dashboard.json", vllm.render()),
+        file("alerts.yaml", alerts::render(&rules)),
     ])
-}
-
-fn run(args: Args) -> Result<bool> {
-    let mut clean = true;
-    for (name, text) in outputs()? {
-        let path = args.out.join(name);
-        if args.check {
-            match std::fs::read_to_string(&path) {
-                Ok(existing) if existing == text => {}
-                Ok(_) => {
-                    eprintln!("{}: differs from the generated file", path.display());
-                    clean = false;
-                }
-                Err(e) => {
-                    eprintln!("{}: {e}", path.display());
-                    clean = false;
-                }
-            }
-            continue;
-        }
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("creating {}", args.out.display()))?;
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
-    }
-    if args.check && !clean {
-        eprintln!(
-            "the committed dashboards are stale: run `cargo run -p inference-gateway --bin dashboards`"
-        );
-    }
-    Ok(clean)
 }
 
 #[cfg(test)]
@@ -122,15 +81,16 @@ mod tests {
 
     #[test]
     fn the_committed_files_are_the_generated_ones() {
-        let dir = PathBuf::from(concat!(
+        let dir = std::path::Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../manifests/observability"
         ));
-        for (name, text) in outputs().unwrap() {
-            let committed = std::fs::read_to_string(dir.join(name)).unwrap();
+        for file in outputs().unwrap() {
+            let committed = std::fs::read_to_string(dir.join(&file.path)).unwrap();
             assert!(
-                committed == text,
-                "{name} is stale: run `cargo run -p inference-gateway --bin dashboards`"
+                committed == file.text,
+                "{} is stale: run `cargo run -p inference-gateway --bin dashboards`",
+                file.path.display()
             );
         }
     }

@@ -32,17 +32,18 @@ impl Catalogue {
         Catalogue { metrics }
     }
 
-    /// The gateway metric `collector` collects (one of [`GatewayMetrics`]' fields).
+    /// The gateway metric `collector` collects (one of [`GatewayMetrics`]' fields). A collector
+    /// missing from [`GatewayMetrics::descriptors`] gives an unchecked metric, whose name
+    /// [`Catalogue::unknown_names`] then reports.
     pub fn metric(&self, collector: &dyn Collector) -> Metric {
         let name = collector.desc()[0].fq_name.clone();
-        let (labels, kind) = self
-            .metrics
-            .get(&name)
-            .unwrap_or_else(|| panic!("{name} is not among GatewayMetrics::descriptors()"));
-        Metric {
-            name,
-            labels: Some(labels.clone()),
-            histogram: Some(*kind == MetricType::HISTOGRAM),
+        match self.metrics.get(&name) {
+            Some((labels, kind)) => Metric {
+                name,
+                labels: Some(labels.clone()),
+                histogram: Some(*kind == MetricType::HISTOGRAM),
+            },
+            None => Metric::external(&name),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod drain;
+pub mod generated;
 pub mod kubernetes;
 pub mod metrics;
 pub mod openai;

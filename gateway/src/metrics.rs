@@ -494,6 +494,54 @@ impl Default for GatewayMetrics {
     }
 }
 
+impl GatewayMetrics {
+    /// Every metric [`GatewayMetrics::new`] registers, as its collector describes it (name, help,
+    /// label names) with its type: what generated dashboards and alert rules check their queries
+    /// against (`src/bin/dashboards/`).
+    pub fn descriptors(&self) -> Vec<(prometheus::core::Desc, prometheus::proto::MetricType)> {
+        let collectors: [&dyn Collector; 34] = [
+            &self.model_requests,
+            &self.model_errors,
+            &self.model_duration,
+            &self.model_ntpot,
+            &self.model_request_sizes,
+            &self.model_response_sizes,
+            &self.model_input_tokens,
+            &self.model_output_tokens,
+            &self.model_running,
+            &self.pool_kv,
+            &self.pool_queue,
+            &self.pool_pod_queue,
+            &self.pool_ready,
+            &self.pick_duration,
+            &self.prefix_index_size,
+            &self.info,
+            &self.requests,
+            &self.request_duration,
+            &self.time_to_first_byte,
+            &self.time_to_first_token,
+            &self.time_per_output_token,
+            &self.upstream_attempts,
+            &self.retries,
+            &self.picks,
+            &self.scrape_errors,
+            &self.scrape_duration,
+            &self.scrape_age,
+            &self.sheds,
+            &self.endpoint_in_flight,
+            &self.config_reloads,
+            &self.snapshot_generation,
+            &self.connections_open,
+            &self.connections_refused,
+            &self.header_timeouts,
+        ];
+        collectors
+            .iter()
+            .map(|c| (c.desc()[0].clone(), c.collect()[0].get_field_type()))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

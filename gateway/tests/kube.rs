@@ -5,7 +5,7 @@
 
 mod fake_apiserver;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use fake_apiserver::FakeApiServer;
 use serde_json::Value;
+use testkit::k8s::{
+    self, BackendRef, GatewayClass, HttpRoute, InferencePool, Manifest, Object, Pod, TEST_CLASS,
+};
 use testkit::*;
 
 const POOL_V1ALPHA2: &str = "inference.networking.x-k8s.io/v1alpha2";
@@ -117,19 +120,6 @@ impl KubeGateway {
     }
 }
 
-/// Poll an async condition every 10 ms until it holds, or panic after `deadline`.
-async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !condition().await {
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Addresses of the first pool's endpoints.
 fn endpoints(snapshot: &Value) -> Vec<String> {
     snapshot["pools"][0]["endpoints"]
@@ -142,43 +132,23 @@ fn endpoints(snapshot: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn pod(name: &str, ip: &str, ready: bool) -> String {
-    format!(
-        "---
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, labels: {{app: qwen}}}}
-spec: {{containers: [{{name: vllm, image: vllm-sim, ports: [{{name: http, containerPort: 8000}}]}}]}}
-status: {{phase: Running, podIP: {ip}, conditions: [{{type: Ready, status: '{}'}}]}}
-",
-        if ready { "True" } else { "False" }
-    )
+/// A model-server pod labelled `app: qwen`, as the API server reports one.
+fn pod(name: &str, ip: impl Into<IpAddr>, ready: bool) -> String {
+    Pod::new(name, ip.into())
+        .label("app", "qwen")
+        .container("vllm", "vllm-sim", 8000)
+        .running()
+        .ready(ready)
+        .to_yaml()
 }
 
 /// The seed's shape: a class, a Gateway with `http` and `llm` listeners, a route to pool `pool`
 /// (v1alpha2, selecting `app: qwen` on `port`) and one per listener; no models (any model passes).
 fn cluster(http_port: u16, llm_port: u16, port: u16) -> String {
-    format!(
-        "{gateway}{route}{pool}---
-apiVersion: v1
-kind: Service
-metadata: {{name: qwen}}
-spec:
-  selector: {{app: qwen}}
-  ports: [{{port: 80, targetPort: {port}}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: plain}}
-spec:
-  parentRefs: [{{name: gw, sectionName: http}}]
-  rules:
-  - backendRefs: [{{kind: Service, name: qwen, port: 80}}]
-",
-        gateway = gateway_yaml(http_port, llm_port),
-        route = pool_route("pool"),
-        pool = pool("pool", "qwen", port),
-    )
+    Manifest::test_gateway(http_port, llm_port)
+        .with_pool(InferencePool::new("pool", port).selector("app", "qwen"), [])
+        .with_plain_service("qwen", "qwen", port)
+        .render()
 }
 
 struct Setup {
@@ -198,11 +168,7 @@ async fn setup_with(first_ip: u8, ready: usize, objects: &str, args: &[&str]) ->
     let (http_port, llm_port) = (free_port(), free_port());
     api.apply(&cluster(http_port, llm_port, port));
     for (i, backend) in backends.iter().enumerate().take(ready) {
-        api.apply(&pod(
-            &format!("qwen-{i}"),
-            &backend.addr.ip().to_string(),
-            true,
-        ));
+        api.apply(&pod(&format!("qwen-{i}"), backend.addr.ip(), true));
     }
     api.apply(objects);
     let gateway = KubeGateway::start(&api, "replica-a", args).await;
@@ -222,7 +188,7 @@ async fn pods_join_when_ready_and_leave_when_unready_or_deleted_within_a_second(
         gateway,
         llm,
     } = setup(70, 2).await;
-    let ip = |i: usize| backends[i].addr.ip().to_string();
+    let ip = |i: usize| backends[i].addr.ip();
     let address = |i: usize| backends[i].addr.to_string();
     gateway
         .wait_snapshot("the first two pods serve", DEADLINE, |s| {
@@ -231,8 +197,8 @@ async fn pods_join_when_ready_and_leave_when_unready_or_deleted_within_a_second(
         .await;
 
     // A pod that is not Ready yet is not an endpoint; once Ready, it joins within 1 s.
-    api.apply(&pod("qwen-2", &ip(2), false));
-    api.apply(&pod("qwen-2", &ip(2), true));
+    api.apply(&pod("qwen-2", ip(2), false));
+    api.apply(&pod("qwen-2", ip(2), true));
     let event = Instant::now();
     gateway
         .wait_snapshot("a Ready pod joins", Duration::from_secs(1), |s| {
@@ -250,7 +216,7 @@ async fn pods_join_when_ready_and_leave_when_unready_or_deleted_within_a_second(
     assert_eq!(status, 200);
 
     // Made unready: leaves within 1 s.
-    api.apply(&pod("qwen-2", &ip(2), false));
+    api.apply(&pod("qwen-2", ip(2), false));
     gateway
         .wait_snapshot("an unready pod leaves", Duration::from_secs(1), |s| {
             !endpoints(s).contains(&address(2))
@@ -371,7 +337,7 @@ async fn an_api_server_restart_mid_traffic_fails_no_request_and_the_gateway_reli
 
     // While it is down a pod becomes Ready and history is compacted, so resuming a watch gets
     // 410 Gone and only a relist can find the new pod.
-    api.apply(&pod("qwen-2", &backends[2].addr.ip().to_string(), true));
+    api.apply(&pod("qwen-2", backends[2].addr.ip(), true));
     api.compact();
     let lists_before = api
         .requests()
@@ -731,14 +697,14 @@ status: {loadBalancer: {ingress: [{ip: 203.0.113.10}]}}
 
     // Nothing changes, so nothing more is written: statuses settle.
     let writes = api.status_writes().len();
-    api.apply(&pod("qwen-9", "127.0.0.99", false));
+    api.apply(&pod("qwen-9", [127, 0, 0, 99], false));
     gateway
         .wait_snapshot("the rebuild after an unrelated change", DEADLINE, |s| {
             s["generation"].as_u64().unwrap_or(0) > 0
         })
         .await;
     let generation = gateway.snapshot().await["generation"].as_u64().unwrap();
-    api.apply(&pod("qwen-9", "127.0.0.99", true));
+    api.apply(&pod("qwen-9", [127, 0, 0, 99], true));
     gateway
         .wait_snapshot("another rebuild", DEADLINE, |s| {
             s["generation"].as_u64().unwrap() > generation
@@ -883,64 +849,43 @@ spec: {selector: {app: qwen}, targetPortNumber: 8000, extensionRef: {name: picke
     assert!(api.status_writes().is_empty(), "--validate writes nothing");
 }
 
-/// A Gateway, a pool on `port` selecting `app`, a route and one Ready pod, all in `namespace`.
-fn team(namespace: &str, listener_port: u16, port: u16, ip: &str) -> String {
-    format!(
-        "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: {namespace}}}
-spec:
-  gatewayClassName: test-class
-  listeners: [{{name: llm, protocol: HTTP, port: {listener_port}}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: llm-route, namespace: {namespace}}}
-spec:
-  parentRefs: [{{name: gw, sectionName: llm}}]
-  rules:
-  - backendRefs: [{{group: inference.networking.k8s.io, kind: InferencePool, name: pool}}]
----
-apiVersion: inference.networking.k8s.io/v1
-kind: InferencePool
-metadata: {{name: pool, namespace: {namespace}}}
-spec:
-  selector: {{matchLabels: {{app: qwen}}}}
-  targetPorts: [{{number: {port}}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: qwen-0, namespace: {namespace}, labels: {{app: qwen}}}}
-status: {{phase: Running, podIP: {ip}, conditions: [{{type: Ready, status: 'True'}}]}}
-"
-    )
+/// A Gateway, a v1 pool on `port` selecting `app: qwen`, a route and one Ready pod at `ip`, all in
+/// `namespace`.
+fn team(namespace: &str, listener_port: u16, port: u16, ip: IpAddr) -> String {
+    Manifest::new()
+        .with(
+            k8s::Gateway::new("gw", TEST_CLASS)
+                .namespace(namespace)
+                .listener("llm", listener_port),
+        )
+        .with(
+            HttpRoute::new("llm-route")
+                .namespace(namespace)
+                .on("gw", "llm")
+                .to(BackendRef::pool_v1("pool")),
+        )
+        .with(
+            InferencePool::v1("pool", port)
+                .namespace(namespace)
+                .selector("app", "qwen"),
+        )
+        .with(
+            Pod::new("qwen-0", ip)
+                .namespace(namespace)
+                .label("app", "qwen")
+                .running(),
+        )
+        .render()
 }
 
 #[tokio::test]
 async fn several_gateways_and_pools_in_namespaces_and_one_namespace_only_when_asked() {
     let (port, backends) = start_backends(100, 2).await;
     let api = FakeApiServer::start_new().await;
-    api.apply(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: test-class}
-spec: {controllerName: inference-gateway.dev/controller}
-",
-    );
+    api.apply(&GatewayClass::new(TEST_CLASS).to_yaml());
     let (a_port, b_port) = (free_port(), free_port());
-    api.apply(&team(
-        "team-a",
-        a_port,
-        port,
-        &backends[0].addr.ip().to_string(),
-    ));
-    api.apply(&team(
-        "team-b",
-        b_port,
-        port,
-        &backends[1].addr.ip().to_string(),
-    ));
+    api.apply(&team("team-a", a_port, port, backends[0].addr.ip()));
+    api.apply(&team("team-b", b_port, port, backends[1].addr.ip()));
 
     let both = KubeGateway::start(&api, "all-namespaces", &[]).await;
     let pools = |s: &Value| -> Vec<String> {

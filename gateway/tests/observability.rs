@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use loadtest::sim::server::SimServer;
+use testkit::k8s::{self, InferencePool, Manifest, Pod};
 use testkit::*;
 
 fn gateway_binary() -> &'static std::path::Path {
@@ -31,66 +32,22 @@ async fn sims(first: u8, n: u8, per_sim: &[&[&str]]) -> (u16, Vec<SimServer>) {
 
 /// A pool of `sims` (plus one pod whose server is down, for retries) with a plain route on the
 /// `http` listener and an inference route on the `llm` listener.
-fn config(http_port: u16, llm_port: u16, port: u16, sims: &[SimServer], dead: IpAddr) -> String {
-    let mut pods: String = sims
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: sim-{i}, labels: {{app: sim}}}}\n\
-                 status: {{podIP: {}, conditions: [{{type: Ready, status: 'True'}}]}}\n",
-                s.local_addr().ip()
-            )
-        })
-        .collect();
-    pods.push_str(&format!(
-        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: down, labels: {{app: sim}}}}\n\
-         status: {{podIP: {dead}, conditions: [{{type: Ready, status: 'True'}}]}}\n"
-    ));
-    format!(
-        "{gateway}{pods}{route}---
-apiVersion: v1
-kind: Service
-metadata: {{name: sims}}
-spec:
-  selector: {{app: sim}}
-  ports: [{{port: 80, targetPort: {port}}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: plain}}
-spec:
-  parentRefs: [{{name: gw, sectionName: http}}]
-  rules:
-  - backendRefs: [{{kind: Service, name: sims, port: 80}}]
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferencePool
-metadata:
-  name: pool
-  annotations:
-    inference.networking.x-k8s.io/routing-strategy: PREFIX_CACHE
-spec:
-  targetPortNumber: {port}
-  selector: {{app: sim}}
-  extensionRef: {{name: unused}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {{name: base}}
-spec: {{modelName: /model/qwen, criticality: Critical, poolRef: {{name: pool}}}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {{name: travel}}
-spec:
-  modelName: travel-helper
-  poolRef: {{name: pool}}
-  targetModels: [{{name: travel-helper-v1, weight: 50}}, {{name: travel-helper-v2, weight: 50}}]
-",
-        gateway = gateway_yaml(http_port, llm_port),
-        route = pool_route("pool"),
-    )
+fn config(http_port: u16, llm_port: u16, port: u16, sims: &[SimServer], dead: IpAddr) -> Manifest {
+    let ips = sims.iter().map(|s| s.local_addr().ip());
+    let mut pods = k8s::ready_pods("sim", "sim", ips);
+    pods.push(down_pod(dead, true));
+    let pool = InferencePool::new("pool", port)
+        .selector("app", "sim")
+        .strategy("PREFIX_CACHE");
+    Manifest::test_gateway(http_port, llm_port)
+        .with_pool(pool, pods)
+        .with_plain_service("sims", "sim", port)
+        .with_all(k8s::seed_models("pool", (50, 50)))
+}
+
+/// The pool's pod `down` at `ip`, where no server listens.
+fn down_pod(ip: IpAddr, ready: bool) -> Pod {
+    Pod::new("down", ip).label("app", "sim").ready(ready)
 }
 
 /// A Prometheus server scraping `targets` every second, with the committed alert rules loaded.
@@ -165,6 +122,41 @@ impl Prometheus {
         prometheus
     }
 
+    /// When (Unix seconds) the target scraped least recently and the one scraped most recently
+    /// were last scraped, once Prometheus has scraped anything.
+    async fn last_scrapes(&self) -> Option<(f64, f64)> {
+        let mut times = Vec::new();
+        for query in ["min(timestamp(up))", "max(timestamp(up))"] {
+            let result = self.query(query).await;
+            times.push(result.first()?["value"][1].as_str()?.parse::<f64>().ok()?);
+        }
+        Some((times[0], times[1]))
+    }
+
+    /// Wait until every target has been scraped after `since`; returns when the last of those
+    /// scrapes was.
+    async fn wait_for_scrapes_after(&self, since: f64) -> f64 {
+        let start = Instant::now();
+        loop {
+            if let Some((oldest, newest)) = self.last_scrapes().await
+                && oldest > since
+            {
+                return newest;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "prometheus did not scrape every target after {since}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until every target has been scraped twice after `since` (Unix seconds).
+    async fn wait_for_two_scrapes_after(&self, since: f64) {
+        let first_round = self.wait_for_scrapes_after(since).await;
+        self.wait_for_scrapes_after(first_round).await;
+    }
+
     /// The result vector of an instant query.
     async fn query(&self, query: &str) -> Vec<serde_json::Value> {
         let uri = format!(
@@ -181,6 +173,14 @@ impl Prometheus {
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// Now, in seconds since the Unix epoch (Prometheus' sample timestamps).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs_f64()
 }
 
 async fn get_status(uri: &str) -> Option<u16> {
@@ -271,7 +271,7 @@ async fn every_dashboard_and_alert_query_returns_data() {
     let (http_port, llm_port) = (free_port(), free_port());
     let gateway = Gateway::start(
         gateway_binary(),
-        &config(http_port, llm_port, port, &sims, dead),
+        &config(http_port, llm_port, port, &sims, dead).render(),
         &[],
     )
     .await;
@@ -324,7 +324,7 @@ async fn every_dashboard_and_alert_query_returns_data() {
         assert_eq!(status, 400);
     }
     // Two more scrapes after the last request, so rates see it.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    prometheus.wait_for_two_scrapes_after(unix_now()).await;
 
     let mut empty = Vec::new();
     for (source, query) in committed_queries() {
@@ -345,11 +345,8 @@ async fn gateway_time_to_first_token_agrees_with_the_client() {
     let (port, sims) = sims(180, 2, &[]).await;
     let dead = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 189));
     let (http_port, llm_port) = (free_port(), free_port());
-    let config = config(http_port, llm_port, port, &sims, dead).replace(
-        "status: {podIP: 127.0.0.189, conditions: [{type: Ready, status: 'True'}]}",
-        "status: {podIP: 127.0.0.189, conditions: [{type: Ready, status: 'False'}]}",
-    );
-    let gateway = Gateway::start(gateway_binary(), &config, &[]).await;
+    let config = config(http_port, llm_port, port, &sims, dead).replacing(down_pod(dead, false));
+    let gateway = Gateway::start(gateway_binary(), &config.render(), &[]).await;
     let client = client();
     let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
     let mut client_total = Duration::ZERO;

@@ -3,6 +3,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
+use testkit::k8s::{
+    self, BackendRef, HttpRoute, InferenceModel, InferencePool, Manifest, Pod, Rule, Service,
+};
 use testkit::*;
 
 fn gateway_binary() -> &'static std::path::Path {
@@ -16,52 +19,25 @@ struct Setup {
     backends: Vec<Backend>,
     http: String,
     llm: String,
-    config: String,
+    config: Manifest,
 }
 
-fn config(http_port: u16, llm_port: u16, port: u16, backends: &[Backend], extra: &str) -> String {
-    format!(
-        "{gateway}{pods}{pool}{route}---
-apiVersion: v1
-kind: Service
-metadata: {{name: qwen}}
-spec:
-  selector: {{app: qwen}}
-  ports: [{{port: 80, targetPort: {port}}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: plain}}
-spec:
-  parentRefs: [{{name: gw, sectionName: http}}]
-  rules:
-  - backendRefs: [{{kind: Service, name: qwen, port: 80}}]
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {{name: base}}
-spec: {{modelName: /model/qwen, criticality: Critical, poolRef: {{name: pool}}}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {{name: travel}}
-spec:
-  modelName: travel-helper
-  poolRef: {{name: pool}}
-  targetModels: [{{name: travel-helper-v1, weight: 70}}, {{name: travel-helper-v2, weight: 30}}]
-{extra}",
-        gateway = gateway_yaml(http_port, llm_port),
-        pods = pods("qwen", "app: qwen", backends),
-        pool = pool("pool", "qwen", port),
-        route = pool_route("pool"),
-    )
+fn config(http_port: u16, llm_port: u16, port: u16, backends: &[Backend]) -> Manifest {
+    let ips = backends.iter().map(|b| b.addr.ip());
+    Manifest::test_gateway(http_port, llm_port)
+        .with_pool(
+            InferencePool::new("pool", port).selector("app", "qwen"),
+            k8s::ready_pods("qwen", "qwen", ips),
+        )
+        .with_plain_service("qwen", "qwen", port)
+        .with_all(k8s::seed_models("pool", (70, 30)))
 }
 
 async fn setup(first_ip: u8, extra_args: &[&str]) -> Setup {
     let (port, backends) = start_backends(first_ip, 5).await;
     let (http_port, llm_port) = (free_port(), free_port());
-    let config = config(http_port, llm_port, port, &backends, "");
-    let gateway = Gateway::start(gateway_binary(), &config, extra_args).await;
+    let config = config(http_port, llm_port, port, &backends);
+    let gateway = Gateway::start(gateway_binary(), &config.render(), extra_args).await;
     Setup {
         gateway,
         backends,
@@ -184,13 +160,12 @@ async fn inference_route_resolves_models_and_answers_errors_in_openai_shape() {
 async fn unmatched_paths_get_404_and_control_headers_are_stripped() {
     let (port, backends) = start_backends(30, 2).await;
     let (http_port, llm_port) = (free_port(), free_port());
-    let mut config = config(http_port, llm_port, port, &backends, "");
     // Only /v1 on the plain listener.
-    config = config.replace(
-        "  - backendRefs: [{kind: Service, name: qwen, port: 80}]",
-        "  - matches: [{path: {type: PathPrefix, value: /v1}}]\n    backendRefs: [{kind: Service, name: qwen, port: 80}]",
-    );
-    let gateway = Gateway::start(gateway_binary(), &config, &[]).await;
+    let plain = HttpRoute::new("plain")
+        .on("gw", "http")
+        .rule(Rule::to(BackendRef::service("qwen", 80)).path_prefix("/v1"));
+    let config = config(http_port, llm_port, port, &backends).replacing(plain);
+    let gateway = Gateway::start(gateway_binary(), &config.render(), &[]).await;
     let client = client();
     let (status, body) = post(
         &client,
@@ -346,12 +321,9 @@ async fn a_dead_endpoint_fails_no_request() {
     let dead = dead.into_iter().next().unwrap();
     let dead_ip = dead.addr.ip();
     drop(dead);
-    let mut config = config(http_port, llm_port, port, &backends, "");
-    config.push_str(&format!(
-        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: dead, labels: {{app: qwen}}}}\n\
-         status: {{podIP: {dead_ip}, conditions: [{{type: Ready, status: 'True'}}]}}\n"
-    ));
-    let gateway = Gateway::start(gateway_binary(), &config, &[]).await;
+    let config = config(http_port, llm_port, port, &backends)
+        .with(Pod::new("dead", dead_ip).label("app", "qwen"));
+    let gateway = Gateway::start(gateway_binary(), &config.render(), &[]).await;
     let client = client();
     for base in [
         format!("http://127.0.0.1:{llm_port}"),
@@ -422,12 +394,12 @@ async fn a_config_edit_applies_without_failing_requests_in_flight() {
     let generation = s.gateway.snapshot().await["generation"].as_u64().unwrap();
 
     // Send every travel-helper request to v2 from now on.
-    let edited = s.config.replace(
-        "targetModels: [{name: travel-helper-v1, weight: 70}, {name: travel-helper-v2, weight: 30}]",
-        "targetModels: [{name: travel-helper-v2, weight: 1}]",
+    let edited = s.config.clone().replacing(
+        InferenceModel::new("travel", "travel-helper", "pool")
+            .weighted_target("travel-helper-v2", 1),
     );
-    assert_ne!(edited, s.config);
-    s.gateway.rewrite_config(&edited);
+    assert_ne!(edited.render(), s.config.render());
+    s.gateway.rewrite_config(&edited.render());
     s.gateway
         .wait_for_snapshot("the edit to be applied", |snapshot| {
             snapshot["generation"].as_u64().unwrap() > generation
@@ -462,30 +434,25 @@ async fn a_config_edit_applies_without_failing_requests_in_flight() {
 async fn gateway_api_error_statuses_and_route_timeouts() {
     let (port, backends) = start_backends(100, 2).await;
     let (http_port, llm_port) = (free_port(), free_port());
-    let extra = "---
-apiVersion: v1
-kind: Service
-metadata: {name: empty}
-spec:
-  selector: {app: nobody}
-  ports: [{port: 80, targetPort: 1234}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: edge-cases}
-spec:
-  parentRefs: [{name: gw, sectionName: http}]
-  rules:
-  - matches: [{path: {type: Exact, value: /no-pods}}]
-    backendRefs: [{kind: Service, name: empty, port: 80}]
-  - matches: [{path: {type: Exact, value: /missing}}]
-    backendRefs: [{kind: Service, name: does-not-exist, port: 80}]
-  - matches: [{path: {type: PathPrefix, value: /slow}}]
-    timeouts: {request: 300ms}
-    backendRefs: [{group: inference.networking.x-k8s.io, kind: InferencePool, name: pool}]
-";
-    let config = config(http_port, llm_port, port, &backends, extra);
-    let gateway = Gateway::start(gateway_binary(), &config, &[]).await;
+    let service = |name: &str| BackendRef::service(name, 80);
+    let config = config(http_port, llm_port, port, &backends)
+        .with(
+            Service::new("empty")
+                .selector("app", "nobody")
+                .port(80, 1234),
+        )
+        .with(
+            HttpRoute::new("edge-cases")
+                .on("gw", "http")
+                .rule(Rule::to(service("empty")).exact_path("/no-pods"))
+                .rule(Rule::to(service("does-not-exist")).exact_path("/missing"))
+                .rule(
+                    Rule::to(BackendRef::pool("pool"))
+                        .path_prefix("/slow")
+                        .request_timeout("300ms"),
+                ),
+        );
+    let gateway = Gateway::start(gateway_binary(), &config.render(), &[]).await;
     let client = client();
     let base = format!("http://127.0.0.1:{http_port}");
 

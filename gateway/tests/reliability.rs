@@ -8,30 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use loadtest::sim::server::SimServer;
+use testkit::k8s::InferenceModel;
 use testkit::*;
 
 fn gateway_binary() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_inference-gateway"))
-}
-
-fn pool_config(llm_port: u16, port: u16, sims: &[SimServer], strategy: &str) -> String {
-    format!(
-        "{gateway}{pods}{route}---
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferencePool
-metadata:
-  name: pool
-  annotations:
-    inference.networking.x-k8s.io/routing-strategy: {strategy}
-spec:
-  targetPortNumber: {port}
-  selector: {{app: sim}}
-  extensionRef: {{name: unused}}
-",
-        gateway = gateway_yaml(free_port(), llm_port),
-        pods = pods_at("sim", "sim", sims.iter().map(|s| s.local_addr().ip())),
-        route = pool_route("pool"),
-    )
 }
 
 /// Send a short completion; returns the status and the endpoint that served it.
@@ -69,7 +50,7 @@ async fn a_killed_model_server_is_skipped_and_comes_back() {
     let llm_port = free_port();
     let gateway = Gateway::start(
         gateway_binary(),
-        &pool_config(llm_port, port, &sims, "ROUND_ROBIN"),
+        &sim_pool_config(llm_port, port, &sims, "ROUND_ROBIN").render(),
         &[],
     )
     .await;
@@ -175,7 +156,7 @@ async fn a_server_answering_errors_is_ejected() {
     let llm_port = free_port();
     let _gateway = Gateway::start(
         gateway_binary(),
-        &pool_config(llm_port, port, &sims, "ROUND_ROBIN"),
+        &sim_pool_config(llm_port, port, &sims, "ROUND_ROBIN").render(),
         &[],
     )
     .await;
@@ -204,13 +185,9 @@ async fn a_server_answering_errors_is_ejected() {
 async fn malformed_requests_get_clear_client_errors() {
     let (port, sims) = start_sims(230, 1, &[], &[]).await;
     let llm_port = free_port();
-    let config = pool_config(llm_port, port, &sims, "DEFAULT")
-        + "---
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {name: base}
-spec: {modelName: /model/qwen, poolRef: {name: pool}}
-";
+    let config = sim_pool_config(llm_port, port, &sims, "DEFAULT")
+        .with(InferenceModel::new("base", "/model/qwen", "pool"))
+        .render();
     let _gateway = Gateway::start(gateway_binary(), &config, &["--max-body-bytes", "64KiB"]).await;
     let client = client();
     let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
@@ -311,7 +288,7 @@ spec: {modelName: /model/qwen, poolRef: {name: pool}}
 async fn a_rolling_restart_fails_no_request() {
     let (port, sims) = start_sims(240, 3, &[], &[]).await;
     let llm_port = free_port();
-    let config = pool_config(llm_port, port, &sims, "DEFAULT");
+    let config = sim_pool_config(llm_port, port, &sims, "DEFAULT").render();
     // Two gateway processes on the same listener port (SO_REUSEPORT), like two replicas behind
     // one address. During its drain delay the old one answers with `Connection: close`, so the
     // clients' keep-alive connections move to the new one before its listener closes.
@@ -386,7 +363,7 @@ async fn a_rolling_restart_fails_no_request() {
 async fn sigterm_turns_unready_and_closes_keep_alive_while_streams_finish() {
     let (port, sims) = start_sims(10, 2, &[], &[]).await;
     let llm_port = free_port();
-    let config = pool_config(llm_port, port, &sims, "DEFAULT");
+    let config = sim_pool_config(llm_port, port, &sims, "DEFAULT").render();
     // A drain delay far longer than the test, so every check below happens inside it.
     let gateway = Gateway::start(gateway_binary(), &config, &["--drain-delay", "600s"]).await;
     let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
@@ -439,7 +416,7 @@ async fn sigterm_turns_unready_and_closes_keep_alive_while_streams_finish() {
 async fn one_sim_gateway(ip: u8, args: &[&str]) -> (Vec<SimServer>, u16, Gateway) {
     let (port, sims) = start_sims(ip, 1, &[], &[]).await;
     let llm_port = free_port();
-    let config = pool_config(llm_port, port, &sims, "DEFAULT");
+    let config = sim_pool_config(llm_port, port, &sims, "DEFAULT").render();
     let gateway = Gateway::start(gateway_binary(), &config, args).await;
     (sims, llm_port, gateway)
 }
@@ -462,12 +439,14 @@ async fn overload_sheds_sheddable_serves_critical_and_leaks_nothing() {
     // Two servers with four sequence slots each: eight requests run at once, the rest queue.
     let (port, sims) = start_sims(20, 2, &["--max-num-seqs", "4"], &[]).await;
     let llm_port = free_port();
-    let config = [
-        pool_config(llm_port, port, &sims, "DEFAULT"),
-        inference_model("base", "/model/qwen", "Critical", "pool", &[]),
-        inference_model("batch", "batch", "Sheddable", "pool", &["/model/qwen"]),
-    ]
-    .concat();
+    let config = sim_pool_config(llm_port, port, &sims, "DEFAULT")
+        .with(InferenceModel::new("base", "/model/qwen", "pool").criticality("Critical"))
+        .with(
+            InferenceModel::new("batch", "batch", "pool")
+                .criticality("Sheddable")
+                .target("/model/qwen"),
+        )
+        .render();
     let gateway = Gateway::start(gateway_binary(), &config, &[]).await;
     let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
     let (rss_before, fds_before) = gateway.resources();
@@ -633,6 +612,15 @@ async fn gateway_metric(gateway: &Gateway, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} on the gateway's /metrics"))
 }
 
+/// Wait until the unlabelled series `name` on the gateway's `/metrics` reads `value`, or panic
+/// after [`DEADLINE`].
+async fn wait_for_metric(gateway: &Gateway, name: &str, value: f64) {
+    wait_until(&format!("{name} to read {value}"), DEADLINE, || async {
+        gateway_metric(gateway, name).await == value
+    })
+    .await;
+}
+
 /// A completion request with `Connection: close`, as raw HTTP/1.1 bytes, with extra header lines.
 fn raw_completion(extra_headers: &str) -> Vec<u8> {
     let body = r#"{"model":"/model/qwen","prompt":"hi","max_tokens":2}"#;
@@ -677,18 +665,7 @@ async fn connections_beyond_the_cap_get_503_until_one_closes() {
     let second = tokio::net::TcpStream::connect(("127.0.0.1", llm_port))
         .await
         .unwrap();
-    let mut open = 0.0;
-    for _ in 0..2000 {
-        open = gateway_metric(&gateway, "gateway_downstream_connections").await;
-        if open == 2.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        open, 2.0,
-        "the gateway did not count the two open connections"
-    );
+    wait_for_metric(&gateway, "gateway_downstream_connections", 2.0).await;
 
     // A third connection is answered with a 503 in OpenAI's shape and closed.
     let reply = raw_exchange(llm_port, &raw_completion("")).await;
@@ -723,15 +700,8 @@ async fn connections_beyond_the_cap_get_503_until_one_closes() {
 
     // Every slot is given back when the clients are gone.
     drop(second);
-    let mut open = 2.0;
-    for _ in 0..2000 {
-        open = gateway_metric(&gateway, "gateway_downstream_connections").await;
-        if open == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(open, 0.0, "connection slots leaked");
+    // Connection slots do not leak.
+    wait_for_metric(&gateway, "gateway_downstream_connections", 0.0).await;
     drop(gateway);
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use loadtest::sim::server::SimServer;
+use testkit::k8s::InferenceModel;
 use testkit::*;
 
 fn gateway_binary() -> &'static std::path::Path {
@@ -27,58 +28,19 @@ async fn lora_sims(first: u8, n: u8, flags: &[&str]) -> (u16, Vec<SimServer>) {
     start_sims(first, n, &all, &[]).await
 }
 
+/// The simulators in the pool `pool` with `strategy`, serving a Critical base model, two adapters
+/// and a Sheddable `batch` model.
 fn config(llm_port: u16, port: u16, sims: &[SimServer], strategy: &str) -> String {
-    let pods: String = sims
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: sim-{i}, labels: {{app: sim}}}}\n\
-                 status: {{podIP: {}, conditions: [{{type: Ready, status: 'True'}}]}}\n",
-                s.local_addr().ip()
-            )
-        })
-        .collect();
-    format!(
-        "{gateway}{pods}{route}---
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferencePool
-metadata:
-  name: pool
-  annotations:
-    inference.networking.x-k8s.io/routing-strategy: {strategy}
-spec:
-  targetPortNumber: {port}
-  selector: {{app: sim}}
-  extensionRef: {{name: unused}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {{name: base}}
-spec: {{modelName: /model/qwen, criticality: Critical, poolRef: {{name: pool}}}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {{name: adapter-a}}
-spec: {{modelName: a, poolRef: {{name: pool}}}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {{name: adapter-b}}
-spec: {{modelName: b, poolRef: {{name: pool}}}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {{name: batch}}
-spec:
-  modelName: batch
-  criticality: Sheddable
-  poolRef: {{name: pool}}
-  targetModels: [{{name: /model/qwen}}]
-",
-        gateway = gateway_yaml(free_port(), llm_port),
-        route = pool_route("pool"),
-    )
+    sim_pool_config(llm_port, port, sims, strategy)
+        .with(InferenceModel::new("base", "/model/qwen", "pool").criticality("Critical"))
+        .with(InferenceModel::new("adapter-a", "a", "pool"))
+        .with(InferenceModel::new("adapter-b", "b", "pool"))
+        .with(
+            InferenceModel::new("batch", "batch", "pool")
+                .criticality("Sheddable")
+                .target("/model/qwen"),
+        )
+        .render()
 }
 
 struct Setup {

@@ -10,6 +10,7 @@ use loadtest::bench::dataset::multi_turn::MultiTurnSpec;
 use loadtest::bench::dataset::random::{RandomSpec, RangeSemantics};
 use loadtest::bench::observed::run_observed;
 use loadtest::bench::request::{Backend, BodyStyle, RequestShape};
+use loadtest::bench::result::CLIENT_KEYS;
 use loadtest::bench::runner::RunPlan;
 use loadtest::client::StreamClient;
 use serde_json::Value;
@@ -70,31 +71,7 @@ async fn the_saved_result_has_the_client_keys_and_agrees_with_the_servers_metric
         "{name}"
     );
     let result: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    for key in [
-        "date",
-        "endpoint_type",
-        "backend",
-        "label",
-        "model_id",
-        "tokenizer_id",
-        "num_prompts",
-        "request_rate",
-        "burstiness",
-        "max_concurrency",
-        "duration",
-        "completed",
-        "failed",
-        "total_input_tokens",
-        "total_output_tokens",
-        "request_throughput",
-        "request_goodput",
-        "output_throughput",
-        "total_token_throughput",
-        "latencies",
-        "queue_times",
-        "max_output_tokens_per_s",
-        "max_concurrent_requests",
-        "rtfx",
+    let statistics = [
         "mean_ttft_ms",
         "median_ttft_ms",
         "std_ttft_ms",
@@ -107,8 +84,9 @@ async fn the_saved_result_has_the_client_keys_and_agrees_with_the_servers_metric
         "p99_itl_ms",
         "mean_e2el_ms",
         "p99_e2el_ms",
-    ] {
-        assert!(result.get(key).is_some(), "missing key {key}");
+    ];
+    for key in CLIENT_KEYS.iter().chain(&statistics) {
+        assert!(result.get(*key).is_some(), "missing key {key}");
     }
     assert_eq!(result["completed"], 6);
     assert_eq!(result["failed"], 0);

@@ -7,6 +7,8 @@
 //! shared by all backends of a test, exactly like pod IPs behind one target port. They record
 //! what they receive and can stream, echo, or hold a stream open until the test releases it.
 //! Nothing here sleeps to "wait a bit": waits are on conditions with a deadline.
+//!
+//! The configuration a test gives the gateway is built with [`k8s`]'s object builders.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -27,14 +29,25 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+pub mod k8s;
+
 /// How long any wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Wait until `condition` holds, polling every 10 ms, or panic after [`DEADLINE`].
 pub async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    wait_until(what, DEADLINE, || std::future::ready(condition())).await;
+}
+
+/// Wait until the asynchronous `condition` holds, polling every 10 ms, or panic after `deadline`.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+    while !condition().await {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -487,100 +500,6 @@ pub async fn post(
     )
 }
 
-/// Pods for backends, as YAML documents.
-pub fn pods(prefix: &str, labels: &str, backends: &[Backend]) -> String {
-    backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {prefix}-{i}, labels: {{{labels}}}}}\n\
-                 status: {{podIP: {}, conditions: [{{type: Ready, status: 'True'}}]}}\n",
-                b.addr.ip()
-            )
-        })
-        .collect()
-}
-
-/// A GatewayClass and Gateway with an `http` listener and an `llm` listener.
-pub fn gateway_yaml(http_port: u16, llm_port: u16) -> String {
-    format!(
-        "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: test-class}}
-spec: {{controllerName: inference-gateway.dev/controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw}}
-spec:
-  gatewayClassName: test-class
-  listeners:
-  - {{name: http, protocol: HTTP, port: {http_port}}}
-  - {{name: llm, protocol: HTTP, port: {llm_port}}}
-"
-    )
-}
-
-/// An InferenceModel (v1alpha2) named `name` for `model_name` in pool `pool`, with the given
-/// criticality and, when any, target models of equal weight.
-pub fn inference_model(
-    name: &str,
-    model_name: &str,
-    criticality: &str,
-    pool: &str,
-    targets: &[&str],
-) -> String {
-    let targets = if targets.is_empty() {
-        String::new()
-    } else {
-        let list: Vec<String> = targets.iter().map(|t| format!("{{name: {t}}}")).collect();
-        format!("  targetModels: [{}]\n", list.join(", "))
-    };
-    format!(
-        "---
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {{name: {name}}}
-spec:
-  modelName: {model_name}
-  criticality: {criticality}
-  poolRef: {{name: {pool}}}
-{targets}"
-    )
-}
-
-/// An HTTPRoute on the `llm` listener to pool `pool`.
-pub fn pool_route(pool: &str) -> String {
-    format!(
-        "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: llm-route}}
-spec:
-  parentRefs: [{{name: gw, sectionName: llm}}]
-  rules:
-  - backendRefs: [{{group: inference.networking.x-k8s.io, kind: InferencePool, name: {pool}}}]
-"
-    )
-}
-
-/// A v1alpha2 InferencePool selecting `app: {app}` on `port`.
-pub fn pool(name: &str, app: &str, port: u16) -> String {
-    format!(
-        "---
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferencePool
-metadata: {{name: {name}}}
-spec:
-  targetPortNumber: {port}
-  selector: {{app: {app}}}
-  extensionRef: {{name: unused}}
-"
-    )
-}
-
 /// A streaming request through the gateway whose chunks the test reads one by one.
 pub struct Stream {
     body: Incoming,
@@ -692,15 +611,20 @@ pub async fn start_sims(
     panic!("no free port for simulators");
 }
 
-/// Ready Pods labelled `app: {app}` at the given addresses, as YAML documents.
-pub fn pods_at(prefix: &str, app: &str, ips: impl IntoIterator<Item = IpAddr>) -> String {
-    ips.into_iter()
-        .enumerate()
-        .map(|(i, ip)| {
-            format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {prefix}-{i}, labels: {{app: {app}}}}}\n\
-                 status: {{podIP: {ip}, conditions: [{{type: Ready, status: 'True'}}]}}\n"
-            )
-        })
-        .collect()
+/// The configuration of most simulator tests: [`k8s::Manifest::test_gateway`] (its `http` listener
+/// on a free port), and `sims` as Ready pods `sim-N` labelled `app: sim` in the v1alpha2 pool `pool`
+/// (routing `strategy`, endpoints on `port`) behind the `llm` listener.
+pub fn sim_pool_config(
+    llm_port: u16,
+    port: u16,
+    sims: &[loadtest::sim::server::SimServer],
+    strategy: &str,
+) -> k8s::Manifest {
+    let ips = sims.iter().map(|s| s.local_addr().ip());
+    k8s::Manifest::test_gateway(free_port(), llm_port).with_pool(
+        k8s::InferencePool::new("pool", port)
+            .selector("app", "sim")
+            .strategy(strategy),
+        k8s::ready_pods("sim", "sim", ips),
+    )
 }

@@ -136,6 +136,38 @@ fn rate_value(rate: f64) -> Value {
     }
 }
 
+/// The top-level keys `vllm bench serve --save-result` writes on every run, in its order: the run
+/// settings, totals and throughput, the per-request arrays it keeps by default, and peaks and
+/// extras. The statistics (`{mean,median,std}_{metric}_ms`, `p{P}_{metric}_ms`) follow them, one
+/// set per selected metric and percentile. [`to_json`] must write every one of these keys; tests
+/// check its output against this list.
+pub const CLIENT_KEYS: &[&str] = &[
+    "date",
+    "endpoint_type",
+    "backend",
+    "label",
+    "model_id",
+    "tokenizer_id",
+    "num_prompts",
+    "request_rate",
+    "burstiness",
+    "max_concurrency",
+    "duration",
+    "completed",
+    "failed",
+    "total_input_tokens",
+    "total_output_tokens",
+    "request_throughput",
+    "request_goodput",
+    "output_throughput",
+    "total_token_throughput",
+    "latencies",
+    "queue_times",
+    "max_output_tokens_per_s",
+    "max_concurrent_requests",
+    "rtfx",
+];
+
 /// The saved result: the client's keys, plus ours under `"loadgen"` (given by the caller).
 pub fn to_json(summary: &BenchSummary, date: &str, extras: Value) -> Value {
     let settings = &summary.settings;
@@ -285,31 +317,7 @@ P99 ITL (ms):                            197.00
         let summary = summarize(&sample(), 2.0, settings(1.0), options);
         let value = to_json(&summary, "20250101-000000", json!({"time_scale": 1.0}));
         let object = value.as_object().unwrap();
-        for key in [
-            "date",
-            "endpoint_type",
-            "backend",
-            "label",
-            "model_id",
-            "tokenizer_id",
-            "num_prompts",
-            "request_rate",
-            "burstiness",
-            "max_concurrency",
-            "duration",
-            "completed",
-            "failed",
-            "total_input_tokens",
-            "total_output_tokens",
-            "request_throughput",
-            "request_goodput",
-            "output_throughput",
-            "total_token_throughput",
-            "latencies",
-            "queue_times",
-            "max_output_tokens_per_s",
-            "max_concurrent_requests",
-            "rtfx",
+        let statistics = [
             "mean_ttft_ms",
             "median_ttft_ms",
             "std_ttft_ms",
@@ -319,9 +327,9 @@ P99 ITL (ms):                            197.00
             "p99_itl_ms",
             "mean_e2el_ms",
             "p99_e2el_ms",
-            "loadgen",
-        ] {
-            assert!(object.contains_key(key), "missing {key}");
+        ];
+        for key in CLIENT_KEYS.iter().chain(&statistics).chain(&["loadgen"]) {
+            assert!(object.contains_key(*key), "missing {key}");
         }
         assert_eq!(object["request_rate"], "inf");
         assert!(object["request_goodput"].is_null());

@@ -140,13 +140,16 @@ pub struct GatewayMetrics {
     pub retries: IntCounterVec,
     /// Picks by pool, strategy and endpoint.
     pub picks: IntCounterVec,
+    /// Endpoint indexes outside the pool that a strategy returned (dropped), by pool and strategy.
+    pub invalid_candidates: IntCounterVec,
     /// Failed metrics scrapes by endpoint and reason.
     pub scrape_errors: IntCounterVec,
     /// Duration of metrics scrapes.
     pub scrape_duration: Histogram,
     /// Age of each endpoint's metrics, by pool and endpoint (computed at scrape time).
     pub scrape_age: prometheus::GaugeVec,
-    /// Requests rejected with 429 because their pool was saturated, by pool.
+    /// Requests rejected with 429 because their pool was saturated (the gateway's check of
+    /// sheddable requests, or the strategy's own [`plugins::NoEndpoint::Shed`]), by pool.
     pub sheds: IntCounterVec,
     /// Inference requests in flight per endpoint (computed at scrape time).
     pub endpoint_in_flight: prometheus::GaugeVec,
@@ -303,6 +306,11 @@ impl GatewayMetrics {
                 "Endpoints chosen for inference requests, by pool, strategy and endpoint.",
                 &["pool", "strategy", "endpoint"],
             ),
+            invalid_candidates: counter_vec(
+                "gateway_strategy_invalid_candidates_total",
+                "Endpoint indexes outside the pool returned by a strategy and dropped (a strategy bug), by pool and strategy.",
+                &["pool", "strategy"],
+            ),
             scrape_errors: counter_vec(
                 "gateway_scrape_errors_total",
                 "Failed model-server metrics scrapes, by endpoint and reason.",
@@ -325,7 +333,7 @@ impl GatewayMetrics {
             ),
             sheds: counter_vec(
                 "gateway_sheds_total",
-                "Sheddable requests rejected with 429 because their pool was saturated.",
+                "Requests rejected with 429 because their pool was saturated: sheddable requests by the gateway's check, any request by the pool's strategy.",
                 &["pool"],
             ),
             endpoint_in_flight: gauge_vec(
@@ -385,6 +393,7 @@ impl GatewayMetrics {
             Box::new(metrics.upstream_attempts.clone()),
             Box::new(metrics.retries.clone()),
             Box::new(metrics.picks.clone()),
+            Box::new(metrics.invalid_candidates.clone()),
             Box::new(metrics.scrape_errors.clone()),
             Box::new(metrics.scrape_duration.clone()),
             Box::new(metrics.scrape_age.clone()),
@@ -437,6 +446,8 @@ impl GatewayMetrics {
             // nothing before the first event.
             self.retries.with_label_values(&[qualified.as_str()]);
             self.sheds.with_label_values(&[qualified.as_str()]);
+            self.invalid_candidates
+                .with_label_values(&[qualified.as_str(), pool.resolution.implementation.as_str()]);
             let (mut kv, mut queue, mut fresh) = (0.0, 0.0, 0usize);
             for endpoint in &pool.endpoints {
                 let endpoint_name = endpoint.id.name();
@@ -469,7 +480,7 @@ impl GatewayMetrics {
                     .with_label_values(&[name])
                     .set(queue / fresh as f64);
             }
-            if let Some(blocks) = pool.strategy.debug_state()["index"]["blocks"].as_u64() {
+            if let Some(blocks) = pool.strategy.stats().indexed_blocks {
                 self.prefix_index_size
                     .with_label_values(&[qualified.as_str()])
                     .set(blocks as f64);

@@ -40,18 +40,7 @@ fn config(llm_port: u16, port: u16, sims: &[SimServer], strategy: &str) -> Strin
         })
         .collect();
     format!(
-        "{gateway}{pods}{route}---
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferencePool
-metadata:
-  name: pool
-  annotations:
-    inference.networking.x-k8s.io/routing-strategy: {strategy}
-spec:
-  targetPortNumber: {port}
-  selector: {{app: sim}}
-  extensionRef: {{name: unused}}
----
+        "{gateway}{pods}{route}{pool}---
 apiVersion: inference.networking.x-k8s.io/v1alpha2
 kind: InferenceModel
 metadata: {{name: base}}
@@ -78,6 +67,7 @@ spec:
 ",
         gateway = gateway_yaml(free_port(), llm_port),
         route = pool_route("pool"),
+        pool = pool_with_strategy("pool", "sim", port, strategy),
     )
 }
 

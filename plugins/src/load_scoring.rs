@@ -145,12 +145,23 @@ impl ScoredPool<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoint::EndpointMetrics;
+    use crate::endpoint::{EndpointMetrics, EndpointView};
     use crate::registry::StrategyConfig;
     use crate::testing::{pool_of, request, with_metrics};
 
     fn scoring() -> LoadScoring {
         LoadScoring::from_params(&mut Params::new("T", &StrategyConfig::new())).unwrap()
+    }
+
+    /// Score `views` with DEFAULT's settings for a plain request and hand the result to `check`.
+    fn with_scored(views: &[EndpointView<'_>], check: impl FnOnce(&ScoredPool<'_>)) {
+        let pool = PoolView {
+            name: "p",
+            endpoints: views,
+        };
+        let headers = http::HeaderMap::new();
+        let scoring = scoring();
+        check(&scoring.score(&request(&headers), &pool).unwrap());
     }
 
     #[test]
@@ -174,35 +185,25 @@ mod tests {
             ..Default::default()
         });
         with_metrics(&mut views, &metrics);
-        let pool = PoolView {
-            name: "p",
-            endpoints: &views,
-        };
-        let headers = http::HeaderMap::new();
-        let scoring = scoring();
-        let scored = scoring.score(&request(&headers), &pool).unwrap();
-        assert_eq!(scored.ranked().as_slice(), &[1, 3, 2, 0]);
-        assert_eq!(scored.first_then_ranked(Some(2)).as_slice(), &[2, 1, 3, 0]);
-        assert_eq!(scored.first_then_ranked(Some(1)).as_slice(), &[1, 3, 2, 0]);
-        assert_eq!(scored.first_then_ranked(None).as_slice(), &[1, 3, 2, 0]);
-        assert_eq!(scored.first_then_ranked(Some(9)).as_slice(), &[1, 3, 2, 0]);
+        with_scored(&views, |scored| {
+            assert_eq!(scored.ranked().as_slice(), &[1, 3, 2, 0]);
+            assert_eq!(scored.first_then_ranked(Some(2)).as_slice(), &[2, 1, 3, 0]);
+            assert_eq!(scored.first_then_ranked(Some(1)).as_slice(), &[1, 3, 2, 0]);
+            assert_eq!(scored.first_then_ranked(None).as_slice(), &[1, 3, 2, 0]);
+            assert_eq!(scored.first_then_ranked(Some(9)).as_slice(), &[1, 3, 2, 0]);
+        });
     }
 
     #[test]
     fn placement_stays_inside_the_members() {
         let (_ids, views) = pool_of(5);
-        let pool = PoolView {
-            name: "p",
-            endpoints: &views,
-        };
-        let headers = http::HeaderMap::new();
-        let scoring = scoring();
-        let scored = scoring.score(&request(&headers), &pool).unwrap();
         let members = [false, true, false, true, false];
-        for key in 0..200 {
-            let placed = scored.place(key, &members).unwrap();
-            assert!(members[placed], "{placed}");
-        }
-        assert_eq!(scored.place(7, &[false; 5]), None);
+        with_scored(&views, |scored| {
+            for key in 0..200 {
+                let placed = scored.place(key, &members).unwrap();
+                assert!(members[placed], "{placed}");
+            }
+            assert_eq!(scored.place(7, &[false; 5]), None);
+        });
     }
 }

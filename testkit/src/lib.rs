@@ -568,11 +568,27 @@ spec:
 
 /// A v1alpha2 InferencePool selecting `app: {app}` on `port`.
 pub fn pool(name: &str, app: &str, port: u16) -> String {
+    pool_document(&format!("{{name: {name}}}"), app, port)
+}
+
+/// A v1alpha2 InferencePool selecting `app: {app}` on `port`, routed by the strategy registered
+/// as `strategy` (its routing-strategy annotation).
+pub fn pool_with_strategy(name: &str, app: &str, port: u16, strategy: &str) -> String {
+    pool_document(
+        &format!(
+            "{{name: {name}, annotations: {{inference.networking.x-k8s.io/routing-strategy: {strategy}}}}}"
+        ),
+        app,
+        port,
+    )
+}
+
+fn pool_document(metadata: &str, app: &str, port: u16) -> String {
     format!(
         "---
 apiVersion: inference.networking.x-k8s.io/v1alpha2
 kind: InferencePool
-metadata: {{name: {name}}}
+metadata: {metadata}
 spec:
   targetPortNumber: {port}
   selector: {{app: {app}}}

@@ -16,21 +16,11 @@ const INVALID_PER_PICK: usize = 2;
 
 fn config(llm_port: u16, port: u16, backends: &[Backend]) -> String {
     format!(
-        "{gateway}{pods}{route}---
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferencePool
-metadata:
-  name: pool
-  annotations:
-    inference.networking.x-k8s.io/routing-strategy: OUT_OF_RANGE
-spec:
-  targetPortNumber: {port}
-  selector: {{app: faulty}}
-  extensionRef: {{name: unused}}
-",
+        "{gateway}{pods}{route}{pool}",
         gateway = gateway_yaml(free_port(), llm_port),
         pods = pods("faulty", "app: faulty", backends),
         route = pool_route("pool"),
+        pool = pool_with_strategy("pool", "faulty", port, "OUT_OF_RANGE"),
     )
 }
 

@@ -12,21 +12,11 @@ async fn sessions_stick_and_spread() {
     let (port, sims) = start_sims(200, 3, &[], &[]).await;
     let llm_port = free_port();
     let config = format!(
-        "{gateway}{pods}{route}---
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferencePool
-metadata:
-  name: pool
-  annotations:
-    inference.networking.x-k8s.io/routing-strategy: SESSION_AFFINITY
-spec:
-  targetPortNumber: {port}
-  selector: {{app: sim}}
-  extensionRef: {{name: unused}}
-",
+        "{gateway}{pods}{route}{pool}",
         gateway = gateway_yaml(free_port(), llm_port),
         pods = pods_at("sim", "sim", sims.iter().map(|s| s.local_addr().ip())),
         route = pool_route("pool"),
+        pool = pool_with_strategy("pool", "sim", port, "SESSION_AFFINITY"),
     );
     let binary = Path::new(env!("CARGO_BIN_EXE_session-affinity-gateway"));
     let gateway = Gateway::start(binary, &config, &[]).await;

@@ -140,13 +140,16 @@ pub struct GatewayMetrics {
     pub retries: IntCounterVec,
     /// Picks by pool, strategy and endpoint.
     pub picks: IntCounterVec,
+    /// Endpoint indexes outside the pool that a strategy returned (dropped), by pool and strategy.
+    pub invalid_candidates: IntCounterVec,
     /// Failed metrics scrapes by endpoint and reason.
     pub scrape_errors: IntCounterVec,
     /// Duration of metrics scrapes.
     pub scrape_duration: Histogram,
     /// Age of each endpoint's metrics, by pool and endpoint (computed at scrape time).
     pub scrape_age: prometheus::GaugeVec,
-    /// Requests rejected with 429 because their pool was saturated, by pool.
+    /// Requests rejected with 429 because their pool was saturated (the gateway's check of
+    /// sheddable requests, or the strategy's own [`plugins::NoEndpoint::Shed`]), by pool.
     pub sheds: IntCounterVec,
     /// Inference requests in flight per endpoint (computed at scrape time).
     pub endpoint_in_flight: prometheus::GaugeVec,
@@ -303,6 +306,11 @@ impl GatewayMetrics {
                 "Endpoints chosen for inference requests, by pool, strategy and endpoint.",
                 &["pool", "strategy", "endpoint"],
             ),
+            invalid_candidates: counter_vec(
+                "gateway_strategy_invalid_candidates_total",
+                "Endpoint indexes outside the pool returned by a strategy and dropped (a strategy bug), by pool and strategy.",
+                &["pool", "strategy"],
+            ),
             scrape_errors: counter_vec(
                 "gateway_scrape_errors_total",
                 "Failed model-server metrics scrapes, by endpoint and reason.",
@@ -325,7 +333,7 @@ impl GatewayMetrics {
             ),
             sheds: counter_vec(
                 "gateway_sheds_total",
-                "Sheddable requests rejected with 429 because their pool was saturated.",
+                "Requests rejected with 429 because their pool was saturated: sheddable requests by the gateway's check, any request by the pool's strategy.",
                 &["pool"],
             ),
             endpoint_in_flight: gauge_vec(
@@ -360,43 +368,7 @@ impl GatewayMetrics {
             )
             .expect("valid metric"),
         };
-        let collectors: Vec<Box<dyn Collector>> = vec![
-            Box::new(metrics.model_requests.clone()),
-            Box::new(metrics.model_errors.clone()),
-            Box::new(metrics.model_duration.clone()),
-            Box::new(metrics.model_ntpot.clone()),
-            Box::new(metrics.model_request_sizes.clone()),
-            Box::new(metrics.model_response_sizes.clone()),
-            Box::new(metrics.model_input_tokens.clone()),
-            Box::new(metrics.model_output_tokens.clone()),
-            Box::new(metrics.model_running.clone()),
-            Box::new(metrics.pool_kv.clone()),
-            Box::new(metrics.pool_queue.clone()),
-            Box::new(metrics.pool_pod_queue.clone()),
-            Box::new(metrics.pool_ready.clone()),
-            Box::new(metrics.pick_duration.clone()),
-            Box::new(metrics.prefix_index_size.clone()),
-            Box::new(metrics.info.clone()),
-            Box::new(metrics.requests.clone()),
-            Box::new(metrics.request_duration.clone()),
-            Box::new(metrics.time_to_first_byte.clone()),
-            Box::new(metrics.time_to_first_token.clone()),
-            Box::new(metrics.time_per_output_token.clone()),
-            Box::new(metrics.upstream_attempts.clone()),
-            Box::new(metrics.retries.clone()),
-            Box::new(metrics.picks.clone()),
-            Box::new(metrics.scrape_errors.clone()),
-            Box::new(metrics.scrape_duration.clone()),
-            Box::new(metrics.scrape_age.clone()),
-            Box::new(metrics.sheds.clone()),
-            Box::new(metrics.endpoint_in_flight.clone()),
-            Box::new(metrics.config_reloads.clone()),
-            Box::new(metrics.snapshot_generation.clone()),
-            Box::new(metrics.connections_open.clone()),
-            Box::new(metrics.connections_refused.clone()),
-            Box::new(metrics.header_timeouts.clone()),
-        ];
-        for collector in collectors {
+        for collector in metrics.collectors() {
             metrics
                 .registry
                 .register(collector)
@@ -437,6 +409,8 @@ impl GatewayMetrics {
             // nothing before the first event.
             self.retries.with_label_values(&[qualified.as_str()]);
             self.sheds.with_label_values(&[qualified.as_str()]);
+            self.invalid_candidates
+                .with_label_values(&[qualified.as_str(), pool.resolution.implementation.as_str()]);
             let (mut kv, mut queue, mut fresh) = (0.0, 0.0, 0usize);
             for endpoint in &pool.endpoints {
                 let endpoint_name = endpoint.id.name();
@@ -469,7 +443,7 @@ impl GatewayMetrics {
                     .with_label_values(&[name])
                     .set(queue / fresh as f64);
             }
-            if let Some(blocks) = pool.strategy.debug_state()["index"]["blocks"].as_u64() {
+            if let Some(blocks) = pool.strategy.stats().indexed_blocks {
                 self.prefix_index_size
                     .with_label_values(&[qualified.as_str()])
                     .set(blocks as f64);
@@ -495,47 +469,52 @@ impl Default for GatewayMetrics {
 }
 
 impl GatewayMetrics {
+    /// Every metric, once: what [`GatewayMetrics::new`] registers.
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.model_requests.clone()),
+            Box::new(self.model_errors.clone()),
+            Box::new(self.model_duration.clone()),
+            Box::new(self.model_ntpot.clone()),
+            Box::new(self.model_request_sizes.clone()),
+            Box::new(self.model_response_sizes.clone()),
+            Box::new(self.model_input_tokens.clone()),
+            Box::new(self.model_output_tokens.clone()),
+            Box::new(self.model_running.clone()),
+            Box::new(self.pool_kv.clone()),
+            Box::new(self.pool_queue.clone()),
+            Box::new(self.pool_pod_queue.clone()),
+            Box::new(self.pool_ready.clone()),
+            Box::new(self.pick_duration.clone()),
+            Box::new(self.prefix_index_size.clone()),
+            Box::new(self.info.clone()),
+            Box::new(self.requests.clone()),
+            Box::new(self.request_duration.clone()),
+            Box::new(self.time_to_first_byte.clone()),
+            Box::new(self.time_to_first_token.clone()),
+            Box::new(self.time_per_output_token.clone()),
+            Box::new(self.upstream_attempts.clone()),
+            Box::new(self.retries.clone()),
+            Box::new(self.picks.clone()),
+            Box::new(self.invalid_candidates.clone()),
+            Box::new(self.scrape_errors.clone()),
+            Box::new(self.scrape_duration.clone()),
+            Box::new(self.scrape_age.clone()),
+            Box::new(self.sheds.clone()),
+            Box::new(self.endpoint_in_flight.clone()),
+            Box::new(self.config_reloads.clone()),
+            Box::new(self.snapshot_generation.clone()),
+            Box::new(self.connections_open.clone()),
+            Box::new(self.connections_refused.clone()),
+            Box::new(self.header_timeouts.clone()),
+        ]
+    }
+
     /// Every metric [`GatewayMetrics::new`] registers, as its collector describes it (name, help,
     /// label names) with its type: what generated dashboards and alert rules check their queries
     /// against (`src/bin/dashboards/`).
     pub fn descriptors(&self) -> Vec<(prometheus::core::Desc, prometheus::proto::MetricType)> {
-        let collectors: [&dyn Collector; 34] = [
-            &self.model_requests,
-            &self.model_errors,
-            &self.model_duration,
-            &self.model_ntpot,
-            &self.model_request_sizes,
-            &self.model_response_sizes,
-            &self.model_input_tokens,
-            &self.model_output_tokens,
-            &self.model_running,
-            &self.pool_kv,
-            &self.pool_queue,
-            &self.pool_pod_queue,
-            &self.pool_ready,
-            &self.pick_duration,
-            &self.prefix_index_size,
-            &self.info,
-            &self.requests,
-            &self.request_duration,
-            &self.time_to_first_byte,
-            &self.time_to_first_token,
-            &self.time_per_output_token,
-            &self.upstream_attempts,
-            &self.retries,
-            &self.picks,
-            &self.scrape_errors,
-            &self.scrape_duration,
-            &self.scrape_age,
-            &self.sheds,
-            &self.endpoint_in_flight,
-            &self.config_reloads,
-            &self.snapshot_generation,
-            &self.connections_open,
-            &self.connections_refused,
-            &self.header_timeouts,
-        ];
-        collectors
+        self.collectors()
             .iter()
             .map(|c| (c.desc()[0].clone(), c.collect()[0].get_field_type()))
             .collect()

@@ -187,6 +187,15 @@ async fn prefix_cache_keeps_a_document_on_one_endpoint() {
         snapshot["pools"][0]["strategy"]["state"]["index"]["endpoints"],
         1
     );
+    // The strategy's typed statistics reach the metric.
+    let (_, metrics) = get(&format!("http://{}/metrics", s.gateway.admin)).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let blocks = metrics.lines().find_map(|line| {
+        line.strip_prefix("inference_extension_prefix_indexer_size{pool=\"default/pool\"} ")?
+            .parse::<f64>()
+            .ok()
+    });
+    assert!(blocks.is_some_and(|b| b > 0.0), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,21 +3,22 @@
 //! A *strategy* decides which endpoint of an `InferencePool` serves a request. The gateway parses
 //! the request, resolves its model, builds a [`RequestView`] and a [`PoolView`] (endpoints with their
 //! latest scraped metrics, the metrics' age and the gateway's own in-flight counts) and asks the
-//! pool's strategy for [`Candidates`]: endpoints in preference order. The gateway dials the first and
-//! walks the list when a connection fails.
+//! pool's strategy for [`Candidates`]: endpoints in preference order. The gateway checks them against
+//! the pool ([`Candidates::resolve`]), dials the first and walks the list when a connection fails.
 //!
 //! This crate is pure: no I/O, no async runtime, no proxy or Kubernetes types. Strategies are
 //! synchronous and must return in microseconds, because they run on the request path of every
 //! inference request. That also makes them easy to test: build a view by hand, call
 //! [`Strategy::pick`], assert the exact pick.
 //!
-//! Strategies are found by name in a [`Registry`]. The pool annotation
-//! `inference.networking.x-k8s.io/routing-strategy` names one; parameters come from pool
-//! annotations under [`STRATEGY_PARAM_PREFIX`]. A third-party crate registers its own factory and the
+//! Strategies are found by name in a [`Registry`]; that name is the strategy's only name. The pool
+//! annotation `inference.networking.x-k8s.io/routing-strategy` names one; parameters come from
+//! pool annotations under [`STRATEGY_PARAM_PREFIX`]. A third-party crate registers its own factory and the
 //! gateway treats it exactly like a built-in one.
 
 pub mod endpoint;
 pub mod load;
+pub mod load_scoring;
 pub mod params;
 pub mod prefix;
 pub mod registry;
@@ -29,7 +30,10 @@ pub mod strategy;
 pub use endpoint::{EndpointId, EndpointMetrics, EndpointView, LoraState, PoolView};
 pub use registry::{Registry, RegistryError, StrategyConfig, StrategyFactory};
 pub use request::{Criticality, RequestView};
-pub use strategy::{Candidates, Completion, ConfigError, Inputs, NoEndpoint, Outcome, Strategy};
+pub use strategy::{
+    Candidates, Completion, ConfigError, Inputs, NoEndpoint, Outcome, Resolved, Strategy,
+    StrategyStats,
+};
 
 /// Pool annotation that names the routing strategy (ACK's key, kept for compatibility).
 pub const ROUTING_STRATEGY_ANNOTATION: &str = "inference.networking.x-k8s.io/routing-strategy";

@@ -10,6 +10,8 @@
 use std::time::Duration;
 
 use crate::endpoint::{EndpointView, PoolView};
+use crate::params::Params;
+use crate::strategy::ConfigError;
 
 /// Thresholds shared by load estimates and the saturation detector.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -89,7 +91,7 @@ impl Load {
 
 /// How far above the least-loaded endpoint an endpoint may be and still be chosen for affinity
 /// (a cached prefix, a resident adapter).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct LoadWindow {
     /// Extra requests (running plus queued) allowed over the least-loaded endpoint.
     pub requests: f64,
@@ -98,6 +100,17 @@ pub struct LoadWindow {
 }
 
 impl LoadWindow {
+    /// Read `window-requests` (default 8) and `window-ratio` (default 0.5) from `params`. Eight
+    /// more sequences raise a decode step by a few percent (decode is memory-bound), while missing
+    /// a cached prefix or swapping an adapter costs a whole prefill; at high load the window grows
+    /// with it, 50% over the least-loaded endpoint.
+    pub fn from_params(params: &mut Params<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            requests: params.f64("window-requests", 8.0, 0.0..=100_000.0)?,
+            ratio: params.f64("window-ratio", 0.5, 0.0..=100.0)?,
+        })
+    }
+
     /// Which endpoints are inside the window. With fresh metrics somewhere, the measure is running
     /// plus queued requests among fresh endpoints, and endpoints over the KV threshold are out while
     /// some endpoint is under it; with no fresh metrics at all, it is the gateway's in-flight count

@@ -210,6 +210,46 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PoolView;
+    use crate::strategy::Candidates;
+    use crate::testing::{pool_of, request};
+
+    /// Which built-in `strategy` is, from what it does (strategies carry no name of their own):
+    /// the keys of its debug state, and for the two without state, how it orders a pool of 16.
+    fn identify(strategy: &dyn Strategy) -> &'static str {
+        let state = strategy.debug_state();
+        if state.get("index").is_some() {
+            return "PREFIX_CACHE";
+        }
+        if state.get("pending_ttl_ms").is_some() {
+            return "LORA_AFFINITY";
+        }
+        if state.get("scorers").is_some() {
+            return "DEFAULT";
+        }
+        let (_ids, views) = pool_of(16);
+        let pool = PoolView {
+            name: "p",
+            endpoints: &views,
+        };
+        let headers = http::HeaderMap::new();
+        let picks: Vec<Candidates> = (0..2)
+            .map(|_| strategy.pick(&request(&headers), &pool).unwrap())
+            .collect();
+        if picks == [Candidates::rotation(0, 16), Candidates::rotation(1, 16)] {
+            return "ROUND_ROBIN";
+        }
+        let permutation = |c: &Candidates| {
+            let mut sorted = c.as_slice().to_vec();
+            sorted.sort_unstable();
+            sorted == (0..16).collect::<Vec<_>>()
+        };
+        if picks.iter().all(permutation) {
+            "RANDOM"
+        } else {
+            "unknown"
+        }
+    }
 
     #[test]
     fn builtins_resolve() {
@@ -226,8 +266,10 @@ mod tests {
         );
         for name in registry.names() {
             let strategy = registry.build(name, &StrategyConfig::new()).unwrap();
-            assert_eq!(strategy.name(), name);
-            assert_eq!(registry.describe(name).unwrap().note, None);
+            assert_eq!(identify(&*strategy), name);
+            let resolution = registry.describe(name).unwrap();
+            assert_eq!(resolution.implementation, name);
+            assert_eq!(resolution.note, None);
         }
     }
 
@@ -243,10 +285,7 @@ mod tests {
         assert_eq!(d.implementation, "ROUND_ROBIN");
         assert!(d.note.unwrap().contains("old name"));
         assert_eq!(
-            registry
-                .build("LEGACY", &StrategyConfig::new())
-                .unwrap()
-                .name(),
+            identify(&*registry.build("LEGACY", &StrategyConfig::new()).unwrap()),
             "ROUND_ROBIN"
         );
     }

@@ -7,7 +7,9 @@
 //!   behind atomics or short, sharded locks.
 //! - The [`PoolView`] holds only eligible endpoints; return indexes into `pool.endpoints`, best
 //!   first. The gateway dials the first and moves to the next only when a connection fails, so
-//!   listing every endpoint is cheap insurance, not a cost.
+//!   listing every endpoint is cheap insurance, not a cost. Indexes outside the pool and repeats
+//!   are dropped by the gateway ([`Candidates::resolve`]); the ones outside are counted as a
+//!   strategy bug, never a crash.
 //! - Hooks ([`Strategy::on_dispatched`], [`Strategy::on_completed`],
 //!   [`Strategy::on_endpoints_changed`]) run on the request path too and have the same rules. Every
 //!   dispatched request is completed exactly once, whatever happened to it.
@@ -16,6 +18,7 @@
 use std::time::Duration;
 
 use crate::endpoint::{EndpointId, EndpointView, PoolView};
+use crate::load::LoadConfig;
 use crate::request::RequestView;
 
 /// The request parts a strategy reads, so the gateway parses the body only as far as needed.
@@ -33,14 +36,30 @@ impl Inputs {
 }
 
 /// Endpoints in preference order, as indexes into [`PoolView::endpoints`].
+///
+/// A strategy builds them freely: construction does no checking, so it costs nothing on the pick
+/// path. The gateway turns them into endpoints with [`Candidates::resolve`], which drops indexes
+/// outside the pool and repeated ones; whatever a strategy returns, the gateway neither panics nor
+/// allocates beyond the pool's size.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Candidates(Vec<usize>);
 
+/// [`Candidates`] checked against a pool: what the gateway dials, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// Indexes into the pool, best first: each below the pool's size, each once, in the order of
+    /// their first occurrence in the candidates. Never longer than the pool.
+    pub order: Vec<usize>,
+    /// Candidates that were outside the pool (every occurrence counts): a strategy bug the gateway
+    /// exports as `gateway_strategy_invalid_candidates_total`. Repeats of valid indexes are
+    /// dropped without counting.
+    pub dropped: usize,
+}
+
 impl Candidates {
-    /// Candidates in the given order. Duplicates are removed, keeping the first occurrence.
-    pub fn new(mut order: Vec<usize>) -> Self {
-        let mut seen = vec![false; order.iter().max().map_or(0, |&m| m + 1)];
-        order.retain(|&i| !std::mem::replace(&mut seen[i], true));
+    /// Candidates in the given order, as given (see [`Candidates::resolve`] for what the gateway
+    /// keeps).
+    pub fn new(order: Vec<usize>) -> Self {
         Candidates(order)
     }
 
@@ -49,7 +68,7 @@ impl Candidates {
         Candidates((0..len).map(|k| (first + k) % len).collect())
     }
 
-    /// The indexes, best first.
+    /// The indexes, best first, as the strategy returned them.
     pub fn as_slice(&self) -> &[usize] {
         &self.0
     }
@@ -67,6 +86,24 @@ impl Candidates {
     /// Whether there is no candidate.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Check the candidates against a pool of `pool_len` endpoints: keep each index below
+    /// `pool_len` at its first occurrence, drop repeats, and count what was out of range. Works in
+    /// place with one `pool_len`-sized bitmap, so neither time nor memory depends on the values a
+    /// strategy returned.
+    pub fn resolve(self, pool_len: usize) -> Resolved {
+        let mut order = self.0;
+        let mut seen = vec![false; pool_len];
+        let mut dropped = 0;
+        order.retain(|&index| match seen.get_mut(index) {
+            Some(seen) => !std::mem::replace(seen, true),
+            None => {
+                dropped += 1;
+                false
+            }
+        });
+        Resolved { order, dropped }
     }
 }
 
@@ -162,17 +199,40 @@ impl ConfigError {
     }
 }
 
-/// A routing strategy: given a request and the pool's eligible endpoints, rank the endpoints.
-pub trait Strategy: Send + Sync + 'static {
-    /// The name it is registered under (for example `ROUND_ROBIN`).
-    fn name(&self) -> &str;
+/// Typed statistics of a strategy, read by the gateway's `/metrics` when it is scraped.
+///
+/// Every field is optional: a strategy fills in what it has and leaves the rest to
+/// [`Default`], so build it as `StrategyStats { indexed_blocks: Some(n), ..Default::default() }`
+/// (new fields come with a minor version while the crate is 0.x).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StrategyStats {
+    /// Prompt blocks held in a prefix index ([`crate::prefix::PrefixIndex`]), exported as
+    /// `inference_extension_prefix_indexer_size{pool}`. `None` for a strategy without one.
+    pub indexed_blocks: Option<u64>,
+}
 
+/// A routing strategy: given a request and the pool's eligible endpoints, rank the endpoints.
+///
+/// A strategy has no name of its own: it is known by the name its factory is registered under
+/// ([`crate::Registry::register`]), which is what the pool annotation says and what the gateway's
+/// metrics and debug output show.
+pub trait Strategy: Send + Sync + 'static {
     /// The request parts it reads. The default asks for nothing beyond names and sizes.
     fn inputs(&self) -> Inputs {
         Inputs::NONE
     }
 
+    /// How it judges load: staleness of metrics and saturation thresholds. The gateway uses the
+    /// same configuration for its own saturation check (sheddable requests get 429 when the pool
+    /// is saturated), so a pool's `stale-after-ms` means one thing everywhere. The default is
+    /// [`LoadConfig::default`]; strategies that read load parameters return theirs.
+    fn load_config(&self) -> LoadConfig {
+        LoadConfig::default()
+    }
+
     /// Rank the pool's endpoints for this request, best first, or say why none fits.
+    /// [`NoEndpoint::Shed`] is answered exactly like the gateway's own shedding (429, counted in
+    /// `gateway_sheds_total`).
     fn pick(
         &self,
         request: &RequestView<'_>,
@@ -189,7 +249,13 @@ pub trait Strategy: Send + Sync + 'static {
     /// The pool's endpoint set changed; `endpoints` is the new set, sorted by address.
     fn on_endpoints_changed(&self, _endpoints: &[EndpointId]) {}
 
-    /// State for the gateway's `/debug/snapshot` (sizes of indexes, counters). Keep it small.
+    /// Typed statistics for the gateway's metrics. The default reports nothing.
+    fn stats(&self) -> StrategyStats {
+        StrategyStats::default()
+    }
+
+    /// Free-form state for the gateway's `/debug/snapshot` (parameters, sizes of indexes,
+    /// counters), for people to read; the gateway never reads values out of it. Keep it small.
     fn debug_state(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
@@ -197,13 +263,72 @@ pub trait Strategy: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::{any, prop_assert, prop_assert_eq, prop_oneof, proptest};
+
     use super::*;
 
     #[test]
     fn candidates_drop_duplicates_and_keep_order() {
         let c = Candidates::new(vec![3, 1, 3, 200, 1, 0, 200]);
-        assert_eq!(c.as_slice(), &[3, 1, 200, 0]);
         assert_eq!(c.first(), Some(3));
+        assert_eq!(
+            c.clone().resolve(201),
+            Resolved {
+                order: vec![3, 1, 200, 0],
+                dropped: 0
+            }
+        );
+        assert_eq!(
+            c.resolve(4),
+            Resolved {
+                order: vec![3, 1, 0],
+                dropped: 2
+            }
+        );
+    }
+
+    #[test]
+    fn huge_indexes_are_dropped_and_counted() {
+        let c = Candidates::new(vec![usize::MAX, usize::MAX - 1, 0, 0, 1]);
+        assert_eq!(
+            c.resolve(3),
+            Resolved {
+                order: vec![0, 1],
+                dropped: 2
+            }
+        );
+        assert_eq!(
+            Candidates::new(vec![usize::MAX, 0]).resolve(0),
+            Resolved {
+                order: vec![],
+                dropped: 2
+            }
+        );
+    }
+
+    proptest! {
+        /// Whatever a strategy returns, the resolved order is inside the pool, has no repeats,
+        /// keeps first occurrences in order, and counts exactly the out-of-range entries.
+        #[test]
+        fn resolution_is_bounded_and_faithful(
+            order in proptest::collection::vec(
+                prop_oneof![0usize..40, any::<usize>(), (usize::MAX - 3)..=usize::MAX],
+                0..80,
+            ),
+            pool_len in 0usize..48,
+        ) {
+            let resolved = Candidates::new(order.clone()).resolve(pool_len);
+            prop_assert!(resolved.order.len() <= pool_len);
+            prop_assert!(resolved.order.iter().all(|&i| i < pool_len));
+            let mut expected = Vec::new();
+            for &i in &order {
+                if i < pool_len && !expected.contains(&i) {
+                    expected.push(i);
+                }
+            }
+            prop_assert_eq!(&resolved.order, &expected);
+            prop_assert_eq!(resolved.dropped, order.iter().filter(|&&i| i >= pool_len).count());
+        }
     }
 
     #[test]

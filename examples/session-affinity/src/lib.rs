@@ -28,10 +28,8 @@ use std::net::SocketAddr;
 
 use http::HeaderName;
 use parking_lot::Mutex;
-use plugins::load::{LoadWindow, loads};
+use plugins::load::{LoadConfig, LoadWindow};
 use plugins::params::Params;
-use plugins::prefix::rendezvous;
-use plugins::scorers::{ScoreInput, rank};
 use plugins::strategies::LoadScoring;
 use plugins::{
     Candidates, ConfigError, EndpointId, EndpointView, NoEndpoint, PoolView, RequestView, Strategy,
@@ -103,10 +101,7 @@ impl SessionAffinity {
                 ConfigError::new("session-header", &header_name, "not a valid header name")
             })?;
         let max_sessions = params.usize("max-sessions", 100_000, 2..=100_000_000)?;
-        let window = LoadWindow {
-            requests: params.f64("window-requests", 8.0, 0.0..=100_000.0)?,
-            ratio: params.f64("window-ratio", 0.5, 0.0..=100.0)?,
-        };
+        let window = LoadWindow::from_params(&mut params)?;
         let scoring = LoadScoring::from_params(&mut params)?;
         params.finish()?;
         Ok(Self {
@@ -133,8 +128,8 @@ impl SessionAffinity {
 }
 
 impl Strategy for SessionAffinity {
-    fn name(&self) -> &str {
-        Self::NAME
+    fn load_config(&self) -> LoadConfig {
+        self.scoring.load
     }
 
     fn pick(
@@ -142,21 +137,12 @@ impl Strategy for SessionAffinity {
         request: &RequestView<'_>,
         pool: &PoolView<'_>,
     ) -> Result<Candidates, NoEndpoint> {
-        if pool.is_empty() {
-            return Err(NoEndpoint::NoneReady);
-        }
-        let loads = loads(pool, &self.scoring.load);
-        let totals = self.scoring.scorers.totals(&ScoreInput {
-            request,
-            pool,
-            loads: &loads,
-        });
-        let ranked = rank(&totals);
+        let scored = self.scoring.score(request, pool)?;
         let Some(session) = self.session(request) else {
-            return Ok(ranked);
+            return Ok(scored.ranked());
         };
-        let in_window = self.window.members(&loads, &self.scoring.load);
-        let usable = |i: usize| in_window[i] && loads[i].saturation(&self.scoring.load) < 1.0;
+        let in_window = scored.window_members(&self.window);
+        let usable = |i: usize| in_window[i] && scored.saturation(i) < 1.0;
         let remembered = self
             .sessions
             .lock()
@@ -169,16 +155,9 @@ impl Strategy for SessionAffinity {
             .filter(|&i| usable(i));
         let first = remembered.or_else(|| {
             let key = xxhash_rust::xxh3::xxh3_64(session.as_bytes());
-            let members = pool
-                .endpoints
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| in_window[*i]);
-            rendezvous(key, members.map(|(i, e)| (i, e.id)))
+            scored.place(key, &in_window)
         });
-        let mut order: Vec<usize> = first.into_iter().collect();
-        order.extend(ranked.into_iter().filter(|&i| Some(i) != first));
-        Ok(Candidates::new(order))
+        Ok(scored.first_then_ranked(first))
     }
 
     fn on_dispatched(&self, request: &RequestView<'_>, endpoint: &EndpointView<'_>) {
@@ -200,7 +179,7 @@ impl Strategy for SessionAffinity {
             "session_header": self.header.as_str(),
             "sessions": self.sessions(),
             "max_sessions": self.max_sessions,
-            "window": {"requests": self.window.requests, "ratio": self.window.ratio},
+            "window": self.window,
         })
     }
 }

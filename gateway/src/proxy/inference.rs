@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pingora::Result;
 use pingora::proxy::Session;
-use plugins::{Candidates, Completion, Criticality, EndpointView, Outcome, PoolView, RequestView};
+use plugins::{
+    Candidates, Completion, Criticality, EndpointView, NoEndpoint, Outcome, PoolView, RequestView,
+};
 
 use super::forward::{self, ForwardReport, Target};
 use super::response::ResponseObserver;
@@ -16,7 +18,7 @@ use super::{GatewayProxy, RequestCtx};
 use crate::openai::{self, ApiError};
 use crate::snapshot::endpoint::{eligible, endpoint_views};
 use crate::snapshot::{Endpoint, Pool, UnknownModel};
-use plugins::load::{LoadConfig, pool_saturation};
+use plugins::load::pool_saturation;
 
 /// What the logging phase needs to know about an inference request.
 #[derive(Debug)]
@@ -139,22 +141,12 @@ pub async fn handle(
             name: &pool_name,
             endpoints: &views,
         };
-        let saturation = pool_saturation(&pool_view, &LoadConfig::default());
+        let saturation = pool_saturation(&pool_view, &pool.strategy.load_config());
         if saturation >= 1.0 {
-            proxy
-                .shared
-                .metrics
-                .sheds
-                .with_label_values(&[pool_name.as_str()])
-                .inc();
-            let error = ApiError::new(
-                429,
-                "rate_limit_error",
-                format!(
-                    "The pool {pool_name} is saturated (saturation {saturation:.2}) and this model is sheddable; retry later."
-                ),
+            let message = format!(
+                "The pool {pool_name} is saturated (saturation {saturation:.2}) and this model is sheddable; retry later."
             );
-            return proxy.gateway_error(session, ctx, error).await;
+            return shed(proxy, session, ctx, &pool_name, message).await;
         }
     }
     let pick_started = Instant::now();
@@ -175,6 +167,10 @@ pub async fn handle(
         .pick_duration
         .with_label_values(&[pool_name.as_str(), pool.resolution.implementation.as_str()])
         .observe(pick_started.elapsed().as_secs_f64());
+    if let Err(NoEndpoint::Shed(reason)) = &picked {
+        let message = format!("The pool {pool_name} is saturated: {reason}; retry later.");
+        return shed(proxy, session, ctx, &pool_name, message).await;
+    }
     let declared = entry.is_some();
     let running = picked.is_ok() && declared;
     if running {
@@ -220,6 +216,25 @@ pub async fn handle(
     .await
 }
 
+/// Answer 429 to a shed request and count it in `gateway_sheds_total`, whoever shed it: the
+/// gateway's saturation check or the pool's strategy ([`NoEndpoint::Shed`]).
+async fn shed(
+    proxy: &GatewayProxy,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    pool_name: &str,
+    message: String,
+) -> Result<bool> {
+    proxy
+        .shared
+        .metrics
+        .sheds
+        .with_label_values(&[pool_name])
+        .inc();
+    let error = ApiError::new(429, "rate_limit_error", message);
+    proxy.gateway_error(session, ctx, error).await
+}
+
 #[allow(clippy::too_many_arguments)] // each is a distinct part of one dispatch; a struct would only rename them
 async fn dispatch(
     proxy: &GatewayProxy,
@@ -235,11 +250,23 @@ async fn dispatch(
     let tokens = u64::from(picked.map_or(0, |(request, _)| request.prompt_tokens));
     let pool_name = pool.key.qualified_name();
     let metrics = &proxy.shared.metrics;
-    let mut order = candidates.into_iter();
+    let resolved = candidates.resolve(endpoints.len());
+    if resolved.dropped > 0 {
+        metrics
+            .invalid_candidates
+            .with_label_values(&[pool_name.as_str(), pool.resolution.implementation.as_str()])
+            .inc_by(resolved.dropped as u64);
+        tracing::debug!(
+            pool = %pool_name,
+            strategy = %pool.resolution.implementation,
+            dropped = resolved.dropped,
+            "the strategy returned endpoint indexes outside the pool"
+        );
+    }
+    let mut order = resolved.order.into_iter();
     let mut next = |_tried: &[SocketAddr]| -> Option<Target> {
-        let (index, endpoint) = order
-            .by_ref()
-            .find_map(|i| endpoints.get(i).map(|e| (i, *e)))?;
+        let index = order.next()?;
+        let endpoint = endpoints[index];
         if let Some((request, views)) = picked {
             pool.strategy.on_dispatched(request, &views[index]);
         }

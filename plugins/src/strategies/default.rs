@@ -27,58 +27,12 @@
 //! | `stale-after-ms` | 200 | Four missed scrapes at the default 50 ms interval |
 
 use crate::endpoint::PoolView;
-use crate::load::{LoadConfig, loads};
+use crate::load::LoadConfig;
+use crate::load_scoring::LoadScoring;
 use crate::params::Params;
 use crate::registry::StrategyConfig;
 use crate::request::RequestView;
-use crate::scorers::{
-    InFlightScorer, KvCacheScorer, LoraAffinityScorer, QueueScorer, ScoreInput, WeightedScorers,
-    rank,
-};
 use crate::strategy::{Candidates, ConfigError, NoEndpoint, Strategy};
-
-/// Scorer weights and load settings shared by the load-aware strategies.
-#[derive(Debug)]
-pub struct LoadScoring {
-    /// The weighted scorers.
-    pub scorers: WeightedScorers,
-    /// Staleness and thresholds.
-    pub load: LoadConfig,
-}
-
-impl LoadScoring {
-    /// Read the load parameters (`queue-weight`, `kv-weight`, `in-flight-weight`, `lora-weight`,
-    /// `stale-after-ms`) from `params`.
-    pub fn from_params(params: &mut Params<'_>) -> Result<Self, ConfigError> {
-        let queue = params.f64("queue-weight", 2.0, 0.0..=100.0)?;
-        let kv = params.f64("kv-weight", 2.0, 0.0..=100.0)?;
-        let in_flight = params.f64("in-flight-weight", 1.0, 0.0..=100.0)?;
-        let lora = params.f64("lora-weight", 1.0, 0.0..=100.0)?;
-        let defaults = LoadConfig::default();
-        let stale_after = params.millis("stale-after-ms", defaults.stale_after, 1..=600_000)?;
-        Ok(Self {
-            scorers: WeightedScorers::new()
-                .with(QueueScorer, queue)
-                .with(KvCacheScorer, kv)
-                .with(InFlightScorer, in_flight)
-                .with(LoraAffinityScorer, lora),
-            load: LoadConfig {
-                stale_after,
-                ..defaults
-            },
-        })
-    }
-
-    /// Weighted totals per endpoint.
-    pub fn totals(&self, request: &RequestView<'_>, pool: &PoolView<'_>) -> Vec<f64> {
-        let loads = loads(pool, &self.load);
-        self.scorers.totals(&ScoreInput {
-            request,
-            pool,
-            loads: &loads,
-        })
-    }
-}
 
 /// The load-aware default strategy.
 #[derive(Debug)]
@@ -100,8 +54,8 @@ impl DefaultStrategy {
 }
 
 impl Strategy for DefaultStrategy {
-    fn name(&self) -> &str {
-        Self::NAME
+    fn load_config(&self) -> LoadConfig {
+        self.scoring.load
     }
 
     fn pick(
@@ -109,10 +63,7 @@ impl Strategy for DefaultStrategy {
         request: &RequestView<'_>,
         pool: &PoolView<'_>,
     ) -> Result<Candidates, NoEndpoint> {
-        if pool.is_empty() {
-            return Err(NoEndpoint::NoneReady);
-        }
-        Ok(rank(&self.scoring.totals(request, pool)))
+        Ok(self.scoring.score(request, pool)?.ranked())
     }
 
     fn debug_state(&self) -> serde_json::Value {

@@ -35,12 +35,12 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::endpoint::{EndpointId, EndpointView, PoolView};
-use crate::load::{LoadWindow, loads};
+use crate::load::{LoadConfig, LoadWindow};
+use crate::load_scoring::LoadScoring;
 use crate::params::Params;
 use crate::registry::StrategyConfig;
 use crate::request::RequestView;
-use crate::scorers::{ScoreInput, is_base_model, rank};
-use crate::strategies::default::LoadScoring;
+use crate::scorers::is_base_model;
 use crate::strategy::{Candidates, ConfigError, NoEndpoint, Strategy};
 
 /// The adapter-affinity strategy.
@@ -65,10 +65,7 @@ impl LoraAffinity {
             .or_insert_with(|| "0".into());
         let mut params = Params::new(Self::NAME, &config);
         let scoring = LoadScoring::from_params(&mut params)?;
-        let window = LoadWindow {
-            requests: params.f64("window-requests", 8.0, 0.0..=100_000.0)?,
-            ratio: params.f64("window-ratio", 0.5, 0.0..=100.0)?,
-        };
+        let window = LoadWindow::from_params(&mut params)?;
         let pending_ttl = params.millis("pending-ttl-ms", Duration::from_secs(2), 1..=600_000)?;
         params.finish()?;
         Ok(Self {
@@ -110,8 +107,8 @@ impl LoraAffinity {
 }
 
 impl Strategy for LoraAffinity {
-    fn name(&self) -> &str {
-        Self::NAME
+    fn load_config(&self) -> LoadConfig {
+        self.scoring.load
     }
 
     fn pick(
@@ -119,18 +116,10 @@ impl Strategy for LoraAffinity {
         request: &RequestView<'_>,
         pool: &PoolView<'_>,
     ) -> Result<Candidates, NoEndpoint> {
-        if pool.is_empty() {
-            return Err(NoEndpoint::NoneReady);
-        }
-        let loads = loads(pool, &self.scoring.load);
-        let totals = self.scoring.scorers.totals(&ScoreInput {
-            request,
-            pool,
-            loads: &loads,
-        });
+        let scored = self.scoring.score(request, pool)?;
         let adapter = request.target_model;
         if is_base_model(pool, adapter) {
-            return Ok(rank(&totals));
+            return Ok(scored.ranked());
         }
         let now = Instant::now();
         let tiers: Vec<u8> = {
@@ -144,15 +133,14 @@ impl Strategy for LoraAffinity {
                 })
                 .collect()
         };
-        let in_window = self.window.members(&loads, &self.scoring.load);
+        let in_window = scored.window_members(&self.window);
         let best_tier = (0..pool.len())
             .filter(|&i| in_window[i] && tiers[i] < 3)
             .map(|i| tiers[i])
             .min()
             .or_else(|| tiers.iter().copied().filter(|&t| t < 3).min())
             .unwrap_or(3);
-        let ranked = rank(&totals);
-        let mut order: Vec<usize> = ranked.as_slice().to_vec();
+        let mut order: Vec<usize> = scored.ranked().into_iter().collect();
         // Stable sort: the winning tier inside the window first, then by tier; DEFAULT order within.
         order.sort_by_key(|&i| {
             (
@@ -187,7 +175,7 @@ impl Strategy for LoraAffinity {
         let pending: usize = self.pending.lock().values().map(Vec::len).sum();
         serde_json::json!({
             "scorers": self.scoring.scorers.describe(),
-            "window": {"requests": self.window.requests, "ratio": self.window.ratio},
+            "window": self.window,
             "pending_ttl_ms": self.pending_ttl.as_millis() as u64,
             "pending_adapters": pending,
         })

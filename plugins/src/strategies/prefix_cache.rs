@@ -35,14 +35,13 @@
 //! | `index-capacity` | 31250 | Blocks per endpoint when it does not report its KV size: the Inference Extension's figure for an 80 GB GPU |
 
 use crate::endpoint::{EndpointId, EndpointView, PoolView};
-use crate::load::{LoadWindow, loads};
+use crate::load::{LoadConfig, LoadWindow};
+use crate::load_scoring::LoadScoring;
 use crate::params::Params;
-use crate::prefix::{PrefixHasher, PrefixIndex, rendezvous};
+use crate::prefix::{PrefixHasher, PrefixIndex};
 use crate::registry::StrategyConfig;
 use crate::request::RequestView;
-use crate::scorers::{ScoreInput, rank};
-use crate::strategies::default::LoadScoring;
-use crate::strategy::{Candidates, ConfigError, Inputs, NoEndpoint, Strategy};
+use crate::strategy::{Candidates, ConfigError, Inputs, NoEndpoint, Strategy, StrategyStats};
 
 /// Bytes of prompt text per token, for sizing the index from the KV cache.
 const BYTES_PER_TOKEN: u64 = 4;
@@ -65,10 +64,7 @@ impl PrefixCache {
     pub fn from_config(config: &StrategyConfig) -> Result<Self, ConfigError> {
         let mut params = Params::new(Self::NAME, config);
         let scoring = LoadScoring::from_params(&mut params)?;
-        let window = LoadWindow {
-            requests: params.f64("window-requests", 8.0, 0.0..=100_000.0)?,
-            ratio: params.f64("window-ratio", 0.5, 0.0..=100.0)?,
-        };
+        let window = LoadWindow::from_params(&mut params)?;
         let min_match_blocks = params.usize("min-match-blocks", 4, 1..=1_000_000)?;
         let hasher = PrefixHasher {
             block_bytes: params.usize("block-bytes", 64, 1..=65_536)?,
@@ -97,12 +93,12 @@ impl PrefixCache {
 }
 
 impl Strategy for PrefixCache {
-    fn name(&self) -> &str {
-        Self::NAME
-    }
-
     fn inputs(&self) -> Inputs {
         Inputs::PROMPT
+    }
+
+    fn load_config(&self) -> LoadConfig {
+        self.scoring.load
     }
 
     fn pick(
@@ -110,21 +106,14 @@ impl Strategy for PrefixCache {
         request: &RequestView<'_>,
         pool: &PoolView<'_>,
     ) -> Result<Candidates, NoEndpoint> {
-        if pool.is_empty() {
-            return Err(NoEndpoint::NoneReady);
-        }
-        let loads = loads(pool, &self.scoring.load);
-        let totals = self.scoring.scorers.totals(&ScoreInput {
-            request,
-            pool,
-            loads: &loads,
-        });
+        let scored = self.scoring.score(request, pool)?;
         let Some(prompt) = request.prompt else {
-            return Ok(rank(&totals));
+            return Ok(scored.ranked());
         };
         let hashes = self.hasher.hashes(request.target_model, prompt);
         let matches = self.index.match_lengths(&hashes, pool.endpoints);
-        let in_window = self.window.members(&loads, &self.scoring.load);
+        let in_window = scored.window_members(&self.window);
+        let totals = &scored.totals;
         let best = (0..pool.len())
             .filter(|&i| in_window[i] && matches[i] >= self.min_match_blocks)
             .max_by(|&a, &b| {
@@ -134,19 +123,9 @@ impl Strategy for PrefixCache {
             });
         let first = best.or_else(|| {
             let key = self.hasher.placement_key(request.target_model, prompt);
-            rendezvous(
-                key,
-                pool.endpoints
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| in_window[*i])
-                    .map(|(i, e)| (i, e.id)),
-            )
+            scored.place(key, &in_window)
         });
-        let mut order = vec![];
-        order.extend(first);
-        order.extend(rank(&totals).into_iter().filter(|&i| Some(i) != first));
-        Ok(Candidates::new(order))
+        Ok(scored.first_then_ranked(first))
     }
 
     fn on_dispatched(&self, request: &RequestView<'_>, endpoint: &EndpointView<'_>) {
@@ -161,10 +140,16 @@ impl Strategy for PrefixCache {
         self.index.retain(endpoints);
     }
 
+    fn stats(&self) -> StrategyStats {
+        StrategyStats {
+            indexed_blocks: Some(self.index.stats().blocks as u64),
+        }
+    }
+
     fn debug_state(&self) -> serde_json::Value {
         serde_json::json!({
             "scorers": self.scoring.scorers.describe(),
-            "window": {"requests": self.window.requests, "ratio": self.window.ratio},
+            "window": self.window,
             "min_match_blocks": self.min_match_blocks,
             "block_bytes": self.hasher.block_bytes,
             "max_blocks": self.hasher.max_blocks,
@@ -265,9 +250,13 @@ mod tests {
         req.prompt = Some(&doc);
         s.on_dispatched(&req, &views[0]);
         assert_eq!(s.index().stats().endpoints, 1);
+        let blocks = s.index().stats().blocks;
+        assert!(blocks > 0);
+        assert_eq!(s.stats().indexed_blocks, Some(blocks as u64));
         s.on_endpoints_changed(&ids[1..]);
         assert_eq!(s.index().stats().endpoints, 0);
         assert_eq!(s.index().stats().blocks, 0);
+        assert_eq!(s.stats().indexed_blocks, Some(0));
     }
 
     #[test]

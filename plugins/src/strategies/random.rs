@@ -21,10 +21,6 @@ impl Random {
 }
 
 impl Strategy for Random {
-    fn name(&self) -> &str {
-        Self::NAME
-    }
-
     fn pick(
         &self,
         _request: &RequestView<'_>,

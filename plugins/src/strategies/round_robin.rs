@@ -27,10 +27,6 @@ impl RoundRobin {
 }
 
 impl Strategy for RoundRobin {
-    fn name(&self) -> &str {
-        Self::NAME
-    }
-
     fn pick(
         &self,
         _request: &RequestView<'_>,

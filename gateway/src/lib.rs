@@ -9,6 +9,8 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod drain;
+pub mod engine;
+pub mod headers;
 pub mod kubernetes;
 pub mod metrics;
 pub mod openai;
@@ -17,6 +19,7 @@ pub mod scrape;
 pub mod server;
 pub mod snapshot;
 pub mod source;
+pub mod state;
 
 pub use cli::Args;
 /// The strategy contract, re-exported so a plugin binary needs one dependency.

@@ -160,6 +160,8 @@ pub struct GatewayMetrics {
     pub connections_refused: prometheus::IntCounter,
     /// Client connections closed because a request header did not arrive in time.
     pub header_timeouts: prometheus::IntCounter,
+    /// `gateway_errors_total{reason}`: requests the gateway answered itself with an error.
+    pub errors: IntCounterVec,
 }
 
 const MODEL: &[&str] = &["model_name", "target_model_name"];
@@ -323,6 +325,11 @@ impl GatewayMetrics {
                 "Age of each endpoint's latest scraped metrics.",
                 &["pool", "endpoint"],
             ),
+            errors: counter_vec(
+                "gateway_errors_total",
+                "Requests the gateway answered itself with an error (404, 413, 429, 502, ...), by reason.",
+                &["reason"],
+            ),
             sheds: counter_vec(
                 "gateway_sheds_total",
                 "Sheddable requests rejected with 429 because their pool was saturated.",
@@ -388,6 +395,7 @@ impl GatewayMetrics {
             Box::new(metrics.scrape_errors.clone()),
             Box::new(metrics.scrape_duration.clone()),
             Box::new(metrics.scrape_age.clone()),
+            Box::new(metrics.errors.clone()),
             Box::new(metrics.sheds.clone()),
             Box::new(metrics.endpoint_in_flight.clone()),
             Box::new(metrics.config_reloads.clone()),

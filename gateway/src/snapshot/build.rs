@@ -29,8 +29,7 @@ use super::routes::{
 use super::{Backend, RuleAction, ServiceBackend, Snapshot, WeightedBackend};
 use crate::config::{ConfigIssue, Kind, Object, ObjectKey, ObjectSet, Origin};
 
-/// The header that carries the body's `model` for routing (GIE body-based routing).
-pub const MODEL_NAME_HEADER: &str = "x-gateway-model-name";
+use crate::headers::MODEL_NAME as MODEL_NAME_HEADER;
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 const INFERENCE_GROUPS: [&str; 2] = [

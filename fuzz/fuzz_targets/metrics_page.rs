@@ -1,7 +1,7 @@
 //! Model servers' /metrics pages, in every engine dialect. Nothing may panic; values stay sane.
 #![no_main]
 
-use gateway::scrape::parse::{Engine, parse};
+use gateway::engine::{Engine, parse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

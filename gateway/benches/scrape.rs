@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{Criterion, Throughput};
-use gateway::scrape::parse::{Engine, parse};
+use gateway::engine::{Engine, parse};
 
 const PAGE: &str = include_str!("fixtures/vllm-metrics.txt");
 

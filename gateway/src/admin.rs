@@ -5,58 +5,27 @@
 //! through the data-plane ports.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{Value, json};
 
-use crate::config::{ConfigIssue, Severity};
-use crate::metrics::GatewayMetrics;
-use crate::snapshot::{Backend, Snapshot, SnapshotStore};
-
-/// The outcome of the latest configuration load, for `/debug/snapshot`.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ConfigStatus {
-    /// Where the configuration comes from.
-    pub source: String,
-    /// `applied`, `rejected` (the previous snapshot stays) or `initial`.
-    pub last_result: String,
-    /// Problems of the latest load.
-    pub issues: Vec<ConfigIssue>,
-}
-
-/// State shared by the admin endpoints.
-#[derive(Debug)]
-pub struct AdminState {
-    /// The routing snapshot.
-    pub snapshots: Arc<SnapshotStore>,
-    /// Metrics.
-    pub metrics: Arc<GatewayMetrics>,
-    /// Latest configuration load.
-    pub config: ArcSwap<ConfigStatus>,
-    /// Ports the proxy listens on (fixed at start-up).
-    pub bound_ports: Vec<u16>,
-    /// Whether the gateway should receive traffic.
-    pub ready: AtomicBool,
-    /// Work the process must finish before it exits: requests in flight, and shutdown tasks such
-    /// as releasing the Lease.
-    pub active: Arc<crate::drain::ActiveRequests>,
-}
+use crate::config::Severity;
+use crate::snapshot::{Backend, Snapshot};
+use crate::state::GatewayState;
 
 /// The admin HTTP app.
 #[derive(Debug, Clone)]
 pub struct AdminApp {
-    state: Arc<AdminState>,
+    state: Arc<GatewayState>,
 }
 
 impl AdminApp {
     /// An app over `state`.
-    pub fn new(state: Arc<AdminState>) -> Self {
+    pub fn new(state: Arc<GatewayState>) -> Self {
         Self { state }
     }
 }
@@ -77,7 +46,7 @@ impl ServeHttp for AdminApp {
         match path.as_str() {
             "/healthz" => respond(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                if self.state.ready.load(Ordering::Relaxed) {
+                if self.state.is_ready() {
                     respond(StatusCode::OK, "text/plain", b"ready\n".to_vec())
                 } else {
                     respond(
@@ -103,7 +72,7 @@ impl ServeHttp for AdminApp {
 }
 
 /// The JSON document behind `/debug/snapshot`.
-pub fn debug_snapshot(state: &AdminState) -> Value {
+pub fn debug_snapshot(state: &GatewayState) -> Value {
     let snapshot = state.snapshots.load();
     let config = state.config.load();
     let unbound: Vec<u16> = snapshot

@@ -12,7 +12,6 @@
 //! Pingora's graceful upgrade.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,57 +19,16 @@ use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::admin::AdminState;
+use crate::state::{ActiveWork, GatewayState};
 
-/// How often the drain monitor checks for requests left.
+/// How often the drain monitor checks for work left.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
-
-/// Work in progress in this process: requests on every listener, and shutdown tasks that must
-/// finish before it exits (releasing the Lease).
-#[derive(Debug, Default)]
-pub struct ActiveRequests {
-    count: AtomicUsize,
-    draining: AtomicBool,
-}
-
-impl ActiveRequests {
-    /// Count one request until the guard drops.
-    pub fn start(self: &Arc<Self>) -> ActiveRequest {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        ActiveRequest(Arc::clone(self))
-    }
-
-    /// Requests in progress.
-    pub fn count(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// Mark the process as shutting down: from now on no connection is kept alive.
-    pub fn begin_drain(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether the process is shutting down (SIGTERM or SIGQUIT received).
-    pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-}
-
-/// One request counted in [`ActiveRequests`].
-#[derive(Debug)]
-pub struct ActiveRequest(Arc<ActiveRequests>);
-
-impl Drop for ActiveRequest {
-    fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// The shutdown signal watch: SIGTERM drains, SIGINT stops at once, SIGQUIT upgrades.
 #[derive(Debug)]
 pub struct DrainSignal {
     /// Readiness to turn off.
-    pub state: Arc<AdminState>,
+    pub state: Arc<GatewayState>,
     /// Time between not-ready and closing the listeners.
     pub drain_delay: Duration,
 }
@@ -88,8 +46,7 @@ impl ShutdownSignalWatch for DrainSignal {
         };
         tokio::select! {
             _ = terminate.recv() => {
-                self.state.ready.store(false, Ordering::Relaxed);
-                self.state.active.begin_drain();
+                self.state.begin_drain();
                 tracing::info!(drain_delay = ?self.drain_delay, "SIGTERM: not ready; closing listeners after the drain delay");
                 tokio::select! {
                     _ = tokio::time::sleep(self.drain_delay) => ShutdownSignal::GracefulTerminate,
@@ -98,8 +55,7 @@ impl ShutdownSignalWatch for DrainSignal {
             }
             _ = interrupt.recv() => ShutdownSignal::FastShutdown,
             _ = quit.recv() => {
-                self.state.ready.store(false, Ordering::Relaxed);
-                self.state.active.begin_drain();
+                self.state.begin_drain();
                 ShutdownSignal::GracefulUpgrade
             }
         }
@@ -109,8 +65,8 @@ impl ShutdownSignalWatch for DrainSignal {
 /// Background task that ends the process once a graceful shutdown has no request left.
 #[derive(Debug)]
 pub struct DrainMonitor {
-    /// The requests to wait for.
-    pub active: Arc<ActiveRequests>,
+    /// The work to wait for.
+    pub active: Arc<ActiveWork>,
 }
 
 #[async_trait]
@@ -131,24 +87,5 @@ impl BackgroundService for DrainMonitor {
             }
             tokio::time::sleep(DRAIN_POLL).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guards_count_requests() {
-        let active = Arc::new(ActiveRequests::default());
-        let a = active.start();
-        let b = active.start();
-        assert_eq!(active.count(), 2);
-        drop(a);
-        drop(b);
-        assert_eq!(active.count(), 0);
-        assert!(!active.draining());
-        active.begin_drain();
-        assert!(active.draining());
     }
 }

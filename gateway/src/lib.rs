@@ -9,7 +9,9 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod drain;
+pub mod engine;
 pub mod generated;
+pub mod headers;
 pub mod kubernetes;
 pub mod metrics;
 pub mod openai;
@@ -18,6 +20,7 @@ pub mod scrape;
 pub mod server;
 pub mod snapshot;
 pub mod source;
+pub mod state;
 
 pub use cli::Args;
 /// The strategy contract, re-exported so a plugin binary needs one dependency.

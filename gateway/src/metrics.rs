@@ -163,6 +163,8 @@ pub struct GatewayMetrics {
     pub connections_refused: prometheus::IntCounter,
     /// Client connections closed because a request header did not arrive in time.
     pub header_timeouts: prometheus::IntCounter,
+    /// `gateway_errors_total{reason}`: requests the gateway answered itself with an error.
+    pub errors: IntCounterVec,
 }
 
 const MODEL: &[&str] = &["model_name", "target_model_name"];
@@ -330,6 +332,11 @@ impl GatewayMetrics {
                 "gateway_endpoint_metrics_age_seconds",
                 "Age of each endpoint's latest scraped metrics.",
                 &["pool", "endpoint"],
+            ),
+            errors: counter_vec(
+                "gateway_errors_total",
+                "Requests the gateway answered itself with an error (404, 413, 429, 502, ...), by reason.",
+                &["reason"],
             ),
             sheds: counter_vec(
                 "gateway_sheds_total",

@@ -6,13 +6,9 @@
 //! then runs exactly the same gateway (same flags, same sources, same metrics).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, bail};
-use arc_swap::ArcSwap;
 use clap::Parser;
-use pingora::connectors::ConnectorOptions;
-use pingora::connectors::http::Connector;
 use pingora::listeners::TcpSocketOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -20,21 +16,20 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use plugins::{Registry, StrategyFactory};
 
-use crate::admin::{AdminApp, AdminState, ConfigStatus};
+use crate::admin::AdminApp;
 use crate::cli::{Args, LogFormat, SourceKind};
 use crate::config::Severity;
-use crate::drain::{ActiveRequests, DrainMonitor, DrainSignal};
+use crate::drain::{DrainMonitor, DrainSignal};
 use crate::kubernetes::KubeSource;
-use crate::metrics::GatewayMetrics;
 use crate::proxy::connections::{ConnectionLimits, ConnectionMetrics, LimitedApp};
-use crate::proxy::forward::UpstreamSettings;
-use crate::proxy::{GatewayProxy, Shared};
+use crate::proxy::forward::{Forwarder, UPSTREAM_POOL_SIZE, UpstreamSettings};
+use crate::proxy::{ClientLimits, GatewayProxy};
 use crate::scrape::{ScrapeSettings, Scraper};
-use crate::snapshot::{Backend, HealthPolicy, SnapshotStore};
-use crate::source::{BuildSettings, Built, ConfigSource, ConfigWatcher, load_and_build};
-
-/// Idle upstream connections kept per process.
-const UPSTREAM_POOL_SIZE: usize = 1024;
+use crate::snapshot::{Backend, HealthPolicy};
+use crate::source::{
+    BuildSettings, Built, ConfigSource, ConfigWatcher, load_and_build, log_issues,
+};
+use crate::state::{ConfigStatus, GatewayState};
 
 /// Builds and runs a gateway.
 #[derive(Debug)]
@@ -93,12 +88,7 @@ impl GatewayBuilder {
         if args.validate {
             return report_validation(&source.describe(), &built);
         }
-        for issue in &built.issues {
-            match issue.severity {
-                Severity::Error => tracing::error!(target: "config", "{issue}"),
-                Severity::Warning => tracing::warn!(target: "config", "{issue}"),
-            }
-        }
+        log_issues(&built.issues);
         if !built.is_usable() {
             bail!("the configuration has errors (run with --validate for the full list)");
         }
@@ -120,12 +110,7 @@ fn run_kube(args: Args, settings: BuildSettings) -> anyhow::Result<()> {
         return report_validation(&kube.describe(), &built);
     }
     let built = kube.initial_build()?;
-    for issue in &built.issues {
-        match issue.severity {
-            Severity::Error => tracing::error!(target: "config", "{issue}"),
-            Severity::Warning => tracing::warn!(target: "config", "{issue}"),
-        }
-    }
+    log_issues(&built.issues);
     tracing::info!(target: "config", source = %kube.describe(), "{}", summary(&built));
     serve(args, Source::Kube(Box::new(kube)), built)
 }
@@ -277,55 +262,40 @@ fn serve(args: Args, source: Source, built: Built) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let metrics = Arc::new(GatewayMetrics::new());
     let ports: Vec<u16> = built.snapshot.ports.keys().copied().collect();
-    let snapshots = Arc::new(SnapshotStore::new(built.snapshot));
-    metrics.snapshot_generation.set(0);
-    let active = Arc::new(ActiveRequests::default());
-    let state = Arc::new(AdminState {
-        snapshots: Arc::clone(&snapshots),
-        metrics: Arc::clone(&metrics),
-        config: ArcSwap::from_pointee(ConfigStatus {
-            source: source.describe(),
-            last_result: "initial".into(),
-            issues: built.issues.clone(),
-        }),
-        bound_ports: ports.clone(),
-        // Ready after the first round of metrics scrapes (the scraper sets it).
-        ready: AtomicBool::new(false),
-        active: Arc::clone(&active),
-    });
-
-    let shared = Arc::new(Shared {
-        snapshots,
-        metrics,
-        connector: Connector::new(Some(ConnectorOptions::new(UPSTREAM_POOL_SIZE))),
-        upstream: UpstreamSettings {
-            connect_timeout: args.connect_timeout,
-            idle_timeout: args.upstream_idle_timeout,
-            health: HealthPolicy::default(),
-        },
+    let config = ConfigStatus {
+        source: source.describe(),
+        last_result: "initial".into(),
+        issues: built.issues.clone(),
+    };
+    // Ready after the first round of metrics scrapes (the scraper sets it).
+    let state = Arc::new(GatewayState::new(built.snapshot, config, ports.clone()));
+    let limits = ClientLimits {
         max_body_bytes: args.max_body_bytes,
-        client_read_timeout: (!args.client_read_timeout.is_zero())
-            .then_some(args.client_read_timeout),
+        read_timeout: (!args.client_read_timeout.is_zero()).then_some(args.client_read_timeout),
         max_header_bytes: args.max_header_bytes,
-        active: Arc::clone(&active),
+    };
+    let forwarder = Forwarder::new(UpstreamSettings {
+        connect_timeout: args.connect_timeout,
+        idle_timeout: args.upstream_idle_timeout,
+        health: HealthPolicy::default(),
     });
     raise_open_file_limit(args.max_connections);
-    let limits = ConnectionLimits {
+    let connection_limits = ConnectionLimits {
         max_connections: args.max_connections,
         header_timeout: Some(args.client_header_timeout),
     };
     let connection_metrics = ConnectionMetrics {
-        open: shared.metrics.connections_open.clone(),
-        refused: shared.metrics.connections_refused.clone(),
-        header_timeouts: shared.metrics.header_timeouts.clone(),
+        open: state.metrics.connections_open.clone(),
+        refused: state.metrics.connections_refused.clone(),
+        header_timeouts: state.metrics.header_timeouts.clone(),
     };
+    let gateway = GatewayProxy::new(Arc::clone(&state), limits, forwarder);
     let mut proxy = Service::new(
         "gateway".to_owned(),
         LimitedApp::new(
-            pingora::proxy::http_proxy(&server.configuration, GatewayProxy::new(shared)),
-            limits,
+            pingora::proxy::http_proxy(&server.configuration, gateway),
+            connection_limits,
             connection_metrics,
         ),
     );
@@ -349,6 +319,7 @@ fn serve(args: Args, source: Source, built: Built) -> anyhow::Result<()> {
         state: Arc::clone(&state),
         drain_delay: args.drain_delay,
     };
+    let active = Arc::clone(&state.active);
     server.add_service(proxy);
     server.add_service(admin);
     match source {

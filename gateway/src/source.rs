@@ -16,11 +16,11 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use plugins::Registry;
 
-use crate::admin::{AdminState, ConfigStatus};
 use crate::config::issues::has_errors;
 use crate::config::objects::ObjectSet;
 use crate::config::{ConfigIssue, Severity, load};
 use crate::snapshot::{BuildOptions, Snapshot, build};
+use crate::state::GatewayState;
 
 /// The configuration the gateway embeds, used when no `--config` is given: the local example
 /// (the seed's objects plus five Pods on 127.0.0.2-6:8000).
@@ -59,7 +59,8 @@ pub struct BuildSettings {
 }
 
 impl BuildSettings {
-    fn options(&self) -> BuildOptions<'_> {
+    /// The options of a snapshot build.
+    pub fn options(&self) -> BuildOptions<'_> {
         BuildOptions {
             controller_name: &self.controller_name,
             registry: &self.registry,
@@ -154,12 +155,22 @@ pub fn load_and_build(
     }
 }
 
+/// Log every issue at its severity's level.
+pub fn log_issues<'a>(issues: impl IntoIterator<Item = &'a ConfigIssue>) {
+    for issue in issues {
+        match issue.severity {
+            Severity::Error => tracing::error!(target: "config", "{issue}"),
+            Severity::Warning => tracing::warn!(target: "config", "{issue}"),
+        }
+    }
+}
+
 /// Background task that reloads the file source when it changes.
 #[derive(Debug)]
 pub struct ConfigWatcher {
     source: ConfigSource,
     settings: BuildSettings,
-    state: Arc<AdminState>,
+    state: Arc<GatewayState>,
     interval: Duration,
     fingerprint: Mutex<u64>,
 }
@@ -169,7 +180,7 @@ impl ConfigWatcher {
     pub fn new(
         source: ConfigSource,
         settings: BuildSettings,
-        state: Arc<AdminState>,
+        state: Arc<GatewayState>,
         interval: Duration,
         fingerprint: u64,
     ) -> Self {
@@ -194,42 +205,16 @@ impl ConfigWatcher {
         let previous = self.state.snapshots.load();
         let built = load_and_build(&self.source, &self.settings, Some(&previous));
         *self.fingerprint.lock() = built.fingerprint;
-        for issue in &built.issues {
-            match issue.severity {
-                Severity::Error => tracing::error!(target: "config", "{issue}"),
-                Severity::Warning => tracing::warn!(target: "config", "{issue}"),
-            }
-        }
+        log_issues(&built.issues);
         let usable = built.is_usable();
         let result = if usable { "applied" } else { "rejected" };
         self.state
-            .metrics
-            .config_reloads
-            .with_label_values(&[result])
-            .inc();
-        self.state.config.store(Arc::new(ConfigStatus {
-            source: self.source.describe(),
-            last_result: result.into(),
-            issues: built.issues,
-        }));
+            .record_config(self.source.describe(), result, built.issues);
         if !usable {
             tracing::error!(target: "config", "configuration rejected; still serving generation {}", previous.generation);
             return false;
         }
-        for port in built
-            .snapshot
-            .ports
-            .keys()
-            .filter(|p| !self.state.bound_ports.contains(p))
-        {
-            tracing::warn!(target: "config", port, "the configuration adds listener port {port}; new ports are bound at the next restart");
-        }
-        self.state.snapshots.publish(built.snapshot);
-        let generation = self.state.snapshots.load().generation;
-        self.state
-            .metrics
-            .snapshot_generation
-            .set(generation as i64);
+        let generation = self.state.publish(built.snapshot);
         tracing::info!(target: "config", generation, "configuration applied");
         true
     }

@@ -3,7 +3,7 @@
 //!
 //! The source runs on a runtime of its own (one worker thread), started before Pingora: the first
 //! snapshot decides which ports the proxy binds, so it must exist before the server starts. After
-//! that the rebuild loop publishes into the same [`crate::snapshot::SnapshotStore`] the proxy reads;
+//! that the rebuild loop publishes into the same [`crate::state::GatewayState`] the proxy reads;
 //! building happens on the source's thread, never on a proxy worker.
 
 use std::collections::BTreeSet;
@@ -22,10 +22,10 @@ use super::reflect::{Changes, Stores};
 use super::status::{StatusContext, StatusUpdate, compute};
 use super::writer::StatusWriter;
 use super::{KubeArgs, KubeError, client, identity};
-use crate::admin::{AdminState, ConfigStatus};
 use crate::config::{ConfigIssue, Kind, ObjectKey, Severity};
-use crate::snapshot::{BuildOptions, Snapshot, build};
-use crate::source::{BuildSettings, Built};
+use crate::snapshot::{Snapshot, build};
+use crate::source::{BuildSettings, Built, log_issues};
+use crate::state::GatewayState;
 
 /// How often the wait for a first Gateway logs that it is still waiting.
 const WAITING_LOG_INTERVAL: Duration = Duration::from_secs(30);
@@ -154,7 +154,7 @@ impl KubeSource {
 
     fn build(&self, previous: Option<&Snapshot>) -> Built {
         let objects = self.stores.object_set();
-        let options = options(&self.settings);
+        let options = self.settings.options();
         let (snapshot, issues) = build(&objects, &options, previous);
         Built {
             snapshot,
@@ -166,7 +166,7 @@ impl KubeSource {
 
     /// Start the rebuild loop, the Lease and the status writer, publishing into `state`; the
     /// returned service stops them on shutdown.
-    pub fn serve(self, state: Arc<AdminState>, initial_issues: Vec<ConfigIssue>) -> KubeService {
+    pub fn serve(self, state: Arc<GatewayState>, initial_issues: Vec<ConfigIssue>) -> KubeService {
         // Counted as work in progress until the Lease is released at shutdown, so the drain
         // monitor does not end the process first.
         let shutdown_work = state.active.start();
@@ -219,14 +219,6 @@ impl KubeSource {
     }
 }
 
-fn options(settings: &BuildSettings) -> BuildOptions<'_> {
-    BuildOptions {
-        controller_name: &settings.controller_name,
-        registry: &settings.registry,
-        default_request_timeout: settings.default_request_timeout,
-    }
-}
-
 fn issue_set(issues: &[ConfigIssue]) -> BTreeSet<String> {
     issues.iter().map(ToString::to_string).collect()
 }
@@ -236,7 +228,7 @@ struct Rebuild {
     stores: Stores,
     changes: Arc<Changes>,
     settings: BuildSettings,
-    state: Arc<AdminState>,
+    state: Arc<GatewayState>,
     describe: String,
     debounce: Duration,
     plans: watch::Sender<Arc<Vec<StatusUpdate>>>,
@@ -262,16 +254,11 @@ impl Rebuild {
     fn rebuild(&self) {
         let previous = self.state.snapshots.load();
         let objects = self.stores.object_set();
-        let (snapshot, issues) = build(&objects, &options(&self.settings), Some(&previous));
+        let (snapshot, issues) = build(&objects, &self.settings.options(), Some(&previous));
         let current = issue_set(&issues);
         {
             let mut logged = self.logged.lock();
-            for issue in issues.iter().filter(|i| !logged.contains(&i.to_string())) {
-                match issue.severity {
-                    Severity::Error => tracing::error!(target: "config", "{issue}"),
-                    Severity::Warning => tracing::warn!(target: "config", "{issue}"),
-                }
-            }
+            log_issues(issues.iter().filter(|i| !logged.contains(&i.to_string())));
             *logged = current;
         }
         let errors = issues
@@ -283,18 +270,6 @@ impl Rebuild {
         } else {
             "applied-partially"
         };
-        self.state
-            .metrics
-            .config_reloads
-            .with_label_values(&[result])
-            .inc();
-        for port in snapshot
-            .ports
-            .keys()
-            .filter(|p| !self.state.bound_ports.contains(p) && !previous.ports.contains_key(p))
-        {
-            tracing::warn!(target: "config", port, "a Gateway listener adds port {port}; new ports are bound at the next restart");
-        }
         let context = StatusContext {
             controller_name: &self.settings.controller_name,
             bound_ports: &self.state.bound_ports,
@@ -302,17 +277,9 @@ impl Rebuild {
             now: super::conditions::now(),
         };
         let plan = compute(&objects, &snapshot, &issues, &context);
-        self.state.config.store(Arc::new(ConfigStatus {
-            source: self.describe.clone(),
-            last_result: result.into(),
-            issues,
-        }));
-        self.state.snapshots.publish(snapshot);
-        let generation = self.state.snapshots.load().generation;
         self.state
-            .metrics
-            .snapshot_generation
-            .set(generation as i64);
+            .record_config(self.describe.clone(), result, issues);
+        let generation = self.state.publish(snapshot);
         tracing::debug!(target: "config", generation, errors, "snapshot rebuilt from the Kubernetes API");
         self.plans.send_replace(Arc::new(plan));
     }
@@ -325,7 +292,7 @@ pub struct KubeService {
     tasks: Vec<JoinHandle<()>>,
     elector: Mutex<Option<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
-    shutdown_work: Mutex<Option<crate::drain::ActiveRequest>>,
+    shutdown_work: Mutex<Option<crate::state::WorkGuard>>,
 }
 
 impl std::fmt::Debug for KubeService {

@@ -28,7 +28,7 @@ use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntGauge};
 use tokio::time::Instant;
 
-use crate::openai::ApiError;
+use super::error::ClientError;
 
 /// How long an over-the-cap connection gets, first to send its request header (else it is closed
 /// without an answer), then to take the 503.
@@ -148,11 +148,7 @@ async fn refuse(stream: Stream, cap: usize) {
         _ => return,
     }
     session.set_keepalive(None);
-    let error = ApiError::new(
-        503,
-        "service_unavailable",
-        format!("The gateway has its limit of {cap} client connections open; retry shortly."),
-    );
+    let error = ClientError::TooManyConnections { cap };
     let body = error.body();
     let Ok(header) = refusal_header(body.len()) else {
         return;

@@ -19,7 +19,7 @@ use super::models::ModelEntry;
 use super::{Pool, ServiceBackend, Snapshot};
 use crate::config::crds::{v1, v1alpha2};
 use crate::config::{ConfigIssue, ObjectKey, Origin};
-use crate::scrape::Engine;
+use crate::engine::Engine;
 
 /// Pool annotation choosing the metric dialect of its model servers (ACK's key).
 pub const MODEL_SERVER_RUNTIME_ANNOTATION: &str =

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use plugins::{EndpointId, EndpointMetrics, EndpointView};
 
-use crate::scrape::Engine;
+use crate::engine::Engine;
 
 /// Passive health: how the gateway reacts to endpoints that fail requests.
 ///
@@ -207,35 +207,54 @@ impl Drop for InFlight {
 }
 
 /// The endpoints of `all` that are not ejected, or all of them when every one is.
-pub fn eligible(all: &[Arc<Endpoint>]) -> Vec<&Arc<Endpoint>> {
-    let healthy: Vec<&Arc<Endpoint>> = all.iter().filter(|e| !e.is_ejected()).collect();
+pub fn eligible(all: &[Arc<Endpoint>]) -> Vec<Arc<Endpoint>> {
+    let healthy: Vec<Arc<Endpoint>> = all.iter().filter(|e| !e.is_ejected()).cloned().collect();
     if healthy.is_empty() {
-        all.iter().collect()
+        all.to_vec()
     } else {
         healthy
     }
 }
 
-/// Views of `endpoints` for a strategy, borrowing from `metrics` (one load per endpoint).
-pub fn endpoint_views<'a>(
-    endpoints: &'a [&'a Arc<Endpoint>],
-    metrics: &'a [Option<Arc<ScrapedMetrics>>],
-    now: Instant,
-) -> Vec<EndpointView<'a>> {
-    endpoints
-        .iter()
-        .zip(metrics)
-        .map(|(endpoint, scraped)| EndpointView {
-            id: &endpoint.id,
-            metrics: scraped.as_ref().map(|s| &s.metrics),
-            metrics_age: scraped
-                .as_ref()
-                .map(|s| now.saturating_duration_since(s.at)),
+/// An endpoint's load and metrics read once, so a strategy's pick and the hooks that follow it see
+/// the same numbers.
+#[derive(Debug, Clone)]
+pub struct EndpointSample {
+    /// The latest scraped metrics.
+    pub metrics: Option<Arc<ScrapedMetrics>>,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Estimated prompt tokens in flight.
+    pub in_flight_tokens: u64,
+    /// Requests dispatched since the scrape.
+    pub dispatched_since_scrape: u32,
+}
+
+impl EndpointSample {
+    /// Read `endpoint` now.
+    pub fn of(endpoint: &Endpoint) -> Self {
+        Self {
+            metrics: endpoint.metrics(),
             in_flight: endpoint.in_flight(),
             in_flight_tokens: endpoint.in_flight_tokens(),
             dispatched_since_scrape: endpoint.dispatched_since_scrape(),
-        })
-        .collect()
+        }
+    }
+
+    /// The view a strategy sees of `endpoint` with this sample, the metrics aged as of `now`.
+    pub fn view<'a>(&'a self, endpoint: &'a Endpoint, now: Instant) -> EndpointView<'a> {
+        EndpointView {
+            id: &endpoint.id,
+            metrics: self.metrics.as_ref().map(|s| &s.metrics),
+            metrics_age: self
+                .metrics
+                .as_ref()
+                .map(|s| now.saturating_duration_since(s.at)),
+            in_flight: self.in_flight,
+            in_flight_tokens: self.in_flight_tokens,
+            dispatched_since_scrape: self.dispatched_since_scrape,
+        }
+    }
 }
 
 #[cfg(test)]

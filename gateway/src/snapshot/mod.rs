@@ -27,7 +27,7 @@ use plugins::registry::Resolution;
 use plugins::{Strategy, StrategyConfig};
 
 pub use build::{BuildOptions, build};
-pub use endpoint::{Endpoint, HealthPolicy, InFlight, ScrapedMetrics};
+pub use endpoint::{Endpoint, EndpointSample, HealthPolicy, InFlight, ScrapedMetrics};
 pub use models::{ModelEntry, TargetModel};
 pub use routes::{ListenerRoutes, PortRoutes, RequestParts, RouteEntry};
 
@@ -52,6 +52,20 @@ impl std::fmt::Debug for ServiceBackend {
             .field("port", &self.port)
             .field("endpoints", &self.endpoints)
             .finish()
+    }
+}
+
+impl ServiceBackend {
+    /// The next endpoint in round-robin order that is not in `tried`; `None` when every endpoint
+    /// has been tried (or there is none).
+    pub fn next_untried(&self, tried: &[SocketAddr]) -> Option<SocketAddr> {
+        let backend =
+            self.balancer
+                .as_ref()?
+                .select_with(b"", self.endpoints.len(), |b, healthy| {
+                    healthy && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
+                })?;
+        backend.addr.as_inet().copied()
     }
 }
 

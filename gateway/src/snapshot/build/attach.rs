@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use gateway_api::httproutes::{HttpRoute, HttpRouteParentRefs, HttpRouteRules};
 
+use super::GATEWAY_GROUP;
 use super::actions::rule_action;
 use super::index::{Index, Located};
 use super::listeners::{ListenerBuild, Listeners};
 use super::matches::rule_matches;
-use super::{GATEWAY_GROUP, MODEL_NAME_HEADER};
 use crate::config::{ConfigIssue, IssueReason, Kind, ObjectKey, Subject};
+use crate::headers::MODEL_NAME as MODEL_NAME_HEADER;
 use crate::snapshot::routes::{RouteEntry, RouteMatch, hostname_matches};
 use crate::snapshot::{Attachment, RouteParent, RuleAction, Snapshot};
 

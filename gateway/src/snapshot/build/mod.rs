@@ -30,9 +30,6 @@ use crate::config::{ConfigIssue, ObjectSet};
 use index::Index;
 use listeners::ListenerBuild;
 
-/// The header that carries the body's `model` for routing (GIE body-based routing).
-pub const MODEL_NAME_HEADER: &str = "x-gateway-model-name";
-
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 const INFERENCE_GROUPS: [&str; 2] = [
     "inference.networking.x-k8s.io",

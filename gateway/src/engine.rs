@@ -1,4 +1,5 @@
-//! Reading the few signals routing needs from a model server's Prometheus text page.
+//! Model-server engines and their metric dialects: reading the few signals routing needs from a
+//! model server's Prometheus text page.
 //!
 //! A vLLM page is mostly histogram buckets (tens of kilobytes); routing needs about six series.
 //! The parser walks the page line by line, compares each line's metric name with the engine's

@@ -2,13 +2,11 @@
 //! the endpoint for the strategies to read.
 //!
 //! One task per endpoint scrapes on its own tick with a timeout, parses the page with the
-//! endpoint's engine mapping ([`parse`]) and publishes the values with their time. A failed or slow
+//! endpoint's engine mapping ([`crate::engine`]) and publishes the values with their time. A failed or slow
 //! scrape publishes nothing, so the previous values age and, past the strategies' staleness limit,
 //! count as saturation, never as an empty server. The set of tasks follows the snapshot: an
 //! endpoint that joins a pool is scraped from the next reconcile, one that leaves is no longer
 //! scraped. All tasks stop on shutdown.
-
-pub mod parse;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,9 +22,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
 
-pub use self::parse::Engine;
-use crate::admin::AdminState;
+use crate::engine;
 use crate::snapshot::{Endpoint, ScrapedMetrics};
+use crate::state::GatewayState;
 
 /// Largest `/metrics` page read; a vLLM page with LoRA series is tens of kilobytes.
 const MAX_PAGE_BYTES: usize = 4 << 20;
@@ -56,7 +54,7 @@ pub enum ScrapeError {
     TooLarge,
     /// The page had none of the expected series.
     #[error("{0}")]
-    Parse(#[from] parse::ParseError),
+    Parse(#[from] engine::ParseError),
     /// The scrape took longer than the timeout.
     #[error("timeout")]
     Timeout,
@@ -122,7 +120,7 @@ pub async fn scrape(
             return Err(ScrapeError::Status(status));
         }
         let text = String::from_utf8_lossy(&page);
-        Ok(parse::parse(&text, endpoint.engine)?)
+        Ok(engine::parse(&text, endpoint.engine)?)
     };
     tokio::time::timeout(timeout, fetch)
         .await
@@ -132,13 +130,13 @@ pub async fn scrape(
 /// The background service.
 #[derive(Debug)]
 pub struct Scraper {
-    state: Arc<AdminState>,
+    state: Arc<GatewayState>,
     settings: ScrapeSettings,
 }
 
 impl Scraper {
     /// A scraper of the pools in `state`'s snapshots; it marks `state` ready after its first round.
-    pub fn new(state: Arc<AdminState>, settings: ScrapeSettings) -> Self {
+    pub fn new(state: Arc<GatewayState>, settings: ScrapeSettings) -> Self {
         Self { state, settings }
     }
 }
@@ -196,7 +194,7 @@ impl BackgroundService for Scraper {
             }
             if let Some(size) = first_round_size
                 && (first_round.load(Ordering::Relaxed) >= size || started.elapsed() > round_limit)
-                && !self.state.ready.swap(true, Ordering::Relaxed)
+                && !self.state.set_ready(true)
             {
                 tracing::info!(endpoints = size, "first metrics scrape round done; ready");
             }
@@ -208,7 +206,7 @@ impl BackgroundService for Scraper {
 async fn scrape_loop(
     endpoint: Arc<Endpoint>,
     connector: Arc<Connector>,
-    state: Arc<AdminState>,
+    state: Arc<GatewayState>,
     settings: ScrapeSettings,
     first_round: Arc<AtomicUsize>,
 ) {

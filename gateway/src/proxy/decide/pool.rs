@@ -1,0 +1,276 @@
+//! The InferencePool part of the decision: parse the body, resolve the model against the pool's
+//! InferenceModels, draw the target model by weight and splice it into the body, shed sheddable
+//! requests to a saturated pool, and ask the pool's strategy to rank the eligible endpoints.
+//!
+//! The result keeps what later steps need: [`InferenceInfo`] for metrics, logging and the
+//! strategy's hooks, and [`Dispatch`], the ranked endpoints with the samples the strategy saw.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use plugins::load::pool_saturation;
+use plugins::{Criticality, EndpointView, NoEndpoint, PoolView, RequestView};
+
+use super::{BackendKind, Decision, Forward, Head, Step, Upstreams};
+use crate::openai;
+use crate::proxy::error::{ClientError, ShedCause};
+use crate::snapshot::endpoint::eligible;
+use crate::snapshot::{Endpoint, EndpointSample, Pool, UnknownModel};
+
+/// An inference request as the pool's strategy saw it, kept for metrics, logging and hooks.
+#[derive(Debug)]
+pub struct InferenceInfo {
+    /// The pool.
+    pub pool: Arc<Pool>,
+    /// Requested model.
+    pub model: String,
+    /// Model sent upstream.
+    pub target_model: String,
+    /// Criticality of the requested model.
+    pub criticality: Criticality,
+    /// The prompt as stable text, when the strategy reads it.
+    pub prompt: Option<String>,
+    /// Estimated prompt tokens.
+    pub prompt_tokens: u32,
+    /// `max_completion_tokens` or `max_tokens`.
+    pub max_tokens: Option<u32>,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// Whether an InferenceModel declares the requested model (its name is then a safe label).
+    pub declared: bool,
+    /// Size of the request body sent upstream.
+    pub request_bytes: usize,
+    /// Whether the request counts in `inference_model_running_requests` (released in logging).
+    pub running: bool,
+    /// How long the strategy's pick took.
+    pub pick_duration: Duration,
+    /// Candidates the strategy returned outside the pool (dropped; a strategy bug).
+    pub invalid_candidates: usize,
+}
+
+impl InferenceInfo {
+    /// The `(model_name, target_model_name)` metric labels. A name no InferenceModel declares
+    /// becomes a label only once a model server answered it with success, so clients cannot mint
+    /// series with made-up names.
+    pub fn labels(&self, status: u16) -> (&str, &str) {
+        if self.declared || (200..300).contains(&status) {
+            (&self.model, &self.target_model)
+        } else {
+            ("unknown", "unknown")
+        }
+    }
+
+    /// The name of the strategy that runs for the pool.
+    pub fn strategy(&self) -> &str {
+        &self.pool.resolution.implementation
+    }
+
+    /// The view a strategy sees of this request.
+    pub fn view<'a>(&'a self, request_id: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
+        RequestView {
+            request_id,
+            model: &self.model,
+            target_model: &self.target_model,
+            criticality: self.criticality,
+            prompt: self.prompt.as_deref(),
+            prompt_tokens: self.prompt_tokens,
+            max_tokens: self.max_tokens,
+            stream: self.stream,
+            headers,
+        }
+    }
+}
+
+/// A pool's eligible endpoints in the order to try them.
+#[derive(Debug)]
+pub struct Dispatch {
+    pool: Arc<Pool>,
+    endpoints: Vec<Arc<Endpoint>>,
+    /// What the strategy saw of each endpoint; empty when no strategy ranked them.
+    samples: Vec<EndpointSample>,
+    sampled_at: Instant,
+    order: std::vec::IntoIter<usize>,
+    /// Estimated prompt tokens, counted in flight on the endpoint that takes the request.
+    tokens: u64,
+}
+
+/// The next endpoint of a [`Dispatch`].
+#[derive(Debug)]
+pub struct Candidate<'a> {
+    /// The pool.
+    pub pool: &'a Pool,
+    /// The endpoint.
+    pub endpoint: &'a Arc<Endpoint>,
+    /// What the strategy saw of it when it ranked the endpoints, if one did.
+    pub view: Option<EndpointView<'a>>,
+    /// Estimated prompt tokens of the request, to count in flight.
+    pub tokens: u64,
+}
+
+impl Dispatch {
+    /// The next endpoint in order.
+    pub fn next_candidate(&mut self) -> Option<Candidate<'_>> {
+        let index = self.order.next()?;
+        let endpoint = self.endpoints.get(index)?;
+        Some(Candidate {
+            pool: &self.pool,
+            endpoint,
+            view: self
+                .samples
+                .get(index)
+                .map(|sample| sample.view(endpoint, self.sampled_at)),
+            tokens: self.tokens,
+        })
+    }
+}
+
+/// Decide for a request to `pool` whose body is `body`.
+pub fn decide(pool: Arc<Pool>, head: &Head<'_>, body: Bytes) -> Decision {
+    if body.is_empty() {
+        // No body, no model (GET /v1/models, /health): any healthy endpoint will do.
+        let endpoints = eligible(&pool.endpoints);
+        let mut order: Vec<usize> = (0..endpoints.len()).collect();
+        fastrand::shuffle(&mut order);
+        let dispatch = Dispatch {
+            pool,
+            endpoints,
+            samples: Vec::new(),
+            sampled_at: Instant::now(),
+            order: order.into_iter(),
+            tokens: 0,
+        };
+        return forward(None, dispatch, body);
+    }
+    let (info, body) = match resolve(pool, &body) {
+        Ok(resolved) => resolved,
+        Err(error) => return answer(None, error),
+    };
+    pick(info, head, body)
+}
+
+/// Parse the body, resolve its model and rewrite it: the inference request and the body to send.
+fn resolve(pool: Arc<Pool>, body: &Bytes) -> Result<(InferenceInfo, Bytes), ClientError> {
+    let request = openai::parse(body).map_err(ClientError::InvalidBody)?;
+    let entry = pool
+        .model(&request.model)
+        .map_err(|UnknownModel| ClientError::ModelNotFound {
+            model: request.model.to_string(),
+        })?;
+    let target_model = entry.map_or(request.model.as_ref(), |e| e.draw());
+    let outgoing = if target_model != request.model {
+        request.rewrite_model(body, target_model)
+    } else {
+        body.clone()
+    };
+    let prompt = if pool.strategy.inputs().prompt {
+        request.prompt_text()
+    } else {
+        None
+    };
+    let info = InferenceInfo {
+        model: request.model.to_string(),
+        target_model: target_model.to_owned(),
+        criticality: entry.map_or(Criticality::Standard, |e| e.criticality),
+        prompt,
+        prompt_tokens: request.estimated_prompt_tokens(),
+        max_tokens: request.max_tokens,
+        stream: request.stream,
+        declared: entry.is_some(),
+        request_bytes: outgoing.len(),
+        running: false,
+        pick_duration: Duration::ZERO,
+        invalid_candidates: 0,
+        pool,
+    };
+    Ok((info, outgoing))
+}
+
+/// Shed or rank: the strategy's candidates over the pool's eligible endpoints.
+fn pick(mut info: InferenceInfo, head: &Head<'_>, body: Bytes) -> Decision {
+    let pool = Arc::clone(&info.pool);
+    let endpoints = eligible(&pool.endpoints);
+    let samples: Vec<EndpointSample> = endpoints.iter().map(|e| EndpointSample::of(e)).collect();
+    let sampled_at = Instant::now();
+    let pool_name = pool.key.qualified_name();
+    let views: Vec<EndpointView<'_>> = samples
+        .iter()
+        .zip(&endpoints)
+        .map(|(sample, endpoint)| sample.view(endpoint, sampled_at))
+        .collect();
+    let pool_view = PoolView {
+        name: &pool_name,
+        endpoints: &views,
+    };
+    if info.criticality == Criticality::Sheddable {
+        let saturation = pool_saturation(&pool_view, &pool.strategy.load_config());
+        if saturation >= 1.0 {
+            let cause = ShedCause::Saturation(saturation);
+            return answer(
+                None,
+                ClientError::Shed {
+                    pool: pool_name,
+                    cause,
+                },
+            );
+        }
+    }
+    let started = Instant::now();
+    let span = tracing::debug_span!("pick", pool = %pool_name, strategy = %info.strategy());
+    let picked = span.in_scope(|| {
+        pool.strategy
+            .pick(&info.view(head.request_id, head.headers), &pool_view)
+    });
+    info.pick_duration = started.elapsed();
+    info.running = picked.is_ok() && info.declared;
+    drop(views);
+    match picked {
+        Err(NoEndpoint::Shed(reason)) => {
+            let cause = ShedCause::Strategy(reason);
+            answer(
+                Some(info),
+                ClientError::Shed {
+                    pool: pool_name,
+                    cause,
+                },
+            )
+        }
+        Err(no_endpoint) => answer(Some(info), ClientError::NoEndpoint(no_endpoint)),
+        Ok(candidates) => {
+            // Whatever the strategy returned, only indexes into these endpoints remain, once each.
+            let resolved = candidates.resolve(endpoints.len());
+            info.invalid_candidates = resolved.dropped;
+            let dispatch = Dispatch {
+                pool,
+                endpoints,
+                samples,
+                sampled_at,
+                order: resolved.order.into_iter(),
+                tokens: u64::from(info.prompt_tokens),
+            };
+            forward(Some(info), dispatch, body)
+        }
+    }
+}
+
+fn answer(inference: Option<InferenceInfo>, error: ClientError) -> Decision {
+    Decision {
+        inference,
+        ..Decision::new(BackendKind::Pool, Step::Answer(error))
+    }
+}
+
+fn forward(inference: Option<InferenceInfo>, dispatch: Dispatch, body: Bytes) -> Decision {
+    Decision {
+        inference,
+        ..Decision::new(
+            BackendKind::Pool,
+            Step::Forward(Forward {
+                body,
+                model_header: None,
+                upstreams: Upstreams::Pool(dispatch),
+            }),
+        )
+    }
+}

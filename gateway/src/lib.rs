@@ -2,7 +2,7 @@
 //! and pluggable routing strategies.
 //!
 //! Data flows one way: a source (YAML files, [`source`], or the Kubernetes API, [`kubernetes`])
-//! produces objects ([`config`]); [`snapshot::build`] turns them into an immutable [`snapshot::Snapshot`] published
+//! produces objects ([`config`]); [`snapshot::build()`] turns them into an immutable [`snapshot::Snapshot`] published
 //! through an `ArcSwap`; the proxy ([`proxy`]) reads one snapshot per request.
 
 pub mod admin;

@@ -6,7 +6,7 @@
 //! installed) keeps a store that swaps in a complete view after every relist. A change that matters
 //! for routing wakes the rebuild loop, which waits a short debounce, turns the stores into the same
 //! [`crate::config::ObjectSet`] the file source produces, runs the same
-//! [`crate::snapshot::build`], and publishes the result. Unlike the file source it publishes a
+//! [`crate::snapshot::build()`], and publishes the result. Unlike the file source it publishes a
 //! snapshot with errors: a bad object is left out (and reported in its status and the logs) while
 //! the rest keeps serving. When the API server is gone the stores keep their last view, so routing
 //! continues on the last snapshot, and the watchers relist when it returns.

@@ -3,7 +3,7 @@
 //! Each variant fixes the HTTP status, OpenAI's error `type` and `code`, the parameter at fault and
 //! a metric label, so no call site pairs a status with a kind by hand. The body is OpenAI's shape,
 //! `{"error":{"message","type","param","code"}}`, which the OpenAI SDKs and `vllm bench serve`
-//! read. Nothing here does I/O; [`ClientError::response`] gives the header and body to write.
+//! read. Nothing here does I/O; [`ClientError::header`] and [`ClientError::body`] give what to write.
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,10 +1,10 @@
 //! The routable snapshot: listeners and their routes, Service backends and InferencePools.
 //!
-//! A source (file or kube) produces an [`crate::config::ObjectSet`]; [`build`] turns it into an
+//! A source (file or kube) produces an [`crate::config::ObjectSet`]; [`build()`] turns it into an
 //! immutable [`Snapshot`] plus the problems it found. The snapshot is published through
 //! [`SnapshotStore`] (an `ArcSwap`): the request path does one `load` per request and never
 //! locks. Runtime state that must survive a rebuild (in-flight counts, scraped metrics, strategy
-//! instances with their indexes) is carried over from the previous snapshot by [`build`].
+//! instances with their indexes) is carried over from the previous snapshot by [`build()`].
 //!
 //! The snapshot also records what the build decided that the request path does not need but the
 //! status writer reports ([`RouteParent`]), so that nothing resolves the objects a second time.

@@ -2,129 +2,21 @@
 //! InferenceModels, draw the target model by weight and splice it into the body, shed sheddable
 //! requests to a saturated pool, and ask the pool's strategy to rank the eligible endpoints.
 //!
-//! The result keeps what later steps need: [`InferenceInfo`] for metrics, logging and the
-//! strategy's hooks, and [`Dispatch`], the ranked endpoints with the samples the strategy saw.
+//! The result keeps what later steps need: an [`InferenceInfo`] for metrics, logging and the
+//! strategy's hooks, and a [`Dispatch`], the ranked endpoints with the samples the strategy saw.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::HeaderMap;
 use plugins::load::pool_saturation;
-use plugins::{Criticality, EndpointView, NoEndpoint, PoolView, RequestView};
+use plugins::{Criticality, EndpointView, NoEndpoint, PoolView};
 
-use super::{BackendKind, Decision, Forward, Head, Step, Upstreams};
+use super::plan::{BackendKind, Decision, Dispatch, Forward, Head, InferenceInfo, Step, Upstreams};
 use crate::openai;
 use crate::proxy::error::{ClientError, ShedCause};
 use crate::snapshot::endpoint::eligible;
-use crate::snapshot::{Endpoint, EndpointSample, Pool, UnknownModel};
-
-/// An inference request as the pool's strategy saw it, kept for metrics, logging and hooks.
-#[derive(Debug)]
-pub struct InferenceInfo {
-    /// The pool.
-    pub pool: Arc<Pool>,
-    /// Requested model.
-    pub model: String,
-    /// Model sent upstream.
-    pub target_model: String,
-    /// Criticality of the requested model.
-    pub criticality: Criticality,
-    /// The prompt as stable text, when the strategy reads it.
-    pub prompt: Option<String>,
-    /// Estimated prompt tokens.
-    pub prompt_tokens: u32,
-    /// `max_completion_tokens` or `max_tokens`.
-    pub max_tokens: Option<u32>,
-    /// Whether the client asked for a stream.
-    pub stream: bool,
-    /// Whether an InferenceModel declares the requested model (its name is then a safe label).
-    pub declared: bool,
-    /// Size of the request body sent upstream.
-    pub request_bytes: usize,
-    /// Whether the request counts in `inference_model_running_requests` (released in logging).
-    pub running: bool,
-    /// How long the strategy's pick took.
-    pub pick_duration: Duration,
-    /// Candidates the strategy returned outside the pool (dropped; a strategy bug).
-    pub invalid_candidates: usize,
-}
-
-impl InferenceInfo {
-    /// The `(model_name, target_model_name)` metric labels. A name no InferenceModel declares
-    /// becomes a label only once a model server answered it with success, so clients cannot mint
-    /// series with made-up names.
-    pub fn labels(&self, status: u16) -> (&str, &str) {
-        if self.declared || (200..300).contains(&status) {
-            (&self.model, &self.target_model)
-        } else {
-            ("unknown", "unknown")
-        }
-    }
-
-    /// The name of the strategy that runs for the pool.
-    pub fn strategy(&self) -> &str {
-        &self.pool.resolution.implementation
-    }
-
-    /// The view a strategy sees of this request.
-    pub fn view<'a>(&'a self, request_id: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
-        RequestView {
-            request_id,
-            model: &self.model,
-            target_model: &self.target_model,
-            criticality: self.criticality,
-            prompt: self.prompt.as_deref(),
-            prompt_tokens: self.prompt_tokens,
-            max_tokens: self.max_tokens,
-            stream: self.stream,
-            headers,
-        }
-    }
-}
-
-/// A pool's eligible endpoints in the order to try them.
-#[derive(Debug)]
-pub struct Dispatch {
-    pool: Arc<Pool>,
-    endpoints: Vec<Arc<Endpoint>>,
-    /// What the strategy saw of each endpoint; empty when no strategy ranked them.
-    samples: Vec<EndpointSample>,
-    sampled_at: Instant,
-    order: std::vec::IntoIter<usize>,
-    /// Estimated prompt tokens, counted in flight on the endpoint that takes the request.
-    tokens: u64,
-}
-
-/// The next endpoint of a [`Dispatch`].
-#[derive(Debug)]
-pub struct Candidate<'a> {
-    /// The pool.
-    pub pool: &'a Pool,
-    /// The endpoint.
-    pub endpoint: &'a Arc<Endpoint>,
-    /// What the strategy saw of it when it ranked the endpoints, if one did.
-    pub view: Option<EndpointView<'a>>,
-    /// Estimated prompt tokens of the request, to count in flight.
-    pub tokens: u64,
-}
-
-impl Dispatch {
-    /// The next endpoint in order.
-    pub fn next_candidate(&mut self) -> Option<Candidate<'_>> {
-        let index = self.order.next()?;
-        let endpoint = self.endpoints.get(index)?;
-        Some(Candidate {
-            pool: &self.pool,
-            endpoint,
-            view: self
-                .samples
-                .get(index)
-                .map(|sample| sample.view(endpoint, self.sampled_at)),
-            tokens: self.tokens,
-        })
-    }
-}
+use crate::snapshot::{EndpointSample, Pool, UnknownModel};
 
 /// Decide for a request to `pool` whose body is `body`.
 pub fn decide(pool: Arc<Pool>, head: &Head<'_>, body: Bytes) -> Decision {

@@ -1,15 +1,11 @@
 //! Status computation from YAML objects through the real snapshot build: the reasons that the
 //! end-to-end test in `gateway/tests/kube.rs` does not reach.
 
-use std::time::Duration;
-
 use plugins::Registry;
 use serde_json::Value;
 
 use super::*;
-use crate::snapshot::BuildOptions;
-
-const CONTROLLER: &str = "inference-gateway.dev/controller";
+use crate::snapshot::build::tests::{CONTROLLER, build_yaml, build_yaml_with};
 
 const BASE: &str = "
 apiVersion: gateway.networking.k8s.io/v1
@@ -70,30 +66,8 @@ metadata: {name: s}
 spec: {selector: {app: q}, ports: [{port: 80}]}
 ";
 
-fn objects_of(yaml: &str) -> ObjectSet {
-    let mut objects = ObjectSet::default();
-    let parse = objects.add_yaml(yaml, std::path::Path::new("t.yaml"));
-    assert!(parse.is_empty(), "{parse:?}");
-    objects
-}
-
-fn build_objects(objects: &ObjectSet) -> (Snapshot, Vec<ConfigIssue>) {
-    let registry = Registry::with_builtins();
-    let options = BuildOptions {
-        controller_name: CONTROLLER,
-        registry: &registry,
-        default_request_timeout: Some(Duration::from_secs(3600)),
-    };
-    crate::snapshot::build(objects, &options, None)
-}
-
-fn build_yaml(yaml: &str) -> (Snapshot, Vec<ConfigIssue>) {
-    build_objects(&objects_of(yaml))
-}
-
 fn compute_yaml(yaml: &str, bound: &[u16], service: Option<&ObjectKey>) -> Vec<StatusUpdate> {
-    let objects = objects_of(yaml);
-    let (snapshot, issues) = build_objects(&objects);
+    let (objects, snapshot, issues) = build_yaml_with(yaml, &Registry::with_builtins());
     let cx = StatusContext {
         controller_name: CONTROLLER,
         bound_ports: bound,

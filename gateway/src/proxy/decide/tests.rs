@@ -12,11 +12,9 @@ use plugins::{
 };
 
 use super::*;
-use crate::config::ObjectSet;
 use crate::proxy::error::{ClientError, ShedCause};
-use crate::snapshot::{BuildOptions, ScrapedMetrics};
-
-const CONTROLLER: &str = "inference-gateway.dev/controller";
+use crate::snapshot::ScrapedMetrics;
+use crate::snapshot::build::tests::build_yaml_with;
 
 /// Ports: 8080 plain (Service `qwen`), 8081 inference (pool `qwen-pool`, strategy FIXED), 8082
 /// body-based routing (model `travel-helper` to the pool, anything else to the Service), 8083
@@ -179,9 +177,6 @@ impl Strategy for Fixed {
 }
 
 fn snapshot() -> Snapshot {
-    let mut objects = ObjectSet::default();
-    let problems = objects.add_yaml(OBJECTS, std::path::Path::new("decide.yaml"));
-    assert!(problems.is_empty(), "{problems:?}");
     let mut registry = Registry::with_builtins();
     registry.register(
         "FIXED",
@@ -189,12 +184,7 @@ fn snapshot() -> Snapshot {
             Ok(Arc::new(Fixed::default()))
         },
     );
-    let options = BuildOptions {
-        controller_name: CONTROLLER,
-        registry: &registry,
-        default_request_timeout: None,
-    };
-    let (snapshot, issues) = crate::snapshot::build(&objects, &options, None);
+    let (_, snapshot, issues) = build_yaml_with(OBJECTS, &registry);
     assert!(
         !crate::config::issues::has_errors(&issues),
         "the test configuration has errors: {issues:#?}"

@@ -8,23 +8,47 @@ use super::*;
 use crate::config::{IssueReason, Kind, ObjectKey, Severity, Subject};
 use crate::snapshot::{Attachment, Backend, RouteParent};
 
-const CONTROLLER: &str = "inference-gateway.dev/controller";
+/// The controller name the test GatewayClasses name.
+pub(crate) const CONTROLLER: &str = "inference-gateway.dev/controller";
 
-fn build_yaml(yaml: &str) -> (Snapshot, Vec<ConfigIssue>) {
+/// Parse `yaml` as the file `t.yaml` (it must parse without a problem) and build it with
+/// `registry`: the objects, the snapshot and the build's issues. Shared by the tests of the build,
+/// the status computation and the proxy's decision step.
+pub(crate) fn build_yaml_with(
+    yaml: &str,
+    registry: &Registry,
+) -> (ObjectSet, Snapshot, Vec<ConfigIssue>) {
+    let objects = objects_of(yaml);
+    let (snapshot, issues) = build_with(&objects, registry);
+    (objects, snapshot, issues)
+}
+
+/// The objects of `yaml`, parsed as the file `t.yaml`; it must parse without a problem.
+fn objects_of(yaml: &str) -> ObjectSet {
     let mut objects = ObjectSet::default();
     let parse_issues = objects.add_yaml(yaml, std::path::Path::new("t.yaml"));
     assert!(parse_issues.is_empty(), "{parse_issues:?}");
-    build_objects(&objects)
+    objects
 }
 
-fn build_objects(objects: &ObjectSet) -> (Snapshot, Vec<ConfigIssue>) {
-    let registry = Registry::with_builtins();
+fn build_with(objects: &ObjectSet, registry: &Registry) -> (Snapshot, Vec<ConfigIssue>) {
     let options = BuildOptions {
         controller_name: CONTROLLER,
-        registry: &registry,
+        registry,
         default_request_timeout: Some(Duration::from_secs(3600)),
     };
     build(objects, &options, None)
+}
+
+/// [`build_yaml_with`] the built-in strategies, without the objects.
+pub(crate) fn build_yaml(yaml: &str) -> (Snapshot, Vec<ConfigIssue>) {
+    let (_, snapshot, issues) = build_yaml_with(yaml, &Registry::with_builtins());
+    (snapshot, issues)
+}
+
+/// Build `objects` with the built-in strategies.
+fn build_objects(objects: &ObjectSet) -> (Snapshot, Vec<ConfigIssue>) {
+    build_with(objects, &Registry::with_builtins())
 }
 
 /// Our Gateway with two listeners, two pods and a pool (documents 1 to 5 of `t.yaml`).

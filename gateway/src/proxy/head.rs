@@ -1,6 +1,8 @@
 //! The request head as the gateway prepares it before deciding: the request id, the host, the
 //! local port, and the control headers only a gateway may set, removed.
 
+use std::borrow::Cow;
+
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
@@ -62,7 +64,8 @@ pub fn local_port(session: &Session) -> u16 {
 }
 
 /// The request's host, lowercase, without a port: the `Host` header, else the URI's authority.
-pub fn host(header: &RequestHeader) -> Option<String> {
+/// Borrowed when it is lowercase already, as clients send it.
+pub fn host(header: &RequestHeader) -> Option<Cow<'_, str>> {
     let host = header
         .headers
         .get(http::header::HOST)
@@ -75,7 +78,11 @@ pub fn host(header: &RequestHeader) -> Option<String> {
             .map_or(host, |(inner, _)| &host[..inner.len() + 2]),
         None => host.split(':').next().unwrap_or(host),
     };
-    Some(host.to_ascii_lowercase())
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 /// The decision's view of a request `header` that arrived on `port`.

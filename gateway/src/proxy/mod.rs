@@ -106,6 +106,15 @@ impl GatewayProxy {
                     self.forward(session, ctx, forward).await;
                     return Ok(true);
                 }
+                Step::ReadBody(BodyNeeded::Routing) if session.is_body_empty() => {
+                    // Nothing to route on: decide as for any bodyless request.
+                    let header = session.req_header();
+                    let host = head::host(header);
+                    let view =
+                        head::view(header, ctx.port, host.as_deref(), false, &ctx.request_id);
+                    let decision = decide::route(snapshot, &view, None);
+                    self.take(ctx, decision)
+                }
                 Step::ReadBody(needed) => {
                     let Some(body) = self.read_body(session, ctx).await? else {
                         return Ok(true);
@@ -203,7 +212,11 @@ fn decide_with_body(
     body: Bytes,
 ) -> Decision {
     let header = session.req_header();
-    let host = head::host(header);
+    // Only routing looks at the host; a pool's decision does not.
+    let host = match needed {
+        BodyNeeded::Routing => head::host(header),
+        BodyNeeded::Pool(_) => None,
+    };
     let head = head::view(header, ctx.port, host.as_deref(), true, &ctx.request_id);
     match needed {
         BodyNeeded::Routing => decide::route(snapshot, &head, Some(body)),
@@ -261,10 +274,10 @@ impl ProxyHttp for GatewayProxy {
         }
         head::prepare(session.req_header_mut(), &ctx.request_id)?;
         let snapshot = self.state.snapshots.load();
-        let has_body = !session.is_body_empty();
         let header = session.req_header();
         let host = head::host(header);
-        let view = head::view(header, ctx.port, host.as_deref(), has_body, &ctx.request_id);
+        // Whether the body is empty is asked of Pingora (which costs) only where routing needs it.
+        let view = head::view(header, ctx.port, host.as_deref(), true, &ctx.request_id);
         let decision = decide::route(&snapshot, &view, None);
         match self.take(ctx, decision) {
             Step::Proxy(service) => {

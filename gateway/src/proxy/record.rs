@@ -14,7 +14,7 @@ use crate::metrics::GatewayMetrics;
 
 /// A pool's strategy ranked endpoints for `info`.
 pub fn decided(metrics: &GatewayMetrics, info: &InferenceInfo) {
-    let pool = info.pool.key.qualified_name();
+    let pool = &info.pool.name;
     metrics
         .pick_duration
         .with_label_values(&[pool.as_str(), info.strategy()])
@@ -79,8 +79,8 @@ pub fn finished(metrics: &GatewayMetrics, finished: &Finished<'_>) {
 
 /// The gateway's own per-request metrics.
 fn requests(metrics: &GatewayMetrics, f: &Finished<'_>) {
-    let port = f.port.to_string();
-    let labels = [port.as_str(), f.backend.label()];
+    let mut digits = [0u8; 5];
+    let labels = [port_label(f.port, &mut digits), f.backend.label()];
     let status = http::StatusCode::from_u16(f.status).ok();
     let code = status.as_ref().map_or("0", http::StatusCode::as_str);
     metrics
@@ -113,6 +113,21 @@ fn requests(metrics: &GatewayMetrics, f: &Finished<'_>) {
     if let Some(reason) = f.exchange.answered {
         metrics.errors.with_label_values(&[reason]).inc();
     }
+}
+
+/// `port` in decimal, written into `digits` (no allocation on the request path).
+fn port_label(port: u16, digits: &mut [u8; 5]) -> &str {
+    let mut start = digits.len();
+    let mut rest = port;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&digits[start..]).unwrap_or("0")
 }
 
 /// Report the request to the pool's strategy, if it was dispatched to an endpoint.
@@ -172,7 +187,7 @@ fn model_requests(metrics: &GatewayMetrics, info: &InferenceInfo, f: &Finished<'
     if f.exchange.attempts.connect_failures > 0 {
         metrics
             .retries
-            .with_label_values(&[info.pool.key.qualified_name().as_str()])
+            .with_label_values(&[info.pool.name.as_str()])
             .inc_by(u64::from(f.exchange.attempts.connect_failures));
     }
     if info.running {
@@ -261,5 +276,18 @@ fn error_text(f: &Finished<'_>) -> Option<String> {
             .as_ref()
             .and_then(Ending::error)
             .map(str::to_owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_labels_are_decimal() {
+        for port in [0, 7, 80, 8081, 65535] {
+            let mut digits = [0u8; 5];
+            assert_eq!(port_label(port, &mut digits), port.to_string());
+        }
     }
 }

@@ -49,7 +49,7 @@ impl Targets for PoolTargets<'_> {
             pool.strategy
                 .on_dispatched(&info.view(self.request_id, &header.headers), view);
         }
-        let pool_name = pool.key.qualified_name();
+        let pool_name = &pool.name;
         let strategy = pool.resolution.implementation.as_str();
         tracing::debug!(
             pool = %pool_name,

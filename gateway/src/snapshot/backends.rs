@@ -360,6 +360,7 @@ pub fn build_pool(
         strategy.on_endpoints_changed(&ids);
     }
     Some(Pool {
+        name: spec.key.qualified_name(),
         key: spec.key.clone(),
         api_version: spec.api_version,
         strategy_name,

@@ -73,6 +73,8 @@ impl ServiceBackend {
 pub struct Pool {
     /// The pool object.
     pub key: ObjectKey,
+    /// `namespace/name`, formatted once for metric labels, logs and messages.
+    pub name: String,
     /// Its API version (`inference.networking.x-k8s.io/v1alpha2` or `inference.networking.k8s.io/v1`).
     pub api_version: &'static str,
     /// The strategy name from the routing-strategy annotation (`DEFAULT` when absent).

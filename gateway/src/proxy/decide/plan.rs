@@ -28,7 +28,8 @@ pub struct Head<'a> {
     pub query: Option<&'a str>,
     /// Headers, control headers already stripped.
     pub headers: &'a HeaderMap,
-    /// Whether the request may have a body.
+    /// Whether the request may have a body. The proxy first says it may, and asks Pingora's
+    /// framing only when a route needs to know (body-based routing).
     pub has_body: bool,
     /// The request id.
     pub request_id: &'a str,

@@ -85,14 +85,13 @@ fn pick(mut info: InferenceInfo, head: &Head<'_>, body: Bytes) -> Decision {
     let endpoints = eligible(&pool.endpoints);
     let samples: Vec<EndpointSample> = endpoints.iter().map(|e| EndpointSample::of(e)).collect();
     let sampled_at = Instant::now();
-    let pool_name = pool.key.qualified_name();
     let views: Vec<EndpointView<'_>> = samples
         .iter()
         .zip(&endpoints)
         .map(|(sample, endpoint)| sample.view(endpoint, sampled_at))
         .collect();
     let pool_view = PoolView {
-        name: &pool_name,
+        name: &pool.name,
         endpoints: &views,
     };
     if info.criticality == Criticality::Sheddable {
@@ -102,14 +101,14 @@ fn pick(mut info: InferenceInfo, head: &Head<'_>, body: Bytes) -> Decision {
             return answer(
                 None,
                 ClientError::Shed {
-                    pool: pool_name,
+                    pool: pool.name.clone(),
                     cause,
                 },
             );
         }
     }
     let started = Instant::now();
-    let span = tracing::debug_span!("pick", pool = %pool_name, strategy = %info.strategy());
+    let span = tracing::debug_span!("pick", pool = %pool.name, strategy = %info.strategy());
     let picked = span.in_scope(|| {
         pool.strategy
             .pick(&info.view(head.request_id, head.headers), &pool_view)
@@ -123,7 +122,7 @@ fn pick(mut info: InferenceInfo, head: &Head<'_>, body: Bytes) -> Decision {
             answer(
                 Some(info),
                 ClientError::Shed {
-                    pool: pool_name,
+                    pool: pool.name.clone(),
                     cause,
                 },
             )

@@ -29,6 +29,7 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+pub mod cluster;
 pub mod k8s;
 
 /// How long any wait in a test may take before the test fails.

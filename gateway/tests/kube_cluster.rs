@@ -10,11 +10,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testkit::cluster::TestCluster;
-use testkit::k8s::{InferencePool, Manifest, Object, Pod};
+use testkit::k8s::{BackendRef, HttpRoute, InferenceModel, InferencePool, Manifest, Object, Pod};
 use testkit::*;
 
 /// The tests take turns: each runs a control plane of its own.
@@ -197,7 +199,7 @@ fn gateway_requests(cluster: &TestCluster) -> Vec<Value> {
         .collect()
 }
 
-/// The gateway's requests that RBAC refused, as `verb resource[/subresource]` lines.
+/// The gateway's requests that RBAC refused, as `verb group/resource[/subresource]` lines.
 fn refusals(cluster: &TestCluster) -> Vec<String> {
     gateway_requests(cluster)
         .into_iter()
@@ -208,7 +210,8 @@ fn refusals(cluster: &TestCluster) -> Vec<String> {
             if let Some(sub) = object["subresource"].as_str() {
                 resource = format!("{resource}/{sub}");
             }
-            format!("{} {resource}", e["verb"].as_str().unwrap_or(""))
+            let group = object["apiGroup"].as_str().unwrap_or("");
+            format!("{} {group}/{resource}", e["verb"].as_str().unwrap_or(""))
         })
         .collect()
 }
@@ -294,4 +297,375 @@ async fn pods_join_when_ready_and_leave_when_unready_or_deleted_within_a_second(
         !log.to_lowercase().contains("forbidden"),
         "no authorization error logged:\n{log}"
     );
+}
+
+/// One verb on one resource that a rule of the shipped RBAC grants.
+#[derive(Debug, Clone)]
+struct Grant {
+    document: usize,
+    rule: usize,
+    group: String,
+    resource: String,
+    verb: String,
+}
+
+/// Every (resource, verb) pair the shipped ClusterRole and Role grant.
+fn grants(documents: &[Value]) -> Vec<Grant> {
+    let mut grants = Vec::new();
+    for (document, object) in documents.iter().enumerate() {
+        let Some(rules) = object["rules"].as_array() else {
+            continue;
+        };
+        for (rule, body) in rules.iter().enumerate() {
+            let group = body["apiGroups"][0].as_str().unwrap().to_owned();
+            for resource in body["resources"].as_array().unwrap() {
+                for verb in body["verbs"].as_array().unwrap() {
+                    grants.push(Grant {
+                        document,
+                        rule,
+                        group: group.clone(),
+                        resource: resource.as_str().unwrap().to_owned(),
+                        verb: verb.as_str().unwrap().to_owned(),
+                    });
+                }
+            }
+        }
+    }
+    grants
+}
+
+/// The RBAC documents with `grant` taken out: its rule split into the other resources (all
+/// verbs) and its resource (the other verbs).
+fn without(documents: &[Value], grant: &Grant) -> Vec<Value> {
+    let mut documents = documents.to_vec();
+    let rules = documents[grant.document]["rules"].as_array_mut().unwrap();
+    let rule = rules.remove(grant.rule);
+    let others: Vec<&Value> = rule["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| **r != grant.resource)
+        .collect();
+    let verbs: Vec<&Value> = rule["verbs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| **v != grant.verb)
+        .collect();
+    if !others.is_empty() {
+        let mut split = rule.clone();
+        split["resources"] = json!(others);
+        rules.push(split);
+    }
+    if !verbs.is_empty() {
+        let mut split = rule.clone();
+        split["resources"] = json!([grant.resource]);
+        split["verbs"] = json!(verbs);
+        rules.push(split);
+    }
+    documents
+}
+
+/// Every kind the gateway reads and writes status for: the seed's objects, a v1 pool behind its
+/// own route, an InferenceModel, and an Envoy BackendTrafficPolicy (its optional CRD installed).
+async fn every_kind(cluster: &TestCluster) {
+    cluster
+        .kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &repository()
+                .join("manifests/crds/optional")
+                .display()
+                .to_string(),
+        ])
+        .await;
+    cluster
+        .kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "--all",
+        ])
+        .await;
+    let manifest = Manifest::test_gateway(free_port(), free_port())
+        .with_pool(InferencePool::new("pool", 8000).selector("app", "qwen"), [])
+        .with_plain_service("qwen", "qwen", 8000)
+        .with(InferencePool::v1("pool-v1", 8000).selector("app", "qwen"))
+        .with(
+            HttpRoute::new("v1-route")
+                .on(testkit::k8s::TEST_GATEWAY, "llm")
+                .to(BackendRef::pool_v1("pool-v1")),
+        )
+        .with(InferenceModel::new("chat", "chat", "pool"));
+    cluster.apply(&manifest.render()).await;
+    cluster.apply(&pod("qwen-0", [127, 0, 0, 80], true)).await;
+    cluster
+        .apply(
+            "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: timeout, namespace: default}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: llm-route}]\n  timeout: {http: {requestTimeout: 1h}}\n",
+        )
+        .await;
+}
+
+/// Clear every status the gateway writes and delete its Lease, so a new gateway process has to
+/// take the Lease and write every status again.
+async fn forget_writes(cluster: &TestCluster) {
+    for (resource, name) in [
+        (
+            "gatewayclass.gateway.networking.k8s.io",
+            testkit::k8s::TEST_CLASS,
+        ),
+        (
+            "gateway.gateway.networking.k8s.io",
+            testkit::k8s::TEST_GATEWAY,
+        ),
+        ("httproute.gateway.networking.k8s.io", "llm-route"),
+        ("httproute.gateway.networking.k8s.io", "plain"),
+        ("httproute.gateway.networking.k8s.io", "v1-route"),
+        ("inferencepool.inference.networking.x-k8s.io", "pool"),
+        ("inferencepool.inference.networking.k8s.io", "pool-v1"),
+        ("inferencemodel.inference.networking.x-k8s.io", "chat"),
+    ] {
+        cluster
+            .kubectl_ok(&[
+                "patch",
+                resource,
+                name,
+                "-n",
+                "default",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status":null}"#,
+            ])
+            .await;
+    }
+    cluster
+        .kubectl_ok(&[
+            "delete",
+            "lease",
+            "inference-gateway-status",
+            "-n",
+            NAMESPACE,
+            "--ignore-not-found",
+        ])
+        .await;
+}
+
+/// Each verb on each resource of the shipped ClusterRole and Role, taken away in turn, makes a
+/// request the gateway needs fail (RBAC refuses it, as the API server's audit log shows); with
+/// the whole role, nothing is refused. So the role grants nothing the gateway does not use.
+#[tokio::test]
+async fn every_rule_of_the_shipped_role_is_needed_and_the_full_role_is_enough() {
+    let _turn = SERIAL.lock().await;
+    let (cluster, token) = cluster().await;
+    every_kind(&cluster).await;
+    let documents = rbac_documents();
+
+    // The full role: ready, every status written, nothing refused.
+    forget_writes(&cluster).await;
+    let gateway = KubeGateway::start(&cluster, &token, "full-role", true).await;
+    wait_until("every status is written", DEADLINE, || async {
+        let writes = gateway_requests(&cluster)
+            .into_iter()
+            .filter(|e| e["verb"] == "patch" && e["objectRef"]["subresource"] == "status")
+            .count();
+        writes >= 8
+    })
+    .await;
+    assert_eq!(
+        refusals(&cluster),
+        Vec::<String>::new(),
+        "nothing refused with the full role"
+    );
+    assert!(
+        !gateway.log().to_lowercase().contains("forbidden"),
+        "{}",
+        gateway.log()
+    );
+    drop(gateway);
+
+    let mut unused = Vec::new();
+    for grant in grants(&documents) {
+        forget_writes(&cluster).await;
+        cluster.apply(&yaml(&without(&documents, &grant))).await;
+        let refused_before = refusals(&cluster).len();
+        let gateway = KubeGateway::start(&cluster, &token, "reduced-role", false).await;
+        let wanted = format!("{} {}/{}", grant.verb, grant.group, grant.resource);
+        let start = Instant::now();
+        let refused = loop {
+            if refusals(&cluster)[refused_before..].contains(&wanted) {
+                break true;
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if !refused {
+            unused.push(wanted);
+        }
+        drop(gateway);
+    }
+    cluster.apply(&yaml(&documents)).await;
+    assert_eq!(
+        unused,
+        Vec::<String>::new(),
+        "grants the gateway never needed"
+    );
+}
+
+/// Clients sending completions to `llm` until stopped, counting what they got.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+    failures: Arc<parking_lot::Mutex<Vec<String>>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(llm: &str, clients: usize) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, done, failures) = (stop.clone(), done.clone(), failures.clone());
+                let uri = format!("{llm}/v1/completions");
+                tokio::spawn(async move {
+                    let client = client();
+                    while !stop.load(Ordering::SeqCst) {
+                        let request = hyper::Request::post(&uri)
+                            .header("content-type", "application/json")
+                            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                br#"{"model":"m","prompt":"hello"}"#,
+                            )))
+                            .unwrap();
+                        match client.request(request).await {
+                            Ok(response) if response.status() == 200 => {}
+                            Ok(response) => failures
+                                .lock()
+                                .push(format!("status {}", response.status())),
+                            Err(e) => failures.lock().push(format!("error {e}")),
+                        }
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        Traffic {
+            stop,
+            done,
+            failures,
+            clients,
+        }
+    }
+
+    fn served(&self) -> usize {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Wait until `more` further requests were answered.
+    async fn wait_more(&self, what: &str, more: usize) {
+        let target = self.served() + more;
+        wait_until(what, DEADLINE, || async { self.served() >= target }).await;
+    }
+
+    /// Stop the clients; the failures they saw.
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        for client in self.clients {
+            client.await.unwrap();
+        }
+        self.failures.lock().clone()
+    }
+}
+
+/// The API server is stopped mid-traffic while etcd's history is compacted past every revision
+/// the gateway has seen, then started again: no request fails, resuming the watches gets a real
+/// `410 Gone`, and the gateway relists and sees a pod that became Ready afterwards.
+///
+/// With `watch_cache` off, watches go to etcd itself, and the 410 is etcd's "required revision has
+/// been compacted"; with it on (the default), the restarted API server's watch cache starts at the
+/// current revision and answers "too old resource version".
+async fn restart_mid_traffic(watch_cache: bool) {
+    let flags: &[&str] = if watch_cache {
+        &[]
+    } else {
+        &["--watch-cache=false"]
+    };
+    let mut cluster = TestCluster::start_with(flags).await;
+    let namespace =
+        std::fs::read_to_string(repository().join("manifests/deploy/00-namespace.yaml"));
+    cluster.apply(&namespace.unwrap()).await;
+    cluster.apply(&yaml(&rbac_documents())).await;
+    let token = cluster.token(NAMESPACE, SERVICE_ACCOUNT).await;
+    let (port, backends) = start_backends(if watch_cache { 90 } else { 95 }, 3).await;
+    let (http_port, llm_port) = (free_port(), free_port());
+    cluster.apply(&objects(http_port, llm_port, port)).await;
+    for (i, backend) in backends.iter().enumerate().take(2) {
+        cluster
+            .apply(&pod(&format!("qwen-{i}"), backend.addr.ip(), true))
+            .await;
+    }
+    let gateway = KubeGateway::start(&cluster, &token, "replica-a", true).await;
+    let address = |i: usize| backends[i].addr.to_string();
+    gateway
+        .wait_snapshot("two pods serve", DEADLINE, |s| endpoints(s).len() == 2)
+        .await;
+    let traffic = Traffic::start(&format!("http://127.0.0.1:{llm_port}"), 4);
+    traffic.wait_more("traffic flows", 100).await;
+
+    // Writes the gateway does not watch move etcd's revision past everything it has seen.
+    for i in 0..5 {
+        cluster
+            .apply(&format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: filler-{i}, namespace: default}}\ndata: {{n: '{i}'}}\n"))
+            .await;
+    }
+    cluster.stop_apiserver().await;
+    let compacted = cluster.compact().await;
+    traffic
+        .wait_more("traffic continues without the API server", 300)
+        .await;
+    cluster.start_apiserver().await;
+
+    cluster
+        .apply(&pod("qwen-2", backends[2].addr.ip(), true))
+        .await;
+    gateway
+        .wait_snapshot("the gateway relists and sees the new pod", DEADLINE, |s| {
+            endpoints(s).contains(&address(2))
+        })
+        .await;
+    traffic
+        .wait_more("traffic continues after the restart", 100)
+        .await;
+    let failures = traffic.finish().await;
+    assert_eq!(failures, Vec::<String>::new(), "no request failed");
+
+    let log = gateway.log();
+    let gone = log.lines().any(|l| {
+        l.contains("watch failed")
+            && (l.contains("410") || l.contains("Expired") || l.contains("Gone"))
+    });
+    assert!(
+        gone,
+        "a resumed watch got 410 Gone (etcd compacted at {compacted}):\n{log}"
+    );
+    assert!(log.contains("relisted"), "the gateway relisted:\n{log}");
+    assert_eq!(refusals(&cluster), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn compaction_while_the_api_server_is_down_gives_410_and_the_gateway_relists_without_failing_a_request()
+ {
+    let _turn = SERIAL.lock().await;
+    restart_mid_traffic(false).await;
+}
+
+#[tokio::test]
+async fn an_api_server_restart_mid_traffic_fails_no_request_and_the_gateway_relists() {
+    let _turn = SERIAL.lock().await;
+    restart_mid_traffic(true).await;
 }

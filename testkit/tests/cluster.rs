@@ -52,7 +52,7 @@ async fn the_cluster_serves_crds_enforces_their_schemas_and_rbac() {
 
     // A restarted API server finds its objects in etcd.
     let before = cluster.etcd_revision().await;
-    cluster.stop_apiserver();
+    cluster.stop_apiserver().await;
     cluster.start_apiserver().await;
     assert!(
         cluster

@@ -42,7 +42,18 @@ pub struct EnvoyBackendTrafficPolicySpec {
     pub target_refs: Option<Vec<TargetRef>>,
     /// Timeouts; only `http.requestTimeout` is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
     pub timeout: Option<serde_json::Value>,
+}
+
+/// An object whose fields the API server keeps without checking them: a structural schema (which
+/// the API server requires of a CRD) may not leave a field's type empty.
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Timeouts; only `http.requestTimeout` is read.",
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 /// A policy target: group, kind and name in the policy's namespace.

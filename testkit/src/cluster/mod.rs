@@ -125,6 +125,11 @@ fn kubeconfig(server: &str, ca: &Path, namespace: &str, user: &str) -> String {
 impl TestCluster {
     /// Start etcd and kube-apiserver, wait until the API server is ready, and install the CRDs.
     pub async fn start() -> TestCluster {
+        Self::start_with(&[]).await
+    }
+
+    /// [`TestCluster::start`] with extra kube-apiserver flags (`--watch-cache=false`, say).
+    pub async fn start_with(apiserver_flags: &[&str]) -> TestCluster {
         let bin = binaries();
         let dir = std::env::temp_dir().join(format!(
             "igw-cluster-{}-{}",
@@ -157,7 +162,7 @@ impl TestCluster {
         std::fs::write(dir.join("audit-policy.yaml"), AUDIT_POLICY).expect("writable");
         let port = free_port();
         let path = |p: &Path| p.display().to_string();
-        let apiserver_args: Vec<String> = vec![
+        let apiserver_args: Vec<String> = [
             format!("--etcd-servers={etcd_url}"),
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),
@@ -186,7 +191,10 @@ impl TestCluster {
             format!("--audit-log-path={}", dir.join("audit.log").display()),
             "--audit-log-mode=blocking".into(),
             "--v=1".into(),
-        ];
+        ]
+        .into_iter()
+        .chain(apiserver_flags.iter().map(|flag| flag.to_string()))
+        .collect();
         let admin_kubeconfig = dir.join("admin.kubeconfig");
         let server = format!("https://127.0.0.1:{port}");
         std::fs::write(
@@ -314,10 +322,12 @@ impl TestCluster {
         self.apiserver = Some(apiserver);
     }
 
-    /// Stop the API server gracefully (SIGTERM); etcd keeps running.
-    pub fn stop_apiserver(&mut self) {
+    /// Stop the API server gracefully (SIGTERM; SIGKILL after 30 s); etcd keeps running.
+    pub async fn stop_apiserver(&mut self) {
         if let Some(mut apiserver) = self.apiserver.take() {
-            apiserver.stop(Duration::from_secs(30));
+            tokio::task::spawn_blocking(move || apiserver.stop(Duration::from_secs(30)))
+                .await
+                .expect("stopping the API server");
         }
     }
 

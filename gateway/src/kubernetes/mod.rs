@@ -13,7 +13,8 @@
 //!
 //! Status is derived from the build's [`crate::config::ConfigIssue`]s and the snapshot
 //! ([`status`]) and written only by the replica holding a coordination Lease ([`lease`],
-//! [`writer`]). This module never touches the request path: it only publishes snapshots.
+//! [`writer`]), each write conditional on the object's resourceVersion being the one the status
+//! was computed from. This module never touches the request path: it only publishes snapshots.
 
 pub mod conditions;
 pub mod crds;
@@ -111,6 +112,18 @@ pub enum KubeError {
         #[source]
         source: Box<kube::Error>,
     },
+    /// A status write was refused because the object changed since the version the status was
+    /// computed from (`409 Conflict` on the resourceVersion precondition); the status is
+    /// recomputed from the newer version and written again.
+    #[error(
+        "the status of {object} was computed from resourceVersion {resource_version}, which is no longer current"
+    )]
+    StatusConflict {
+        /// The object.
+        object: String,
+        /// The resourceVersion the refused patch carried.
+        resource_version: String,
+    },
     /// A Lease operation failed.
     #[error("Lease {lease}: {source}")]
     Lease {
@@ -131,6 +144,7 @@ impl KubeError {
             KubeError::Runtime(_) => "runtime",
             KubeError::SyncTimeout { .. } => "sync_timeout",
             KubeError::StatusWrite { .. } => "status_write",
+            KubeError::StatusConflict { .. } => "status_conflict",
             KubeError::Lease { .. } => "lease",
         }
     }

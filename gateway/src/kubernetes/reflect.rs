@@ -10,6 +10,8 @@
 //! `resourceVersion`, `managedFields` and, for kinds whose status the gateway writes, `status`) is
 //! hashed, and only a changed hash, a deletion or a completed relist counts. So the gateway's own
 //! status writes, and pod status churn that does not touch readiness or addresses, cost nothing.
+//! (Another controller's status write does not wake it either; the status writer notices the newer
+//! resourceVersion in the store, or gets `409 Conflict`, and asks for the recompute itself.)
 //! Pods are slimmed to what routing reads (labels, container ports, phase, IP, Ready) before they
 //! are stored.
 
@@ -208,10 +210,10 @@ impl Stores {
         set
     }
 
-    /// The stored `status` of an object whose status the gateway writes, as JSON (`Null` when it
-    /// has none); `None` when the object is not in the store.
-    pub fn status(&self, kind: StatusKind, namespace: &str, name: &str) -> Option<Value> {
-        fn find<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Value>
+    /// The stored `status` and `metadata.resourceVersion` of an object whose status the gateway
+    /// writes; `None` when the object is not in the store.
+    pub fn status(&self, kind: StatusKind, namespace: &str, name: &str) -> Option<StoredStatus> {
+        fn find<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<StoredStatus>
         where
             K: Resource<DynamicType = ()> + Serialize + Clone + 'static,
         {
@@ -220,8 +222,12 @@ impl Stores {
                 key = key.within(namespace);
             }
             let object = store.get(&key)?;
+            let resource_version = object.meta().resource_version.clone();
             let value = serde_json::to_value(&*object).ok()?;
-            Some(value.get("status").cloned().unwrap_or(Value::Null))
+            Some(StoredStatus {
+                resource_version,
+                status: value.get("status").cloned().unwrap_or(Value::Null),
+            })
         }
         match kind {
             StatusKind::GatewayClass => find(&self.gateway_classes, "", name),
@@ -232,6 +238,15 @@ impl Stores {
             StatusKind::InferenceModel => find(&self.models, namespace, name),
         }
     }
+}
+
+/// An object's status as the store last saw it, and the version of the object it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredStatus {
+    /// `metadata.resourceVersion` of the stored object.
+    pub resource_version: Option<String>,
+    /// Its `.status` as JSON (`Null` when it has none).
+    pub status: Value,
 }
 
 /// Envoy's policy as the builder's type.

@@ -4,7 +4,10 @@
 //! The source runs on a runtime of its own (one worker thread), started before Pingora: the first
 //! snapshot decides which ports the proxy binds, so it must exist before the server starts. After
 //! that the rebuild loop publishes into the same [`crate::state::GatewayState`] the proxy reads;
-//! building happens on the source's thread, never on a proxy worker.
+//! building happens on the source's thread, never on a proxy worker. The loop rebuilds when a
+//! reflector reports a change that matters for routing, and when the status writer reports a plan
+//! computed from an older version of an object than the store or the API server holds (see
+//! [`super::writer`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::lease::Elector;
@@ -173,6 +176,7 @@ impl KubeSource {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (plan_tx, plan_rx) = watch::channel(Arc::new(Vec::<StatusUpdate>::new()));
         let (leading_tx, leading_rx) = watch::channel(false);
+        let recompute = Arc::new(Notify::new());
         let describe = self.describe();
         let mut tasks = Vec::new();
         let rebuild = Rebuild {
@@ -183,6 +187,7 @@ impl KubeSource {
             describe,
             debounce: self.args.kube_debounce,
             plans: plan_tx,
+            recompute: Arc::clone(&recompute),
             gateway_service: self.args.kube_gateway_service.as_deref().map(|s| {
                 let (namespace, name) = s.split_once('/').unwrap_or(("default", s));
                 ObjectKey::new(Kind::Service, namespace, name)
@@ -206,7 +211,7 @@ impl KubeSource {
                 self.args.kube_lease_duration,
             );
             elector = Some(handle.spawn(lease.run(leading_tx, stop_rx)));
-            let writer = StatusWriter::new(self.client.clone(), self.stores.clone());
+            let writer = StatusWriter::new(self.client.clone(), self.stores.clone(), recompute);
             tasks.push(handle.spawn(writer.run(plan_rx, leading_rx)));
         }
         KubeService {
@@ -232,6 +237,10 @@ struct Rebuild {
     describe: String,
     debounce: Duration,
     plans: watch::Sender<Arc<Vec<StatusUpdate>>>,
+    /// Woken by the status writer when a plan was computed from an older version of an object
+    /// than the store or the API server holds: status-only changes (another controller's entries)
+    /// do not wake the loop through [`Changes`], so the writer asks for the recompute.
+    recompute: Arc<Notify>,
     /// `--kube-gateway-service`.
     gateway_service: Option<ObjectKey>,
     /// Issues already logged, so a rebuild logs only what is new.
@@ -243,7 +252,10 @@ impl Rebuild {
         // The first pass computes statuses for the snapshot being served.
         self.rebuild();
         loop {
-            self.changes.notify.notified().await;
+            tokio::select! {
+                () = self.changes.notify.notified() => {}
+                () = self.recompute.notified() => {}
+            }
             tokio::time::sleep(self.debounce).await;
             self.rebuild();
         }

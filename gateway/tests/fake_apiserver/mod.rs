@@ -9,15 +9,19 @@
 //!   per line; `BOOKMARK` events every `bookmark_interval` when `allowWatchBookmarks` is set; a
 //!   resourceVersion older than the last compaction gets one `ERROR` event with `410 Expired`,
 //!   which makes a watcher relist, exactly as etcd compaction does;
-//! - get, create (`409 AlreadyExists`), replace with optimistic concurrency (`409 Conflict` on a
-//!   stale resourceVersion), merge patch and delete; the `status` subresource (`PATCH`/`PUT
-//!   .../name/status`) changes only `.status`, and the main resource never changes `.status`;
+//! - get, create (`409 AlreadyExists`), replace and merge patch with optimistic concurrency (a
+//!   `metadata.resourceVersion` in the body is a precondition: when it is not the stored one the
+//!   answer is a `Status` with `409 Conflict` and nothing changes; without one the write applies
+//!   unconditionally), and delete; the `status` subresource (`PATCH`/`PUT .../name/status`)
+//!   changes only `.status`, and the main resource never changes `.status`;
 //! - kinds can be "not installed" (`404`), like a CRD that is missing.
 //!
 //! Tests drive it directly: [`FakeApiServer::apply`] and [`FakeApiServer::delete`] change objects
 //! (and emit events), [`FakeApiServer::stop`] drops every connection and refuses new ones,
 //! [`FakeApiServer::start`] comes back on the same port, [`FakeApiServer::compact`] forgets the
-//! history. Every request is recorded with its User-Agent, so a test can tell which replica wrote.
+//! history, [`FakeApiServer::race_next_status_patch`] makes another writer change an object just
+//! before the next status patch of it arrives. Every request is recorded with its User-Agent, so a
+//! test can tell which replica wrote; [`FakeApiServer::conflicts`] counts the `409 Conflict`s.
 
 #![allow(dead_code)]
 
@@ -172,6 +176,14 @@ fn key(r: &'static Resource, namespace: &str, name: &str) -> Key {
     (r.group, r.plural, namespace.to_owned(), name.to_owned())
 }
 
+/// Another writer's change, made just before the next status patch of one object.
+struct Race {
+    resource: &'static Resource,
+    namespace: String,
+    name: String,
+    change: Box<dyn FnOnce(&mut Value) + Send>,
+}
+
 #[derive(Default)]
 struct State {
     rv: u64,
@@ -180,6 +192,7 @@ struct State {
     objects: BTreeMap<Key, Value>,
     history: Vec<Event>,
     uids: u64,
+    races: Vec<Race>,
 }
 
 struct Inner {
@@ -191,6 +204,8 @@ struct Inner {
     bookmark_interval: Duration,
     /// Watches answered with 410 Gone.
     expired: std::sync::atomic::AtomicUsize,
+    /// Paths of the writes answered with 409 Conflict (a stale resourceVersion precondition).
+    conflicts: Mutex<Vec<String>>,
     /// Accept loop, connections and watch streams: aborted together by `stop`.
     tasks: Mutex<JoinSet<()>>,
 }
@@ -251,6 +266,7 @@ impl FakeApiServer {
             missing: Mutex::new(vec!["backendtrafficpolicies"]),
             bookmark_interval,
             expired: std::sync::atomic::AtomicUsize::new(0),
+            conflicts: Mutex::new(Vec::new()),
             tasks: Mutex::new(JoinSet::new()),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -407,6 +423,40 @@ current-context: fake
         self.inner.expired.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// The paths of the writes refused so far with 409 Conflict because their resourceVersion
+    /// was stale.
+    pub fn conflicts(&self) -> Vec<String> {
+        self.inner.conflicts.lock().clone()
+    }
+
+    /// Race the next status patch (`PATCH .../name/status`) of an object with another writer:
+    /// when that request arrives, and before it is checked or applied, `change` edits the stored
+    /// object (its status, as another controller would) and the result is stored under a new
+    /// resourceVersion with a MODIFIED event. A patch carrying the previous resourceVersion is then
+    /// refused with 409 Conflict; one without a precondition is applied over the change.
+    pub fn race_next_status_patch(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        change: impl FnOnce(&mut Value) + Send + 'static,
+    ) {
+        let resource = resource_by_kind(api_version, kind).unwrap();
+        let namespace = if resource.namespaced { namespace } else { "" };
+        self.inner.state.lock().races.push(Race {
+            resource,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            change: Box::new(change),
+        });
+    }
+
+    /// Whether a race set up with [`Self::race_next_status_patch`] has not happened yet.
+    pub fn race_pending(&self) -> bool {
+        !self.inner.state.lock().races.is_empty()
+    }
+
     /// The current resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.inner.state.lock().rv
@@ -414,6 +464,63 @@ current-context: fake
 }
 
 impl Inner {
+    /// The `409 Conflict` answer when `body` carries a `metadata.resourceVersion` other than
+    /// `existing`'s, as the API server checks the precondition of a replace or a patch.
+    fn precondition_failed(
+        &self,
+        path: &str,
+        resource: &Resource,
+        body: &Value,
+        existing: &Value,
+    ) -> Option<Response<Body>> {
+        // Without a resourceVersion the write is unconditional.
+        let sent = body["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|s| !s.is_empty())?;
+        if Some(sent) == existing["metadata"]["resourceVersion"].as_str() {
+            return None;
+        }
+        self.conflicts.lock().push(path.to_owned());
+        let name = existing["metadata"]["name"].as_str().unwrap_or_default();
+        let qualified = if resource.group.is_empty() {
+            resource.plural.to_owned()
+        } else {
+            format!("{}.{}", resource.plural, resource.group)
+        };
+        Some(json_response(
+            StatusCode::CONFLICT,
+            &json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure",
+                "message": format!("Operation cannot be fulfilled on {qualified} {name:?}: the object has been modified; please apply your changes to the latest version and try again"),
+                "reason": "Conflict",
+                "details": {"name": name, "group": resource.group, "kind": resource.plural},
+                "code": 409,
+            }),
+        ))
+    }
+
+    /// Run the race set up for the next status patch of this object, if any: another writer's
+    /// change, stored (and announced) before the patch is looked at. Returns the stored object.
+    fn race(
+        &self,
+        state: &mut State,
+        resource: &'static Resource,
+        namespace: &str,
+        name: &str,
+        existing: Value,
+    ) -> Value {
+        let Some(at) = state.races.iter().position(|r| {
+            std::ptr::eq(r.resource, resource) && r.namespace == namespace && r.name == name
+        }) else {
+            return existing;
+        };
+        let race = state.races.remove(at);
+        let mut changed = existing.clone();
+        (race.change)(&mut changed);
+        self.store(state, resource, namespace, changed, Some(&existing), true)
+    }
+
     /// Store `object` (a create when `existing` is None), stamping metadata and emitting the event.
     fn store(
         &self,
@@ -639,13 +746,10 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<Body>
             else {
                 return error(404, "NotFound", format!("{name:?} not found"));
             };
-            let sent = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
-            if !sent.is_empty() && Some(sent) != existing["metadata"]["resourceVersion"].as_str() {
-                return error(
-                    409,
-                    "Conflict",
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                );
+            if let Some(conflict) =
+                inner.precondition_failed(&path, target.resource, &body, &existing)
+            {
+                return conflict;
             }
             let object = if subresource == Some("status") {
                 let mut object = existing.clone();
@@ -693,6 +797,16 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<Body>
             else {
                 return error(404, "NotFound", format!("{name:?} not found"));
             };
+            let existing = if subresource == Some("status") {
+                inner.race(&mut state, target.resource, &namespace, name, existing)
+            } else {
+                existing
+            };
+            if let Some(conflict) =
+                inner.precondition_failed(&path, target.resource, &body, &existing)
+            {
+                return conflict;
+            }
             let mut object = existing.clone();
             let object = if subresource == Some("status") {
                 let patch = json!({"status": body.get("status").cloned().unwrap_or(Value::Null)});

@@ -136,6 +136,7 @@ pub(super) fn gateway_status(
         namespace: gateway.key.namespace.clone(),
         name: gateway.key.name.clone(),
         patch,
+        resource_version: gateway.meta.resource_version.clone(),
     }
 }
 

@@ -113,6 +113,7 @@ pub(super) fn pool_status(
         namespace: key.namespace.clone(),
         name: key.name.clone(),
         patch: json!({ list_field: entries }),
+        resource_version: meta.resource_version.clone(),
     })
 }
 
@@ -261,5 +262,6 @@ pub(super) fn model_status(
         namespace: key.namespace.clone(),
         name: key.name.clone(),
         patch: json!({ "conditions": all }),
+        resource_version: model.metadata.resource_version.clone(),
     }
 }

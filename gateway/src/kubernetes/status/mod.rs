@@ -6,7 +6,9 @@
 //! ([`crate::config::Subject`]), so reasons map directly and nothing here parses an issue's text
 //! or field path; what became of each route's parentRefs is the build's record
 //! ([`Snapshot::route_parents`]), not resolved again here. The output is one JSON merge patch of
-//! `.status` per object; [`super::writer`] writes the ones that differ from what is stored.
+//! `.status` per object, with the `metadata.resourceVersion` of the object it was computed from;
+//! [`super::writer`] writes the ones that differ from what is stored, with that resourceVersion as
+//! the write's precondition.
 //!
 //! What is ours to write: the `Accepted` condition of GatewayClasses naming our controller; the
 //! whole status of their Gateways (conditions, listeners, and `addresses` from the gateway's own
@@ -15,7 +17,10 @@
 //! HTTPRoute `parents[]` entries for our Gateways (other controllers' entries are kept); the
 //! InferencePool parent entries for our Gateways routing to the pool (v1 `parents[]` with our
 //! controllerName, v1alpha2 `parent[]`; the CRD's `kind: Status` placeholder is dropped); the
-//! `Accepted` condition of InferenceModels whose pool one of our Gateways routes to.
+//! `Accepted` condition of InferenceModels whose pool one of our Gateways routes to. A merge patch
+//! replaces a whole array, so "kept" means copied from the version the update was computed from:
+//! the resourceVersion precondition is what keeps an entry another controller added since from
+//! being dropped (the write is refused and recomputed instead).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -82,6 +87,10 @@ pub struct StatusUpdate {
     pub name: String,
     /// The merge patch of `.status`.
     pub patch: Value,
+    /// `metadata.resourceVersion` of the object the patch was computed from. The write sends it
+    /// as a precondition, so a patch made from an older view of the object than the API server's
+    /// is refused (`409 Conflict`) instead of overwriting what another writer added since.
+    pub resource_version: Option<String>,
 }
 
 impl StatusUpdate {
@@ -230,6 +239,7 @@ impl Computation<'_> {
                     namespace: String::new(),
                     name: key.name,
                     patch: json!({"conditions": conditions(desired, &existing, class.metadata.generation, &cx.now)}),
+                    resource_version: class.metadata.resource_version.clone(),
                 });
             }
         }

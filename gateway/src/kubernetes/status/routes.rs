@@ -82,6 +82,7 @@ pub(super) fn route_status(
         namespace: key.namespace.clone(),
         name: key.name.clone(),
         patch: json!({"parents": all}),
+        resource_version: route.metadata.resource_version.clone(),
     };
     (Some(update), referenced)
 }

@@ -352,3 +352,35 @@ fn every_reason_the_build_emits_reaches_its_condition() {
         assert_eq!(expected.1, reason.as_str());
     }
 }
+
+#[test]
+fn every_update_carries_the_resource_version_it_was_computed_from() {
+    // Each object's resourceVersion is its name here.
+    let yaml: String = BASE
+        .lines()
+        .map(|line| match line.strip_prefix("metadata: {name: ") {
+            Some(rest) => {
+                let name = rest.split([',', '}']).next().unwrap();
+                format!("metadata: {{resourceVersion: '{name}', name: {rest}\n")
+            }
+            None => format!("{line}\n"),
+        })
+        .collect();
+    let updates = compute_yaml(&yaml, &[8080, 9000], None);
+    for kind in [
+        StatusKind::GatewayClass,
+        StatusKind::Gateway,
+        StatusKind::HttpRoute,
+        StatusKind::PoolV1,
+    ] {
+        assert!(updates.iter().any(|u| u.kind == kind), "{kind:?}");
+    }
+    for update in &updates {
+        assert_eq!(
+            update.resource_version.as_deref(),
+            Some(update.name.as_str()),
+            "{}",
+            update.object()
+        );
+    }
+}

@@ -8,9 +8,11 @@ setup:
 build: setup
 	cargo build --release --workspace
 
+# The real-server tests (gateway/tests/kube_cluster.rs, testkit/tests/cluster.rs) run etcd,
+# kube-apiserver and kubectl built from tools/k8s with Go (scripts/build-k8s.sh; once per pin).
 test:
 	./scripts/setup.sh prometheus
-	cargo test --workspace
+	IGW_K8S_BIN="$$(./scripts/build-k8s.sh)" cargo test --workspace
 
 validate: setup
 	cargo run --quiet -p inference-gateway -- --validate --config manifests/examples/local

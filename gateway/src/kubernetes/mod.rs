@@ -46,6 +46,12 @@ pub struct KubeArgs {
     #[arg(long, default_value = "100ms", value_parser = positive_duration)]
     pub kube_debounce: Duration,
 
+    /// How long the API server keeps one watch open (its `timeoutSeconds`) before the gateway
+    /// watches again from the last resourceVersion it saw. kube-runtime's default; shorter means
+    /// more watch requests, longer means a resumed watch is further behind.
+    #[arg(long, default_value = "290s", value_parser = positive_duration)]
+    pub kube_watch_timeout: Duration,
+
     /// How long to wait at start-up for the first complete list of every kind.
     #[arg(long, default_value = "60s", value_parser = positive_duration)]
     pub kube_sync_timeout: Duration,

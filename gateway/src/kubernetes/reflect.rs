@@ -109,13 +109,17 @@ impl Stores {
     pub async fn start(
         client: &Client,
         namespace: Option<&str>,
+        watch_timeout: std::time::Duration,
         changes: &Arc<Changes>,
     ) -> (Stores, Vec<JoinHandle<()>>) {
         let mut tasks = Vec::new();
         let mut kinds = Vec::new();
+        let seconds = u32::try_from(watch_timeout.as_secs().max(1)).unwrap_or(u32::MAX);
+        let config = watcher::Config::default().timeout(seconds);
         macro_rules! reflect {
             ($api:expr, $kind:expr, $status:expr, $slim:expr) => {{
-                let (store, task) = spawn($api, $kind, $status, $slim, Arc::clone(changes));
+                let (store, task) =
+                    spawn($api, $kind, $status, $slim, &config, Arc::clone(changes));
                 tasks.push(task);
                 kinds.push($kind);
                 store
@@ -347,6 +351,7 @@ fn spawn<K>(
     kind: &'static str,
     ignore_status: bool,
     slim: fn(&mut K),
+    config: &watcher::Config,
     changes: Arc<Changes>,
 ) -> (Store<K>, JoinHandle<()>)
 where
@@ -354,7 +359,7 @@ where
     K: 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher::watcher(api, watcher::Config::default())
+    let stream = watcher::watcher(api, config.clone())
         .default_backoff()
         .modify(slim)
         .reflect(writer);

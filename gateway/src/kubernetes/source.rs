@@ -79,8 +79,13 @@ impl KubeSource {
         let changes = Arc::new(Changes::default());
         let (client, stores, tasks) = runtime.block_on(async {
             let client = client(args, &identity).await?;
-            let (stores, tasks) =
-                Stores::start(&client, args.kube_namespace.as_deref(), &changes).await;
+            let (stores, tasks) = Stores::start(
+                &client,
+                args.kube_namespace.as_deref(),
+                args.kube_watch_timeout,
+                &changes,
+            )
+            .await;
             Ok::<_, KubeError>((client, stores, tasks))
         })?;
         Ok(Self {

@@ -263,15 +263,28 @@ impl TestCluster {
         &self.admin_kubeconfig
     }
 
+    /// The API server's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// Write a kubeconfig for `token` (default namespace `namespace`) into `dir` and return its path.
     pub fn token_kubeconfig(&self, dir: &Path, token: &str, namespace: &str) -> PathBuf {
+        self.token_kubeconfig_via(&self.server(), dir, token, namespace)
+    }
+
+    /// [`TestCluster::token_kubeconfig`] reaching the API server at `server` (a proxy in front
+    /// of it, say; the serving certificate is for 127.0.0.1).
+    pub fn token_kubeconfig_via(
+        &self,
+        server: &str,
+        dir: &Path,
+        token: &str,
+        namespace: &str,
+    ) -> PathBuf {
         let path = dir.join(format!("token-{}.kubeconfig", fastrand::u64(..)));
         let user = format!("    token: {token}");
-        std::fs::write(
-            &path,
-            kubeconfig(&self.server(), &self.ca, namespace, &user),
-        )
-        .expect("writable");
+        std::fs::write(&path, kubeconfig(server, &self.ca, namespace, &user)).expect("writable");
         path
     }
 
@@ -322,7 +335,8 @@ impl TestCluster {
         self.apiserver = Some(apiserver);
     }
 
-    /// Stop the API server gracefully (SIGTERM; SIGKILL after 30 s); etcd keeps running.
+    /// Stop the API server (SIGTERM; SIGKILL after 10 s, as a kubelet would after a short grace
+    /// period); etcd keeps running.
     pub async fn stop_apiserver(&mut self) {
         if let Some(mut apiserver) = self.apiserver.take() {
             tokio::task::spawn_blocking(move || apiserver.stop(Duration::from_secs(30)))

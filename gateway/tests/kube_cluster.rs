@@ -792,3 +792,311 @@ async fn every_manifest_passes_the_api_servers_validation() {
         assert!(output.contains("(server dry run)"), "{output}");
     }
 }
+
+/// The replica holding the Lease, from the API server.
+async fn lease_holder(cluster: &TestCluster) -> Option<String> {
+    cluster
+        .get("lease", NAMESPACE, "inference-gateway-status")
+        .await
+        .and_then(|lease| lease["spec"]["holderIdentity"].as_str().map(str::to_owned))
+}
+
+/// Status patches of the gateway so far, as (User-Agent, object name) pairs from the audit log.
+fn status_writes(cluster: &TestCluster) -> Vec<(String, String)> {
+    gateway_requests(cluster)
+        .into_iter()
+        .filter(|e| {
+            e["verb"] == "patch"
+                && e["objectRef"]["subresource"] == "status"
+                && e["responseStatus"]["code"] == 200
+        })
+        .map(|e| {
+            let agent = e["userAgent"].as_str().unwrap_or("").to_owned();
+            (
+                agent,
+                e["objectRef"]["name"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Two replicas elect one status writer through the Lease (2 s here); when the holder is killed
+/// (no release), the other takes the Lease over within the lease time plus the two retry periods
+/// (0.4 s each) it may take to notice, and from then on only it writes status.
+#[tokio::test]
+async fn two_replicas_elect_one_status_writer_and_the_other_takes_over_when_it_is_killed() {
+    let _turn = SERIAL.lock().await;
+    let (cluster, token) = cluster().await;
+    let (port, backends) = start_backends(100, 1).await;
+    cluster
+        .apply(&objects(free_port(), free_port(), port))
+        .await;
+    cluster
+        .apply(&pod("qwen-0", backends[0].addr.ip(), true))
+        .await;
+    let a = KubeGateway::start(&cluster, &token, "replica-a", true).await;
+    let b = KubeGateway::start(&cluster, &token, "replica-b", true).await;
+    wait_until(
+        "a replica holds the Lease and status is written",
+        DEADLINE,
+        || async { lease_holder(&cluster).await.is_some() && !status_writes(&cluster).is_empty() },
+    )
+    .await;
+    let leader_identity = lease_holder(&cluster).await.unwrap();
+    let (leader, follower, follower_identity) = match leader_identity.as_str() {
+        "replica-a" => (a, b, "replica-b"),
+        _ => (b, a, "replica-a"),
+    };
+    let writes = status_writes(&cluster);
+    assert!(
+        writes
+            .iter()
+            .all(|(agent, _)| agent.contains(&format!("({leader_identity})"))),
+        "only the holder writes: {writes:?}"
+    );
+
+    // Killed, it cannot release the Lease: the follower waits for it to expire.
+    let mut leader = leader;
+    leader.child.kill().await.unwrap();
+    let killed = Instant::now();
+    let takeover = Duration::from_millis(2000 + 2 * 400);
+    wait_until("the follower takes the Lease over", takeover, || async {
+        lease_holder(&cluster).await.as_deref() == Some(follower_identity)
+    })
+    .await;
+    eprintln!("taken over {:?} after the kill", killed.elapsed());
+
+    // A change of status is now written by the new holder only.
+    let before = status_writes(&cluster).len();
+    let mut route = cluster
+        .get(
+            "httproute.gateway.networking.k8s.io",
+            "default",
+            "llm-route",
+        )
+        .await
+        .unwrap();
+    route["spec"]["parentRefs"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": testkit::k8s::TEST_GATEWAY, "sectionName": "missing"}));
+    let route = json!({
+        "apiVersion": route["apiVersion"], "kind": "HTTPRoute",
+        "metadata": {"name": "llm-route", "namespace": "default"}, "spec": route["spec"],
+    });
+    cluster.apply(&route.to_string()).await;
+    wait_until(
+        "the new holder writes the route's status",
+        DEADLINE,
+        || async {
+            status_writes(&cluster)[before..]
+                .iter()
+                .any(|(_, name)| name == "llm-route")
+        },
+    )
+    .await;
+    let after = status_writes(&cluster)[before..].to_vec();
+    assert!(
+        after
+            .iter()
+            .all(|(agent, _)| agent.contains(&format!("({follower_identity})"))),
+        "after the takeover only the new holder writes: {after:?}"
+    );
+    assert_eq!(refusals(&cluster), Vec::<String>::new());
+    drop(follower);
+}
+
+/// `(status, reason)` of the condition `type_` in a conditions list.
+fn condition(conditions: &Value, type_: &str) -> (String, String) {
+    let found = conditions
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {conditions:#}"));
+    let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    (text(&found["status"]), text(&found["reason"]))
+}
+
+fn pair(status: &str, reason: &str) -> (String, String) {
+    (status.to_owned(), reason.to_owned())
+}
+
+/// Objects whose statuses cover every kind the gateway writes: a v1 pool with an endpoint
+/// picker, a v1alpha2 pool with an unknown strategy (left out), a route with a missing parent
+/// section and a missing backend, an InferenceModel, and a route another controller also writes.
+const STATUS_OBJECTS: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: picker, namespace: default}
+spec: {selector: {app: picker}, ports: [{port: 9002}]}
+---
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: pool-v1, namespace: default}
+spec:
+  selector: {matchLabels: {app: qwen}}
+  targetPorts: [{number: 8000}]
+  endpointPickerRef: {name: picker, port: {number: 9002}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferencePool
+metadata: {name: broken, namespace: default, annotations: {inference.networking.x-k8s.io/routing-strategy: FASTEST}}
+spec: {selector: {app: qwen}, targetPortNumber: 8000, extensionRef: {name: picker, portNumber: 9002}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: more, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: llm}, {name: gw, sectionName: nope}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v1}}]
+    backendRefs: [{group: inference.networking.k8s.io, kind: InferencePool, name: pool-v1}]
+  - matches: [{path: {type: PathPrefix, value: /broken}}]
+    backendRefs: [{group: inference.networking.x-k8s.io, kind: InferencePool, name: broken}]
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: chat, namespace: default}
+spec: {modelName: llama, poolRef: {name: pool}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: foreign, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{kind: Service, name: qwen, port: 80}]}]
+status:
+  parents:
+  - parentRef: {name: gw}
+    controllerName: example.com/other
+    conditions: [{type: Accepted, status: 'True', reason: Accepted, message: theirs, lastTransitionTime: '2026-01-01T00:00:00Z'}]
+";
+
+/// Every status the gateway writes passes the real CRD schemas (no patch refused), carries the
+/// conditions and reasons of the Gateway API and Inference Extension specs, and leaves another
+/// controller's HTTPRoute entry alone.
+#[tokio::test]
+async fn statuses_pass_the_crd_schemas_with_the_conditions_and_reasons_of_the_specs() {
+    let _turn = SERIAL.lock().await;
+    let (cluster, token) = cluster().await;
+    let (port, backends) = start_backends(105, 1).await;
+    cluster
+        .apply(&objects(free_port(), free_port(), port))
+        .await;
+    cluster
+        .apply(&pod("qwen-0", backends[0].addr.ip(), true))
+        .await;
+    cluster.apply(STATUS_OBJECTS).await;
+    let _gateway = KubeGateway::start(&cluster, &token, "replica-a", true).await;
+    let get = |resource: &'static str, name: &'static str| {
+        let cluster = &cluster;
+        async move { cluster.get(resource, "default", name).await.unwrap() }
+    };
+    wait_until("statuses are written", DEADLINE, || async {
+        let model = get("inferencemodel.inference.networking.x-k8s.io", "chat").await;
+        let route = get("httproute.gateway.networking.k8s.io", "more").await;
+        let pool = get("inferencepool.inference.networking.k8s.io", "pool-v1").await;
+        model["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Accepted"))
+            && route["status"]["parents"]
+                .as_array()
+                .is_some_and(|p| p.len() == 2)
+            && pool["status"]["parents"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty())
+    })
+    .await;
+
+    let class = get(
+        "gatewayclass.gateway.networking.k8s.io",
+        testkit::k8s::TEST_CLASS,
+    )
+    .await;
+    assert_eq!(
+        condition(&class["status"]["conditions"], "Accepted"),
+        pair("True", "Accepted")
+    );
+    let gw = get(
+        "gateway.gateway.networking.k8s.io",
+        testkit::k8s::TEST_GATEWAY,
+    )
+    .await;
+    assert_eq!(
+        condition(&gw["status"]["conditions"], "Accepted"),
+        pair("True", "Accepted")
+    );
+    assert_eq!(
+        condition(&gw["status"]["conditions"], "Programmed"),
+        pair("True", "Programmed")
+    );
+
+    let more = get("httproute.gateway.networking.k8s.io", "more").await;
+    let parents = more["status"]["parents"].as_array().unwrap();
+    let section = |name: &str| {
+        parents
+            .iter()
+            .find(|p| p["parentRef"]["sectionName"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        condition(&section("llm")["conditions"], "Accepted"),
+        pair("True", "Accepted")
+    );
+    assert_eq!(
+        condition(&section("nope")["conditions"], "Accepted"),
+        pair("False", "NoMatchingParent")
+    );
+
+    let foreign = get("httproute.gateway.networking.k8s.io", "foreign").await;
+    let controllers: Vec<&str> = foreign["status"]["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["controllerName"].as_str().unwrap())
+        .collect();
+    assert!(
+        controllers.contains(&"example.com/other"),
+        "the other controller's entry is kept: {controllers:?}"
+    );
+    assert!(
+        controllers.contains(&"inference-gateway.dev/controller"),
+        "{controllers:?}"
+    );
+
+    let pool_v1 = get("inferencepool.inference.networking.k8s.io", "pool-v1").await;
+    let parent = &pool_v1["status"]["parents"][0];
+    assert_eq!(parent["parentRef"]["group"], "gateway.networking.k8s.io");
+    assert_eq!(
+        condition(&parent["conditions"], "Accepted"),
+        pair("True", "Accepted")
+    );
+    assert_eq!(
+        condition(&parent["conditions"], "ResolvedRefs"),
+        pair("True", "ResolvedRefs")
+    );
+
+    let broken = get("inferencepool.inference.networking.x-k8s.io", "broken").await;
+    let parent = &broken["status"]["parent"][0];
+    assert_eq!(
+        condition(&parent["conditions"], "Accepted"),
+        pair("False", "NotSupportedByGateway")
+    );
+    let model = get("inferencemodel.inference.networking.x-k8s.io", "chat").await;
+    assert_eq!(
+        condition(&model["status"]["conditions"], "Accepted"),
+        pair("True", "Accepted")
+    );
+
+    // The API server accepted every status patch: nothing failed its schema or was refused.
+    let refused: Vec<Value> = gateway_requests(&cluster)
+        .into_iter()
+        .filter(|e| {
+            e["verb"] == "patch"
+                && e["responseStatus"]["code"]
+                    .as_u64()
+                    .is_some_and(|c| c >= 400 && c != 409)
+        })
+        .collect();
+    assert!(refused.is_empty(), "status patches refused: {refused:#?}");
+}

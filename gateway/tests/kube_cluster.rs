@@ -1100,3 +1100,45 @@ async fn statuses_pass_the_crd_schemas_with_the_conditions_and_reasons_of_the_sp
         .collect();
     assert!(refused.is_empty(), "status patches refused: {refused:#?}");
 }
+
+/// The pool's routing-strategy annotation, written with `kubectl annotate`, switches the
+/// strategy of the running gateway.
+#[tokio::test]
+async fn a_pool_annotation_switches_the_strategy() {
+    let _turn = SERIAL.lock().await;
+    let (cluster, token) = cluster().await;
+    let (port, backends) = start_backends(110, 1).await;
+    cluster
+        .apply(&objects(free_port(), free_port(), port))
+        .await;
+    cluster
+        .apply(&pod("qwen-0", backends[0].addr.ip(), true))
+        .await;
+    let gateway = KubeGateway::start(&cluster, &token, "replica-a", true).await;
+    let strategy = |s: &Value| {
+        s["pools"][0]["strategy"]["requested"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        strategy(&gateway.snapshot().await).as_deref(),
+        Some("DEFAULT")
+    );
+    cluster
+        .kubectl_ok(&[
+            "annotate",
+            "inferencepool.inference.networking.x-k8s.io",
+            "pool",
+            "inference.networking.x-k8s.io/routing-strategy=PREFIX_CACHE",
+        ])
+        .await;
+    gateway
+        .wait_snapshot("the strategy switches", DEADLINE, |s| {
+            strategy(s).as_deref() == Some("PREFIX_CACHE")
+        })
+        .await;
+    assert_eq!(
+        gateway.snapshot().await["pools"][0]["strategy"]["implementation"],
+        "PREFIX_CACHE"
+    );
+}

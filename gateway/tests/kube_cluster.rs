@@ -61,6 +61,18 @@ async fn cluster() -> (TestCluster, String) {
     (cluster, token)
 }
 
+/// [`cluster`] serving the seed's shape with one Ready pod, on a backend at 127.0.0.`ip`.
+async fn one_pod(ip: u8) -> (TestCluster, String, Backend) {
+    let (cluster, token) = cluster().await;
+    let (port, mut backends) = start_backends(ip, 1).await;
+    cluster
+        .apply(&objects(free_port(), free_port(), port))
+        .await;
+    let backend = backends.remove(0);
+    cluster.apply(&pod("qwen-0", backend.addr.ip(), true)).await;
+    (cluster, token, backend)
+}
+
 /// A gateway process with `--source kube`, authenticated as its ServiceAccount.
 struct KubeGateway {
     child: tokio::process::Child,
@@ -826,14 +838,7 @@ fn status_writes(cluster: &TestCluster) -> Vec<(String, String)> {
 #[tokio::test]
 async fn two_replicas_elect_one_status_writer_and_the_other_takes_over_when_it_is_killed() {
     let _turn = SERIAL.lock().await;
-    let (cluster, token) = cluster().await;
-    let (port, backends) = start_backends(100, 1).await;
-    cluster
-        .apply(&objects(free_port(), free_port(), port))
-        .await;
-    cluster
-        .apply(&pod("qwen-0", backends[0].addr.ip(), true))
-        .await;
+    let (cluster, token, _backend) = one_pod(100).await;
     let a = KubeGateway::start(&cluster, &token, "replica-a", true).await;
     let b = KubeGateway::start(&cluster, &token, "replica-b", true).await;
     wait_until(
@@ -977,14 +982,7 @@ status:
 #[tokio::test]
 async fn statuses_pass_the_crd_schemas_with_the_conditions_and_reasons_of_the_specs() {
     let _turn = SERIAL.lock().await;
-    let (cluster, token) = cluster().await;
-    let (port, backends) = start_backends(105, 1).await;
-    cluster
-        .apply(&objects(free_port(), free_port(), port))
-        .await;
-    cluster
-        .apply(&pod("qwen-0", backends[0].addr.ip(), true))
-        .await;
+    let (cluster, token, _backend) = one_pod(105).await;
     cluster.apply(STATUS_OBJECTS).await;
     let _gateway = KubeGateway::start(&cluster, &token, "replica-a", true).await;
     let get = |resource: &'static str, name: &'static str| {
@@ -1106,14 +1104,7 @@ async fn statuses_pass_the_crd_schemas_with_the_conditions_and_reasons_of_the_sp
 #[tokio::test]
 async fn a_pool_annotation_switches_the_strategy() {
     let _turn = SERIAL.lock().await;
-    let (cluster, token) = cluster().await;
-    let (port, backends) = start_backends(110, 1).await;
-    cluster
-        .apply(&objects(free_port(), free_port(), port))
-        .await;
-    cluster
-        .apply(&pod("qwen-0", backends[0].addr.ip(), true))
-        .await;
+    let (cluster, token, _backend) = one_pod(110).await;
     let gateway = KubeGateway::start(&cluster, &token, "replica-a", true).await;
     let strategy = |s: &Value| {
         s["pools"][0]["strategy"]["requested"]

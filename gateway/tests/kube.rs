@@ -98,8 +98,7 @@ impl KubeGateway {
     }
 
     async fn snapshot(&self) -> Value {
-        let (_, body) = get(&format!("http://{}/debug/snapshot", self.admin)).await;
-        serde_json::from_slice(&body).unwrap()
+        snapshot_at(self.admin).await
     }
 
     /// Wait until `condition` holds on `/debug/snapshot`, at most `deadline`.
@@ -109,51 +108,18 @@ impl KubeGateway {
         deadline: Duration,
         condition: impl Fn(&Value) -> bool,
     ) {
-        let start = Instant::now();
-        loop {
-            let snapshot = self.snapshot().await;
-            if condition(&snapshot) {
-                return;
-            }
-            assert!(
-                start.elapsed() < deadline,
-                "{what}: not within {deadline:?}; snapshot: {:#}",
-                snapshot["pools"]
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for_snapshot_at(self.admin, what, deadline, condition, String::new).await;
     }
 }
 
-/// Addresses of the first pool's endpoints.
-fn endpoints(snapshot: &Value) -> Vec<String> {
-    snapshot["pools"][0]["endpoints"]
-        .as_array()
-        .map(|e| {
-            e.iter()
-                .map(|e| e["address"].as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A model-server pod labelled `app: qwen`, as the API server reports one.
+/// A model-server pod labelled `app: qwen`, as YAML.
 fn pod(name: &str, ip: impl Into<IpAddr>, ready: bool) -> String {
-    Pod::new(name, ip.into())
-        .label("app", "qwen")
-        .container("vllm", "vllm-sim", 8000)
-        .running()
-        .ready(ready)
-        .to_yaml()
+    Pod::qwen(name, ip.into(), ready).to_yaml()
 }
 
-/// The seed's shape: a class, a Gateway with `http` and `llm` listeners, a route to pool `pool`
-/// (v1alpha2, selecting `app: qwen` on `port`) and one per listener; no models (any model passes).
+/// The seed's shape: see [`Manifest::qwen_pool`].
 fn cluster(http_port: u16, llm_port: u16, port: u16) -> String {
-    Manifest::test_gateway(http_port, llm_port)
-        .with_pool(InferencePool::new("pool", port).selector("app", "qwen"), [])
-        .with_plain_service("qwen", "qwen", port)
-        .render()
+    Manifest::qwen_pool(http_port, llm_port, port).render()
 }
 
 struct Setup {
@@ -197,7 +163,7 @@ async fn pods_join_when_ready_and_leave_when_unready_or_deleted_within_a_second(
     let address = |i: usize| backends[i].addr.to_string();
     gateway
         .wait_snapshot("the first two pods serve", DEADLINE, |s| {
-            endpoints(s) == vec![address(0), address(1)]
+            first_pool_endpoints(s) == vec![address(0), address(1)]
         })
         .await;
 
@@ -207,7 +173,7 @@ async fn pods_join_when_ready_and_leave_when_unready_or_deleted_within_a_second(
     let event = Instant::now();
     gateway
         .wait_snapshot("a Ready pod joins", Duration::from_secs(1), |s| {
-            endpoints(s).contains(&address(2))
+            first_pool_endpoints(s).contains(&address(2))
         })
         .await;
     eprintln!("joined {:?} after the event", event.elapsed());
@@ -224,7 +190,7 @@ async fn pods_join_when_ready_and_leave_when_unready_or_deleted_within_a_second(
     api.apply(&pod("qwen-2", ip(2), false));
     gateway
         .wait_snapshot("an unready pod leaves", Duration::from_secs(1), |s| {
-            !endpoints(s).contains(&address(2))
+            !first_pool_endpoints(s).contains(&address(2))
         })
         .await;
 
@@ -232,7 +198,7 @@ async fn pods_join_when_ready_and_leave_when_unready_or_deleted_within_a_second(
     api.delete("v1", "Pod", "default", "qwen-1");
     gateway
         .wait_snapshot("a deleted pod leaves", Duration::from_secs(1), |s| {
-            endpoints(s) == vec![address(0)]
+            first_pool_endpoints(s) == vec![address(0)]
         })
         .await;
     let watches = api
@@ -324,7 +290,7 @@ async fn an_api_server_restart_mid_traffic_fails_no_request_and_the_gateway_reli
     let address = backends[2].addr.to_string();
     gateway
         .wait_snapshot("the gateway relists and finds the new pod", DEADLINE, |s| {
-            endpoints(s).contains(&address)
+            first_pool_endpoints(s).contains(&address)
         })
         .await;
     let at_return = done.load(Ordering::SeqCst);

@@ -155,8 +155,7 @@ impl KubeGateway {
     }
 
     async fn snapshot(&self) -> Value {
-        let (_, body) = get(&format!("http://{}/debug/snapshot", self.admin)).await;
-        serde_json::from_slice(&body).unwrap()
+        snapshot_at(self.admin).await
     }
 
     /// Wait until `condition` holds on `/debug/snapshot`, at most `deadline`.
@@ -166,52 +165,18 @@ impl KubeGateway {
         deadline: Duration,
         condition: impl Fn(&Value) -> bool,
     ) {
-        let start = Instant::now();
-        loop {
-            let snapshot = self.snapshot().await;
-            if condition(&snapshot) {
-                return;
-            }
-            assert!(
-                start.elapsed() < deadline,
-                "{what}: not within {deadline:?}; snapshot: {:#}\ngateway log:\n{}",
-                snapshot["pools"],
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for_snapshot_at(self.admin, what, deadline, condition, || self.log()).await;
     }
 }
 
-/// Addresses of the first pool's endpoints.
-fn endpoints(snapshot: &Value) -> Vec<String> {
-    snapshot["pools"][0]["endpoints"]
-        .as_array()
-        .map(|e| {
-            e.iter()
-                .map(|e| e["address"].as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A model-server pod labelled `app: qwen`.
+/// A model-server pod labelled `app: qwen`, as YAML.
 fn pod(name: &str, ip: impl Into<IpAddr>, ready: bool) -> String {
-    Pod::new(name, ip.into())
-        .label("app", "qwen")
-        .container("vllm", "vllm-sim", 8000)
-        .running()
-        .ready(ready)
-        .to_yaml()
+    Pod::qwen(name, ip.into(), ready).to_yaml()
 }
 
-/// The seed's shape: a class, a Gateway with `http` and `llm` listeners, a v1alpha2 pool selecting
-/// `app: qwen` on `port` behind the `llm` listener, and a Service behind the `http` one.
+/// The seed's shape: see [`Manifest::qwen_pool`].
 fn objects(http_port: u16, llm_port: u16, port: u16) -> String {
-    Manifest::test_gateway(http_port, llm_port)
-        .with_pool(InferencePool::new("pool", port).selector("app", "qwen"), [])
-        .with_plain_service("qwen", "qwen", port)
-        .render()
+    Manifest::qwen_pool(http_port, llm_port, port).render()
 }
 
 /// Audit events of the gateway's ServiceAccount.
@@ -256,7 +221,7 @@ async fn pods_join_when_ready_and_leave_when_unready_or_deleted_within_a_second(
     let address = |i: usize| backends[i].addr.to_string();
     gateway
         .wait_snapshot("the first two pods serve", DEADLINE, |s| {
-            endpoints(s) == vec![address(0), address(1)]
+            first_pool_endpoints(s) == vec![address(0), address(1)]
         })
         .await;
 
@@ -269,7 +234,7 @@ async fn pods_join_when_ready_and_leave_when_unready_or_deleted_within_a_second(
         .await;
     gateway
         .wait_snapshot("a Ready pod joins", Duration::from_secs(1), |s| {
-            endpoints(s).contains(&address(2))
+            first_pool_endpoints(s).contains(&address(2))
         })
         .await;
     let llm = format!("http://127.0.0.1:{llm_port}");
@@ -288,7 +253,7 @@ async fn pods_join_when_ready_and_leave_when_unready_or_deleted_within_a_second(
         .await;
     gateway
         .wait_snapshot("an unready pod leaves", Duration::from_secs(1), |s| {
-            !endpoints(s).contains(&address(2))
+            !first_pool_endpoints(s).contains(&address(2))
         })
         .await;
 
@@ -296,7 +261,7 @@ async fn pods_join_when_ready_and_leave_when_unready_or_deleted_within_a_second(
     cluster.delete("pod", "default", "qwen-1").await;
     gateway
         .wait_snapshot("a deleted pod leaves", Duration::from_secs(1), |s| {
-            endpoints(s) == vec![address(0)]
+            first_pool_endpoints(s) == vec![address(0)]
         })
         .await;
 
@@ -393,29 +358,8 @@ fn without(documents: &[Value], grant: &Grant) -> Vec<Value> {
 /// Every kind the gateway reads and writes status for: the seed's objects, a v1 pool behind its
 /// own route, an InferenceModel, and an Envoy BackendTrafficPolicy (its optional CRD installed).
 async fn every_kind(cluster: &TestCluster) {
-    cluster
-        .kubectl_ok(&[
-            "apply",
-            "--server-side",
-            "-f",
-            &repository()
-                .join("manifests/crds/optional")
-                .display()
-                .to_string(),
-        ])
-        .await;
-    cluster
-        .kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "--all",
-        ])
-        .await;
-    let manifest = Manifest::test_gateway(free_port(), free_port())
-        .with_pool(InferencePool::new("pool", 8000).selector("app", "qwen"), [])
-        .with_plain_service("qwen", "qwen", 8000)
+    cluster.install_crds("manifests/crds/optional").await;
+    let manifest = Manifest::qwen_pool(free_port(), free_port(), 8000)
         .with(InferencePool::v1("pool-v1", 8000).selector("app", "qwen"))
         .with(
             HttpRoute::new("v1-route")
@@ -629,7 +573,9 @@ async fn serving(
     }
     let gateway = KubeGateway::start_with(&cluster, &token, "replica-a", true, gateway_flags).await;
     gateway
-        .wait_snapshot("two pods serve", DEADLINE, |s| endpoints(s).len() == 2)
+        .wait_snapshot("two pods serve", DEADLINE, |s| {
+            first_pool_endpoints(s).len() == 2
+        })
         .await;
     let traffic = Traffic::start(&format!("http://127.0.0.1:{llm_port}"), 4);
     traffic.wait_more("traffic flows", 100).await;
@@ -683,7 +629,7 @@ async fn compaction_past_the_gateways_revision_gives_410_and_the_gateway_relists
     let address = backends[1].addr.to_string();
     gateway
         .wait_snapshot("an unready pod leaves", Duration::from_secs(1), |s| {
-            !endpoints(s).contains(&address)
+            !first_pool_endpoints(s).contains(&address)
         })
         .await;
     traffic.wait_more("traffic continues", 100).await;
@@ -720,7 +666,7 @@ async fn an_api_server_restart_mid_traffic_fails_no_request_and_the_gateway_reli
     let address = backends[2].addr.to_string();
     gateway
         .wait_snapshot("the gateway relists and sees the new pod", DEADLINE, |s| {
-            endpoints(s).contains(&address)
+            first_pool_endpoints(s).contains(&address)
         })
         .await;
     traffic
@@ -741,24 +687,7 @@ async fn an_api_server_restart_mid_traffic_fails_no_request_and_the_gateway_reli
 async fn every_manifest_passes_the_api_servers_validation() {
     let _turn = SERIAL.lock().await;
     let cluster = TestCluster::start().await;
-    let optional = repository().join("manifests/crds/optional");
-    cluster
-        .kubectl_ok(&[
-            "apply",
-            "--server-side",
-            "-f",
-            &optional.display().to_string(),
-        ])
-        .await;
-    cluster
-        .kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "--all",
-        ])
-        .await;
+    cluster.install_crds("manifests/crds/optional").await;
     let directories = [
         "manifests/deploy",
         "manifests/examples/seed",

@@ -434,27 +434,57 @@ impl Gateway {
     pub async fn wait_for_snapshot(
         &self,
         what: &str,
-        mut condition: impl FnMut(&serde_json::Value) -> bool,
+        condition: impl FnMut(&serde_json::Value) -> bool,
     ) {
-        let start = Instant::now();
-        loop {
-            let snapshot = self.snapshot().await;
-            if condition(&snapshot) {
-                return;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "timed out waiting for {what}; last snapshot: {snapshot:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_for_snapshot_at(self.admin, what, DEADLINE, condition, String::new).await;
     }
 
     /// `/debug/snapshot`.
     pub async fn snapshot(&self) -> serde_json::Value {
-        let (_, body) = get(&format!("http://{}/debug/snapshot", self.admin)).await;
-        serde_json::from_slice(&body).unwrap()
+        snapshot_at(self.admin).await
     }
+}
+
+/// `/debug/snapshot` of the gateway whose admin listener is at `admin`.
+pub async fn snapshot_at(admin: SocketAddr) -> serde_json::Value {
+    let (_, body) = get(&format!("http://{admin}/debug/snapshot")).await;
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Poll `/debug/snapshot` at `admin` until `condition` holds on it, or panic after `deadline`
+/// with the last snapshot and whatever `context` adds (a log, say).
+pub async fn wait_for_snapshot_at(
+    admin: SocketAddr,
+    what: &str,
+    deadline: Duration,
+    mut condition: impl FnMut(&serde_json::Value) -> bool,
+    context: impl Fn() -> String,
+) {
+    let start = Instant::now();
+    loop {
+        let snapshot = snapshot_at(admin).await;
+        if condition(&snapshot) {
+            return;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out waiting for {what} (deadline {deadline:?}); last snapshot: {snapshot:#}\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Addresses of the endpoints of the first pool in a `/debug/snapshot`.
+pub fn first_pool_endpoints(snapshot: &serde_json::Value) -> Vec<String> {
+    snapshot["pools"][0]["endpoints"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|e| e["address"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The HTTP client used by tests.

@@ -224,28 +224,25 @@ impl TestCluster {
             admin_kubeconfig,
         };
         cluster.start_apiserver().await;
-        let crds = repository().join("manifests/crds");
+        cluster.install_crds("manifests/crds").await;
+        cluster.install_crds("manifests/crds/gateway-api").await;
         cluster
-            .kubectl_ok(&["apply", "--server-side", "-f", &path(&crds)])
+    }
+
+    /// Apply the CRDs in `directory` (relative to the repository) and wait until the API server
+    /// serves them (`Established`).
+    pub async fn install_crds(&self, directory: &str) {
+        let path = repository().join(directory).display().to_string();
+        self.kubectl_ok(&["apply", "--server-side", "-f", &path])
             .await;
-        cluster
-            .kubectl_ok(&[
-                "apply",
-                "--server-side",
-                "-f",
-                &path(&crds.join("gateway-api")),
-            ])
-            .await;
-        cluster
-            .kubectl_ok(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd",
-                "--all",
-            ])
-            .await;
-        cluster
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "--all",
+        ])
+        .await;
     }
 
     /// The API server's URL.

@@ -123,6 +123,14 @@ impl Manifest {
         )
     }
 
+    /// The kube tests' cluster: [`Manifest::test_gateway`] with the v1alpha2 pool `pool` (pods
+    /// labelled `app: qwen`, target port `port`) behind `llm` and the Service `qwen` behind `http`.
+    pub fn qwen_pool(http_port: u16, llm_port: u16, port: u16) -> Manifest {
+        Manifest::test_gateway(http_port, llm_port)
+            .with_pool(InferencePool::new("pool", port).selector("app", "qwen"), [])
+            .with_plain_service("qwen", "qwen", port)
+    }
+
     /// Add `pods`, then `pool`, then the HTTPRoute `llm-route` sending every request on the `llm`
     /// listener of [`Manifest::test_gateway`] to the pool.
     pub fn with_pool(self, pool: InferencePool, pods: impl IntoIterator<Item = Pod>) -> Manifest {

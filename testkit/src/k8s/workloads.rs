@@ -75,6 +75,16 @@ impl Pod {
         }
     }
 
+    /// A running model-server pod `name` at `ip` labelled `app: qwen` (the selector of
+    /// [`super::Manifest::qwen_pool`]), with its Ready condition `ready`.
+    pub fn qwen(name: &str, ip: IpAddr, ready: bool) -> Pod {
+        Pod::new(name, ip)
+            .label("app", "qwen")
+            .container("vllm", "vllm-sim", 8000)
+            .running()
+            .ready(ready)
+    }
+
     /// In `namespace` (default: none, which the gateway reads as `default`).
     pub fn namespace(mut self, namespace: &str) -> Pod {
         self.meta.namespace = Some(namespace.to_owned());

@@ -42,13 +42,13 @@ pub struct EnvoyBackendTrafficPolicySpec {
     pub target_refs: Option<Vec<TargetRef>>,
     /// Timeouts; only `http.requestTimeout` is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "any_object")]
+    #[schemars(schema_with = "timeout_schema")]
     pub timeout: Option<serde_json::Value>,
 }
 
-/// An object whose fields the API server keeps without checking them: a structural schema (which
-/// the API server requires of a CRD) may not leave a field's type empty.
-fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+/// The schema of `timeout`: an object whose fields the API server keeps without checking them (a
+/// structural schema, which the API server requires of a CRD, may not leave a field untyped).
+fn timeout_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "description": "Timeouts; only `http.requestTimeout` is read.",
         "type": "object",

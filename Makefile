@@ -1,6 +1,6 @@
 # One command for each job; each installs what it needs first (scripts/setup.sh).
 
-.PHONY: setup build test demo validate bench-overhead soak lint
+.PHONY: setup build test demo kube-demo validate bench-overhead soak lint
 
 setup:
 	./scripts/setup.sh
@@ -23,6 +23,10 @@ lint: setup
 
 demo: setup
 	./scripts/demo.sh
+
+# The seed's YAML in a real API server, the gateway reading it with --source kube (needs Go).
+kube-demo: setup
+	./scripts/kube-demo.sh
 
 bench-overhead: setup
 	./scripts/bench-overhead.sh

@@ -854,6 +854,17 @@ fn pair(status: &str, reason: &str) -> (String, String) {
     (status.to_owned(), reason.to_owned())
 }
 
+/// Assert every `(type, status, reason)` of `expected` in a conditions list.
+fn assert_conditions(conditions: &Value, expected: &[(&str, &str, &str)]) {
+    for (type_, status, reason) in expected {
+        assert_eq!(
+            condition(conditions, type_),
+            pair(status, reason),
+            "{type_} in {conditions:#}"
+        );
+    }
+}
+
 /// Objects whose statuses cover every kind the gateway writes: a v1 pool with an endpoint
 /// picker, a v1alpha2 pool with an unknown strategy (left out), a route with a missing parent
 /// section and a missing backend, an InferenceModel, and a route another controller also writes.
@@ -994,13 +1005,12 @@ async fn statuses_pass_the_crd_schemas_with_the_conditions_and_reasons_of_the_sp
     let pool_v1 = get("inferencepool.inference.networking.k8s.io", "pool-v1").await;
     let parent = &pool_v1["status"]["parents"][0];
     assert_eq!(parent["parentRef"]["group"], "gateway.networking.k8s.io");
-    assert_eq!(
-        condition(&parent["conditions"], "Accepted"),
-        pair("True", "Accepted")
-    );
-    assert_eq!(
-        condition(&parent["conditions"], "ResolvedRefs"),
-        pair("True", "ResolvedRefs")
+    assert_conditions(
+        &parent["conditions"],
+        &[
+            ("Accepted", "True", "Accepted"),
+            ("ResolvedRefs", "True", "ResolvedRefs"),
+        ],
     );
 
     let broken = get("inferencepool.inference.networking.x-k8s.io", "broken").await;
@@ -1060,5 +1070,90 @@ async fn a_pool_annotation_switches_the_strategy() {
     assert_eq!(
         gateway.snapshot().await["pools"][0]["strategy"]["implementation"],
         "PREFIX_CACHE"
+    );
+}
+
+/// The seed, as written, through kubectl (`scripts/kube-demo.sh`, [`testkit::kube_demo`]): the
+/// CRDs, `manifests/deploy/` and `manifests/examples/seed/` applied with `kubectl apply -f`, five
+/// Ready pods at the seed Deployment's simulators, the gateway as its ServiceAccount; the seed's
+/// two requests succeed on ports 8080 and 8081 at the address the Gateway's status gives, and the
+/// statuses kubectl shows are the ones the specs ask for.
+#[tokio::test]
+async fn the_seed_as_written_through_kubectl_answers_on_both_ports() {
+    use testkit::kube_demo::{KubeDemo, KubeDemoPlan};
+    let _turn = SERIAL.lock().await;
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let plan = KubeDemoPlan {
+        gateway_binary: env!("CARGO_BIN_EXE_inference-gateway").into(),
+        admin,
+        time_scale: 20.0,
+    };
+    let demo = KubeDemo::start(&plan, |_| {}).await.unwrap();
+    assert_eq!(demo.gateway_host().await.as_deref(), Some("127.0.0.1"));
+    let mut endpoints = first_pool_endpoints(&snapshot_at(admin).await);
+    endpoints.sort();
+    assert_eq!(
+        endpoints,
+        (2..=6)
+            .map(|i| format!("127.0.0.{i}:8000"))
+            .collect::<Vec<_>>()
+    );
+
+    let answers = demo.seed_requests().await.unwrap();
+    assert_eq!(answers.len(), 2);
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let body: Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(body["model"], "/model/qwen", "{body}");
+        assert_eq!(body["usage"]["completion_tokens"], 100, "{body}");
+        assert_eq!(body["choices"][0]["finish_reason"], "length", "{body}");
+    }
+    assert!(answers[0].curl.contains(":8080/"));
+    assert!(answers[1].curl.contains(":8081/"));
+
+    let yaml = demo.statuses_yaml().await;
+    let list: Value = serde_yaml::from_str(&yaml).unwrap();
+    let items = list["items"].as_array().unwrap();
+    let item = |kind: &str, name: &str| {
+        items
+            .iter()
+            .find(|i| i["kind"] == kind && i["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} in\n{yaml}"))
+    };
+    let gateway = item("Gateway", "qwen-inference-gateway");
+    assert_conditions(
+        &gateway["status"]["conditions"],
+        &[
+            ("Accepted", "True", "Accepted"),
+            ("Programmed", "True", "Programmed"),
+        ],
+    );
+    assert_eq!(
+        gateway["status"]["addresses"],
+        json!([{"type": "IPAddress", "value": "127.0.0.1"}])
+    );
+    for listener in gateway["status"]["listeners"].as_array().unwrap() {
+        assert_eq!(listener["attachedRoutes"], 1, "{listener}");
+    }
+    for route in ["qwen-backend", "qwen-backend-no-inference"] {
+        assert_conditions(
+            &item("HTTPRoute", route)["status"]["parents"][0]["conditions"],
+            &[
+                ("Accepted", "True", "Accepted"),
+                ("ResolvedRefs", "True", "ResolvedRefs"),
+            ],
+        );
+    }
+    // The seed's extensionRef names Envoy Gateway's EPP Service, which this cluster has not.
+    assert_conditions(
+        &item("InferencePool", "vllm-qwen-pool")["status"]["parent"][0]["conditions"],
+        &[
+            ("Accepted", "True", "Accepted"),
+            ("ResolvedRefs", "False", "InvalidExtensionRef"),
+        ],
+    );
+    assert_conditions(
+        &item("InferenceModel", "inferencemodel-qwen")["status"]["conditions"],
+        &[("Accepted", "True", "Accepted")],
     );
 }

@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 
 pub mod cluster;
 pub mod k8s;
+pub mod kube_demo;
 
 /// How long any wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);

@@ -235,6 +235,11 @@ impl TestCluster {
         let path = repository().join(directory).display().to_string();
         self.kubectl_ok(&["apply", "--server-side", "-f", &path])
             .await;
+        self.wait_crds_established().await;
+    }
+
+    /// Wait until the API server serves every CRD applied so far (`Established`).
+    pub async fn wait_crds_established(&self) {
         self.kubectl_ok(&[
             "wait",
             "--for=condition=Established",

@@ -125,6 +125,19 @@ impl Object for Pod {
         });
         if self.running {
             status["phase"] = json!("Running");
+            // What a kubelet reports for a running container (and what `kubectl get pods` counts
+            // in its READY column).
+            if let Some((name, image, _)) = &self.container {
+                status["containerStatuses"] = json!([{
+                    "name": name,
+                    "image": image,
+                    "imageID": "",
+                    "ready": self.ready,
+                    "restartCount": 0,
+                    "started": true,
+                    "state": {"running": {}},
+                }]);
+            }
         }
         let mut pod = json!({
             "apiVersion": "v1",
@@ -195,7 +208,12 @@ status: {podIP: 127.0.0.3, conditions: [{type: Ready, status: 'True'}]}"
 kind: Pod
 metadata: {name: qwen-0, namespace: team-a, labels: {app: qwen}}
 spec: {containers: [{name: vllm, image: vllm-sim, ports: [{name: http, containerPort: 8000}]}]}
-status: {phase: Running, podIP: 127.0.0.5, conditions: [{type: Ready, status: 'True'}]}"
+status:
+  phase: Running
+  podIP: 127.0.0.5
+  conditions: [{type: Ready, status: 'True'}]
+  containerStatuses:
+  - {name: vllm, image: vllm-sim, imageID: '', ready: true, restartCount: 0, started: true, state: {running: {}}}"
             )]
         );
     }

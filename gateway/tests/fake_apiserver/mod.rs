@@ -6,24 +6,20 @@
 //! - list (`GET .../pods`), paginated with `limit` and `continue`, carrying the list's
 //!   resourceVersion; items of built-in kinds without `apiVersion`/`kind`, as the real server does;
 //! - watch (`?watch=true&resourceVersion=N`): history after N, then live events, as one JSON event
-//!   per line; `BOOKMARK` events every `bookmark_interval` when `allowWatchBookmarks` is set; a
-//!   resourceVersion older than the last compaction gets one `ERROR` event with `410 Expired`,
-//!   which makes a watcher relist, exactly as etcd compaction does;
+//!   per line; `BOOKMARK` events every 200 ms when `allowWatchBookmarks` is set;
 //! - get, create (`409 AlreadyExists`), replace and merge patch with optimistic concurrency (a
 //!   `metadata.resourceVersion` in the body is a precondition: when it is not the stored one the
 //!   answer is a `Status` with `409 Conflict` and nothing changes; without one the write applies
 //!   unconditionally), and delete; the `status` subresource (`PATCH`/`PUT .../name/status`)
 //!   changes only `.status`, and the main resource never changes `.status`;
-//! - kinds can be "not installed" (`404`), like a CRD that is missing.
+//! - Envoy's BackendTrafficPolicy is "not installed" (`404`), like a cluster without its CRD.
 //!
-//! Tests drive it directly: [`FakeApiServer::apply`] and [`FakeApiServer::delete`] change objects
-//! (and emit events), [`FakeApiServer::stop`] drops every connection and refuses new ones,
-//! [`FakeApiServer::start`] comes back on the same port, [`FakeApiServer::compact`] forgets the
-//! history, [`FakeApiServer::race_next_status_patch`] makes another writer change an object just
-//! before the next status patch of it arrives. Every request is recorded with its User-Agent, so a
-//! test can tell which replica wrote; [`FakeApiServer::conflicts`] counts the `409 Conflict`s.
-
-#![allow(dead_code)]
+//! Everything else is tested against a real kube-apiserver (`kube_cluster*.rs`); this server
+//! exists for what that one cannot do on cue. Tests drive it directly:
+//! [`FakeApiServer::apply`] changes objects (and emits events),
+//! [`FakeApiServer::race_next_status_patch`] makes another writer change an object just before the
+//! next status patch of it arrives, [`FakeApiServer::status_writes`] lists the status writes and
+//! [`FakeApiServer::conflicts`] the `409 Conflict`s.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -40,11 +36,13 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio::net::TcpSocket;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
 type Body = BoxBody<Bytes, Infallible>;
+
+/// How often a watch that allows bookmarks gets one.
+const BOOKMARK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// A kind the fake server knows.
 #[derive(Debug)]
@@ -156,8 +154,6 @@ fn resource_by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> 
 pub struct Recorded {
     pub method: String,
     pub path: String,
-    pub query: String,
-    pub user_agent: String,
     pub body: Value,
 }
 
@@ -187,8 +183,6 @@ struct Race {
 #[derive(Default)]
 struct State {
     rv: u64,
-    /// Watches from a resourceVersion below this get 410.
-    floor: u64,
     objects: BTreeMap<Key, Value>,
     history: Vec<Event>,
     uids: u64,
@@ -199,14 +193,9 @@ struct Inner {
     state: Mutex<State>,
     events: broadcast::Sender<Event>,
     requests: Mutex<Vec<Recorded>>,
-    /// Resources answered with 404 (their CRD "is not installed").
-    missing: Mutex<Vec<&'static str>>,
-    bookmark_interval: Duration,
-    /// Watches answered with 410 Gone.
-    expired: std::sync::atomic::AtomicUsize,
     /// Paths of the writes answered with 409 Conflict (a stale resourceVersion precondition).
     conflicts: Mutex<Vec<String>>,
-    /// Accept loop, connections and watch streams: aborted together by `stop`.
+    /// Accept loop, connections and watch streams: aborted together on drop.
     tasks: Mutex<JoinSet<()>>,
 }
 
@@ -251,40 +240,21 @@ fn error(code: u16, reason: &str, message: impl Into<String>) -> Response<Body> 
 }
 
 impl FakeApiServer {
-    /// Start on a free port with bookmarks every 200 ms.
-    pub async fn start_new() -> FakeApiServer {
-        Self::start_with(Duration::from_millis(200)).await
-    }
-
     /// Start on a free port.
-    pub async fn start_with(bookmark_interval: Duration) -> FakeApiServer {
+    pub async fn start_new() -> FakeApiServer {
         let (events, _) = broadcast::channel(16 * 1024);
         let inner = Arc::new(Inner {
             state: Mutex::new(State::default()),
             events,
             requests: Mutex::new(Vec::new()),
-            missing: Mutex::new(vec!["backendtrafficpolicies"]),
-            bookmark_interval,
-            expired: std::sync::atomic::AtomicUsize::new(0),
             conflicts: Mutex::new(Vec::new()),
             tasks: Mutex::new(JoinSet::new()),
         });
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        drop(listener);
-        let server = FakeApiServer { inner, addr };
-        server.start().await;
-        server
-    }
-
-    /// Listen (again) on the same address.
-    pub async fn start(&self) {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind(self.addr).unwrap();
-        let listener = socket.listen(128).unwrap();
-        let inner = Arc::clone(&self.inner);
-        self.inner.tasks.lock().spawn(async move {
+        let accept = Arc::clone(&inner);
+        inner.tasks.lock().spawn(async move {
+            let inner = accept;
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
@@ -303,28 +273,7 @@ impl FakeApiServer {
                 });
             }
         });
-    }
-
-    /// Drop every connection and watch, and stop listening: clients see resets and refusals.
-    pub fn stop(&self) {
-        self.inner.tasks.lock().abort_all();
-    }
-
-    /// Forget the event history: a watch resuming from any earlier resourceVersion gets 410.
-    pub fn compact(&self) {
-        let mut state = self.inner.state.lock();
-        state.rv += 1;
-        state.floor = state.rv;
-        state.history.clear();
-    }
-
-    /// Answer requests for `plural` with 404, as if its CRD were not installed, or serve it again.
-    pub fn set_installed(&self, plural: &'static str, installed: bool) {
-        let mut missing = self.inner.missing.lock();
-        missing.retain(|p| *p != plural);
-        if !installed {
-            missing.push(plural);
-        }
+        FakeApiServer { inner, addr }
     }
 
     /// Write a kubeconfig pointing at this server into `dir`.
@@ -385,14 +334,6 @@ current-context: fake
         }
     }
 
-    /// Delete an object, emitting a DELETED event.
-    pub fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) {
-        let resource = resource_by_kind(api_version, kind).unwrap();
-        let namespace = if resource.namespaced { namespace } else { "" };
-        let mut state = self.inner.state.lock();
-        self.inner.remove(&mut state, resource, namespace, name);
-    }
-
     /// An object as stored.
     pub fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let resource = resource_by_kind(api_version, kind).unwrap();
@@ -405,22 +346,15 @@ current-context: fake
             .cloned()
     }
 
-    /// Every request so far.
-    pub fn requests(&self) -> Vec<Recorded> {
-        self.inner.requests.lock().clone()
-    }
-
     /// Writes to status subresources so far.
     pub fn status_writes(&self) -> Vec<Recorded> {
-        self.requests()
+        self.inner
+            .requests
+            .lock()
+            .clone()
             .into_iter()
             .filter(|r| (r.method == "PATCH" || r.method == "PUT") && r.path.ends_with("/status"))
             .collect()
-    }
-
-    /// How many watches were answered with 410 Gone.
-    pub fn expired_watches(&self) -> usize {
-        self.inner.expired.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The paths of the writes refused so far with 409 Conflict because their resourceVersion
@@ -455,11 +389,6 @@ current-context: fake
     /// Whether a race set up with [`Self::race_next_status_patch`] has not happened yet.
     pub fn race_pending(&self) -> bool {
         !self.inner.state.lock().races.is_empty()
-    }
-
-    /// The current resourceVersion.
-    pub fn resource_version(&self) -> u64 {
-        self.inner.state.lock().rv
     }
 }
 
@@ -679,19 +608,12 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<Body>
     inner.requests.lock().push(Recorded {
         method: parts.method.to_string(),
         path: path.clone(),
-        query: query.clone(),
-        user_agent: parts
-            .headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned(),
         body: body.clone(),
     });
     let Some(target) = parse_path(&path) else {
         return error(404, "NotFound", format!("the server could not find {path}"));
     };
-    if inner.missing.lock().contains(&target.resource.plural) {
+    if target.resource.plural == "backendtrafficpolicies" {
         return error(
             404,
             "NotFound",
@@ -920,11 +842,10 @@ fn watch(inner: Arc<Inner>, target: Target, params: &BTreeMap<String, String>) -
     };
     let (mut sender, channel) = http_body_util::channel::Channel::<Bytes, Infallible>::new(64);
     // Subscribe and read the backlog under one lock, so no event falls between them.
-    let (mut live, backlog, mut last_rv, expired) = {
+    let (mut live, backlog, mut last_rv) = {
         let state = inner.state.lock();
         let live = inner.events.subscribe();
         match from {
-            Some(rv) if rv < state.floor => (live, Vec::new(), state.rv, Some(rv)),
             Some(rv) => {
                 let backlog: Vec<Bytes> = state
                     .history
@@ -932,7 +853,7 @@ fn watch(inner: Arc<Inner>, target: Target, params: &BTreeMap<String, String>) -
                     .filter(|e| e.rv > rv && matches(e))
                     .map(|e| event_line(e.kind, &e.object))
                     .collect();
-                (live, backlog, state.rv, None)
+                (live, backlog, state.rv)
             }
             None => {
                 let backlog: Vec<Bytes> = state
@@ -945,28 +866,18 @@ fn watch(inner: Arc<Inner>, target: Target, params: &BTreeMap<String, String>) -
                     })
                     .map(|(_, o)| event_line("ADDED", o))
                     .collect();
-                (live, backlog, state.rv, None)
+                (live, backlog, state.rv)
             }
         }
     };
-    let interval = inner.bookmark_interval;
-    let counters = Arc::clone(&inner);
     inner.tasks.lock().spawn(async move {
-        if let Some(rv) = expired {
-            counters
-                .expired
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let gone = status(410, "Expired", format!("too old resource version: {rv}"));
-            let _ = sender.send_data(event_line("ERROR", &gone)).await;
-            return;
-        }
         for line in backlog {
             if sender.send_data(line).await.is_err() {
                 return;
             }
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut ticker = tokio::time::interval(interval);
+        let mut ticker = tokio::time::interval(BOOKMARK_INTERVAL);
         ticker.tick().await;
         loop {
             tokio::select! {

@@ -38,12 +38,20 @@ async fn two_replicas_elect_one_status_writer_and_the_other_takes_over_when_it_i
         "replica-a" => (a, b, "replica-b"),
         _ => (b, a, "replica-a"),
     };
-    let writes = status_writes(&cluster);
+    // A change while both run: both see it, only the holder writes (the other does not even try).
+    add_parent_section(&cluster, "missing").await;
+    wait_until("the holder writes the route's status", DEADLINE, || async {
+        route_sections(&cluster)
+            .await
+            .contains(&"missing".to_owned())
+    })
+    .await;
+    let attempts = status_attempts(&cluster);
     assert!(
-        writes
+        attempts
             .iter()
             .all(|(agent, _)| agent.contains(&format!("({leader_identity})"))),
-        "only the holder writes: {writes:?}"
+        "only the holder writes: {attempts:?}"
     );
 
     // Killed, it cannot release the Lease: the follower waits for it to expire.
@@ -58,35 +66,19 @@ async fn two_replicas_elect_one_status_writer_and_the_other_takes_over_when_it_i
     eprintln!("taken over {:?} after the kill", killed.elapsed());
 
     // A change of status is now written by the new holder only.
-    let before = status_writes(&cluster).len();
-    let mut route = cluster
-        .get(
-            "httproute.gateway.networking.k8s.io",
-            "default",
-            "llm-route",
-        )
-        .await
-        .unwrap();
-    route["spec"]["parentRefs"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"name": testkit::k8s::TEST_GATEWAY, "sectionName": "missing"}));
-    let route = json!({
-        "apiVersion": route["apiVersion"], "kind": "HTTPRoute",
-        "metadata": {"name": "llm-route", "namespace": "default"}, "spec": route["spec"],
-    });
-    cluster.apply(&route.to_string()).await;
+    let before = status_attempts(&cluster).len();
+    add_parent_section(&cluster, "missing-too").await;
     wait_until(
         "the new holder writes the route's status",
         DEADLINE,
         || async {
-            status_writes(&cluster)[before..]
-                .iter()
-                .any(|(_, name)| name == "llm-route")
+            route_sections(&cluster)
+                .await
+                .contains(&"missing-too".to_owned())
         },
     )
     .await;
-    let after = status_writes(&cluster)[before..].to_vec();
+    let after = status_attempts(&cluster)[before..].to_vec();
     assert!(
         after
             .iter()
@@ -95,6 +87,46 @@ async fn two_replicas_elect_one_status_writer_and_the_other_takes_over_when_it_i
     );
     assert_eq!(refusals(&cluster), Vec::<String>::new());
     drop(follower);
+}
+
+/// Add a parentRef to section `section` of the test Gateway to the route `llm-route`.
+async fn add_parent_section(cluster: &testkit::cluster::TestCluster, section: &str) {
+    let route = cluster
+        .get(
+            "httproute.gateway.networking.k8s.io",
+            "default",
+            "llm-route",
+        )
+        .await
+        .unwrap();
+    let mut spec = route["spec"].clone();
+    spec["parentRefs"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": testkit::k8s::TEST_GATEWAY, "sectionName": section}));
+    let route = json!({
+        "apiVersion": route["apiVersion"], "kind": "HTTPRoute",
+        "metadata": {"name": "llm-route", "namespace": "default"}, "spec": spec,
+    });
+    cluster.apply(&route.to_string()).await;
+}
+
+/// The sections named by the status parents of `llm-route`.
+async fn route_sections(cluster: &testkit::cluster::TestCluster) -> Vec<String> {
+    let route = cluster
+        .get(
+            "httproute.gateway.networking.k8s.io",
+            "default",
+            "llm-route",
+        )
+        .await
+        .unwrap();
+    route["status"]["parents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["parentRef"]["sectionName"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// Objects whose statuses cover every kind the gateway writes: a v1 pool with an endpoint

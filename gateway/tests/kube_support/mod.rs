@@ -229,14 +229,24 @@ pub async fn lease_holder(cluster: &TestCluster) -> Option<String> {
         .and_then(|lease| lease["spec"]["holderIdentity"].as_str().map(str::to_owned))
 }
 
-/// Status patches of the gateway so far, as (User-Agent, object name) pairs from the audit log.
+/// Status patches of the gateway so far that the API server applied, as (User-Agent, object
+/// name) pairs from the audit log.
 pub fn status_writes(cluster: &TestCluster) -> Vec<(String, String)> {
+    status_patches(cluster, true)
+}
+
+/// Every status patch the gateway sent, applied or refused (a `409 Conflict`, say).
+pub fn status_attempts(cluster: &TestCluster) -> Vec<(String, String)> {
+    status_patches(cluster, false)
+}
+
+fn status_patches(cluster: &TestCluster, applied_only: bool) -> Vec<(String, String)> {
     gateway_requests(cluster)
         .into_iter()
         .filter(|e| {
             e["verb"] == "patch"
                 && e["objectRef"]["subresource"] == "status"
-                && e["responseStatus"]["code"] == 200
+                && (!applied_only || e["responseStatus"]["code"] == 200)
         })
         .map(|e| {
             let agent = e["userAgent"].as_str().unwrap_or("").to_owned();

@@ -180,6 +180,11 @@ async fn unmatched_paths_get_404_and_control_headers_are_stripped() {
     let headers = [
         ("x-gateway-destination-endpoint", "10.9.9.9:1"),
         ("x-request-id", "abc-123"),
+        // Client hints: read (the llm-d name winning over its alias), never forwarded.
+        ("x-gateway-model-name-rewrite", "travel-helper-v1"),
+        ("x-llm-d-model-name-rewrite", "travel-helper-v2"),
+        ("x-llm-d-inference-objective", "chat"),
+        ("x-gateway-inference-fairness-id", "tenant-a"),
     ];
     let (status, _) = post(
         &client,
@@ -198,6 +203,19 @@ async fn unmatched_paths_get_404_and_control_headers_are_stripped() {
             .is_none()
     );
     assert_eq!(seen[0].headers["x-request-id"], "abc-123");
+    for name in seen[0].headers.keys() {
+        assert!(
+            !name.as_str().starts_with("x-llm-d-")
+                && !name.as_str().starts_with("x-gateway-inference")
+                && name != "x-gateway-model-name-rewrite",
+            "{name} reached the model server"
+        );
+    }
+    assert_eq!(
+        seen[0].model.as_deref(),
+        Some("travel-helper-v2"),
+        "the model-name rewrite of a model without target models"
+    );
     drop(gateway);
 }
 

@@ -150,7 +150,7 @@ async fn refuse(stream: Stream, cap: usize) {
     session.set_keepalive(None);
     let error = ClientError::TooManyConnections { cap };
     let body = error.body();
-    let Ok(header) = refusal_header(body.len()) else {
+    let Ok(header) = refusal_header(&error, body.len()) else {
         return;
     };
     let written = async {
@@ -163,10 +163,8 @@ async fn refuse(stream: Stream, cap: usize) {
     }
 }
 
-fn refusal_header(len: usize) -> pingora::Result<ResponseHeader> {
-    let mut header = ResponseHeader::build(503, Some(4))?;
-    header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    header.insert_header(http::header::CONTENT_LENGTH, len)?;
+fn refusal_header(error: &ClientError, len: usize) -> pingora::Result<ResponseHeader> {
+    let mut header = error.header(len)?;
     header.insert_header(http::header::RETRY_AFTER, "1")?;
     header.insert_header(http::header::CONNECTION, "close")?;
     Ok(header)

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use super::decide::{BackendKind, Decision, InferenceInfo, Step};
 use super::exchange::Exchange;
+use crate::headers::ClientHints;
 use crate::snapshot::ServiceBackend;
 use crate::state::WorkGuard;
 
@@ -17,6 +18,8 @@ pub struct RequestCtx {
     pub request_id: String,
     /// The local port it arrived on.
     pub port: u16,
+    /// The client hints it carried (objective, fairness id, model rewrite), removed from it.
+    pub hints: ClientHints,
     /// The backend kind drawn for it.
     pub backend: BackendKind,
     /// The route entry it matched, for logs.
@@ -38,6 +41,7 @@ impl RequestCtx {
             started,
             request_id: String::new(),
             port: 0,
+            hints: ClientHints::default(),
             backend: BackendKind::None,
             route: None,
             service: None,

@@ -238,6 +238,20 @@ impl ClientError {
         }
     }
 
+    /// Why the gateway dropped the request, for [`crate::headers::DROPPED_REASON`]: on every 429
+    /// and 503 it answers itself (llm-d's values), `None` otherwise.
+    pub fn dropped_reason(&self) -> Option<&'static str> {
+        match self {
+            ClientError::Shed { .. }
+            | ClientError::NoEndpoint(plugins::NoEndpoint::Shed(_))
+            | ClientError::TooManyConnections { .. } => Some("rejected-saturated"),
+            ClientError::NoReadyEndpoints { .. }
+            | ClientError::NoEndpointToTry
+            | ClientError::NoEndpoint(_) => Some("rejected-no-endpoints"),
+            _ => None,
+        }
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Bytes {
         let body = serde_json::json!({
@@ -256,6 +270,9 @@ impl ClientError {
         let mut header = ResponseHeader::build(self.status(), Some(3))?;
         header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         header.insert_header(http::header::CONTENT_LENGTH, len)?;
+        if let Some(reason) = self.dropped_reason() {
+            header.insert_header(crate::headers::DROPPED_REASON, reason)?;
+        }
         Ok(header)
     }
 }
@@ -338,7 +355,31 @@ mod tests {
         for (error, status, kind) in cases {
             assert_eq!((error.status(), error.kind()), (status, kind), "{error:?}");
             assert_eq!(json(&error)["error"]["type"], kind);
+            let header = error.header(0).unwrap();
+            let dropped = header.headers.get(crate::headers::DROPPED_REASON);
+            assert_eq!(
+                dropped.is_some(),
+                status == 429 || status == 503,
+                "every 429 and 503 of the gateway says why it dropped the request: {error:?}"
+            );
         }
+        let reason = |error: ClientError| error.dropped_reason().unwrap();
+        assert_eq!(
+            reason(ClientError::NoEndpoint(plugins::NoEndpoint::Shed(
+                "q".into()
+            ))),
+            "rejected-saturated"
+        );
+        assert_eq!(
+            reason(ClientError::NoEndpoint(plugins::NoEndpoint::NoneReady)),
+            "rejected-no-endpoints"
+        );
+        assert_eq!(
+            reason(ClientError::NoReadyEndpoints {
+                service: "ns/s".into()
+            }),
+            "rejected-no-endpoints"
+        );
         let bad = crate::openai::parse(br#"{"model":7}"#).unwrap_err();
         assert_eq!(ClientError::InvalidBody(bad).param(), Some("model"));
         let gateway = ClientError::Shed {

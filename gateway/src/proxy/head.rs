@@ -6,18 +6,27 @@ use std::borrow::Cow;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
+use super::context::RequestCtx;
 use super::decide::Head;
-use crate::headers;
+use crate::headers::{self, ClientHints};
 
-/// Remove the control headers a client sent and make `x-request-id` carry `request_id`.
-pub fn prepare(header: &mut RequestHeader, request_id: &str) -> pingora::Result<()> {
-    // Control headers all start with `x-gateway-`; most requests carry none, so look once.
-    let has_control = header
-        .headers
-        .keys()
-        .any(|name| name.as_str().starts_with(headers::CONTROL_PREFIX));
-    if has_control {
-        for name in headers::CONTROL {
+/// Remove the control headers and client hints a client sent (returning the hints, which the
+/// decision reads) and make `x-request-id` carry `request_id`.
+pub fn prepare(header: &mut RequestHeader, request_id: &str) -> pingora::Result<ClientHints> {
+    // Control headers and hints all start with `x-gateway-` or `x-llm-d-`; most requests carry
+    // none, so look once.
+    let steered = header.headers.keys().any(|name| {
+        headers::PREFIXES
+            .iter()
+            .any(|prefix| name.as_str().starts_with(prefix))
+    });
+    let mut hints = ClientHints::default();
+    if steered {
+        hints = ClientHints::read(&header.headers);
+        let names = headers::CLIENT_HINTS
+            .iter()
+            .flat_map(|hint| [hint.name, hint.alias]);
+        for name in headers::CONTROL.into_iter().chain(names) {
             header.remove_header(name);
         }
     }
@@ -28,7 +37,7 @@ pub fn prepare(header: &mut RequestHeader, request_id: &str) -> pingora::Result<
     if current != Some(request_id.as_bytes()) {
         header.insert_header(headers::REQUEST_ID, request_id)?;
     }
-    Ok(())
+    Ok(hints)
 }
 
 /// The client's request id if it sent a reasonable one (1 to 128 visible characters), else a new
@@ -91,7 +100,7 @@ pub fn view<'a>(
     port: u16,
     host: Option<&'a str>,
     has_body: bool,
-    request_id: &'a str,
+    ctx: &'a RequestCtx,
 ) -> Head<'a> {
     Head {
         port,
@@ -101,7 +110,8 @@ pub fn view<'a>(
         query: header.uri.query(),
         headers: &header.headers,
         has_body,
-        request_id,
+        request_id: &ctx.request_id,
+        hints: &ctx.hints,
     }
 }
 
@@ -138,9 +148,24 @@ mod tests {
         header.insert_header(headers::MODEL_NAME, "m").unwrap();
         header.insert_header("x-gateway-other", "kept").unwrap();
         header.insert_header("host", "Example.COM:8081").unwrap();
-        prepare(&mut header, "abc").unwrap();
+        header
+            .insert_header("x-gateway-inference-objective", "batch")
+            .unwrap();
+        header
+            .insert_header("x-llm-d-inference-objective", "chat")
+            .unwrap();
+        header
+            .insert_header("x-gateway-model-name-rewrite", "adapter")
+            .unwrap();
+        let hints = prepare(&mut header, "abc").unwrap();
+        assert_eq!(hints.objective.as_deref(), Some("chat"));
+        assert_eq!(hints.model_rewrite.as_deref(), Some("adapter"));
         for name in headers::CONTROL {
             assert!(header.headers.get(name).is_none(), "{name}");
+        }
+        for hint in headers::CLIENT_HINTS {
+            assert!(header.headers.get(hint.name).is_none(), "{}", hint.name);
+            assert!(header.headers.get(hint.alias).is_none(), "{}", hint.alias);
         }
         assert_eq!(header.headers["x-gateway-other"], "kept");
         assert_eq!(header.headers[headers::REQUEST_ID], "abc");

@@ -110,8 +110,7 @@ impl GatewayProxy {
                     // Nothing to route on: decide as for any bodyless request.
                     let header = session.req_header();
                     let host = head::host(header);
-                    let view =
-                        head::view(header, ctx.port, host.as_deref(), false, &ctx.request_id);
+                    let view = head::view(header, ctx.port, host.as_deref(), false, ctx);
                     let decision = decide::route(snapshot, &view, None);
                     self.take(ctx, decision)
                 }
@@ -217,7 +216,7 @@ fn decide_with_body(
         BodyNeeded::Routing => head::host(header),
         BodyNeeded::Pool(_) => None,
     };
-    let head = head::view(header, ctx.port, host.as_deref(), true, &ctx.request_id);
+    let head = head::view(header, ctx.port, host.as_deref(), true, ctx);
     match needed {
         BodyNeeded::Routing => decide::route(snapshot, &head, Some(body)),
         BodyNeeded::Pool(pool) => decide::pool::decide(pool, &head, body),
@@ -272,12 +271,12 @@ impl ProxyHttp for GatewayProxy {
             let error = ClientError::HeadTooLarge { size, limit };
             return self.answer(session, ctx, error).await;
         }
-        head::prepare(session.req_header_mut(), &ctx.request_id)?;
+        ctx.hints = head::prepare(session.req_header_mut(), &ctx.request_id)?;
         let snapshot = self.state.snapshots.load();
         let header = session.req_header();
         let host = head::host(header);
         // Whether the body is empty is asked of Pingora (which costs) only where routing needs it.
-        let view = head::view(header, ctx.port, host.as_deref(), true, &ctx.request_id);
+        let view = head::view(header, ctx.port, host.as_deref(), true, ctx);
         let decision = decide::route(&snapshot, &view, None);
         match self.take(ctx, decision) {
             Step::Proxy(service) => {
@@ -408,6 +407,7 @@ impl ProxyHttp for GatewayProxy {
             elapsed: ctx.started.elapsed(),
             exchange: &ctx.exchange,
             inference: ctx.inference.as_ref(),
+            hints: &ctx.hints,
             proxy_error: error,
         };
         record::finished(&self.state.metrics, &finished);

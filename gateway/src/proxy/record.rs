@@ -10,6 +10,7 @@ use plugins::{Completion, Outcome};
 
 use super::decide::{BackendKind, InferenceInfo};
 use super::exchange::{Ending, Exchange};
+use crate::headers::ClientHints;
 use crate::metrics::GatewayMetrics;
 
 /// A pool's strategy ranked endpoints for `info`.
@@ -62,6 +63,8 @@ pub struct Finished<'a> {
     pub exchange: &'a Exchange,
     /// The inference request, if a pool's strategy was asked.
     pub inference: Option<&'a InferenceInfo>,
+    /// The client hints it carried.
+    pub hints: &'a ClientHints,
     /// The error Pingora's proxy loop ended with, if any.
     pub proxy_error: Option<&'a pingora::Error>,
 }
@@ -253,6 +256,8 @@ fn access_log(f: &Finished<'_>) {
         model = info.map_or("-", |i| i.model.as_str()),
         target_model = info.map_or("-", |i| i.target_model.as_str()),
         strategy = info.map_or("-", InferenceInfo::strategy),
+        objective = f.hints.objective.as_deref().unwrap_or("-"),
+        fairness_id = f.hints.fairness_id.as_deref().unwrap_or("-"),
         endpoint = %f.exchange.served_by.map_or_else(|| "-".to_owned(), |a| a.to_string()),
         status = f.status,
         attempts = f.exchange.attempts.made,

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method};
 use plugins::{Criticality, EndpointView, RequestView};
 
+use crate::headers::ClientHints;
 use crate::proxy::error::ClientError;
 use crate::snapshot::routes::RequestParts;
 use crate::snapshot::{Endpoint, EndpointSample, Pool, ServiceBackend};
@@ -33,6 +34,8 @@ pub struct Head<'a> {
     pub has_body: bool,
     /// The request id.
     pub request_id: &'a str,
+    /// The client hints read from the headers before they were removed.
+    pub hints: &'a ClientHints,
 }
 
 impl<'a> Head<'a> {
@@ -171,6 +174,9 @@ pub struct InferenceInfo {
     pub stream: bool,
     /// Whether an InferenceModel declares the requested model (its name is then a safe label).
     pub declared: bool,
+    /// Whether the target model came from the client's model-name-rewrite hint (so it is not a
+    /// safe label until a model server accepted it).
+    pub client_rewrite: bool,
     /// Size of the request body sent upstream.
     pub request_bytes: usize,
     /// Whether the request counts in `inference_model_running_requests` (released in logging).
@@ -186,11 +192,18 @@ impl InferenceInfo {
     /// becomes a label only once a model server answered it with success, so clients cannot mint
     /// series with made-up names.
     pub fn labels(&self, status: u16) -> (&str, &str) {
-        if self.declared || (200..300).contains(&status) {
-            (&self.model, &self.target_model)
+        let served = (200..300).contains(&status);
+        let model = if self.declared || served {
+            self.model.as_str()
         } else {
-            ("unknown", "unknown")
-        }
+            "unknown"
+        };
+        let target = if (self.declared && !self.client_rewrite) || served {
+            self.target_model.as_str()
+        } else {
+            "unknown"
+        };
+        (model, target)
     }
 
     /// The name of the strategy that runs for the pool.

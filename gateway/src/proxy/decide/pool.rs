@@ -35,7 +35,7 @@ pub fn decide(pool: Arc<Pool>, head: &Head<'_>, body: Bytes) -> Decision {
         };
         return forward(None, dispatch, body);
     }
-    let (info, body) = match resolve(pool, &body) {
+    let (info, body) = match resolve(pool, head, &body) {
         Ok(resolved) => resolved,
         Err(error) => return answer(None, error),
     };
@@ -43,14 +43,31 @@ pub fn decide(pool: Arc<Pool>, head: &Head<'_>, body: Bytes) -> Decision {
 }
 
 /// Parse the body, resolve its model and rewrite it: the inference request and the body to send.
-fn resolve(pool: Arc<Pool>, body: &Bytes) -> Result<(InferenceInfo, Bytes), ClientError> {
+///
+/// The model sent upstream is an InferenceModel's target drawn by weight when it declares
+/// targets; otherwise the client's model-name-rewrite hint, if it sent one; otherwise the
+/// requested model.
+fn resolve(
+    pool: Arc<Pool>,
+    head: &Head<'_>,
+    body: &Bytes,
+) -> Result<(InferenceInfo, Bytes), ClientError> {
     let request = openai::parse(body).map_err(ClientError::InvalidBody)?;
     let entry = pool
         .model(&request.model)
         .map_err(|UnknownModel| ClientError::ModelNotFound {
             model: request.model.to_string(),
         })?;
-    let target_model = entry.map_or(request.model.as_ref(), |e| e.draw());
+    let client_rewrite = head
+        .hints
+        .model_rewrite
+        .as_deref()
+        .filter(|_| entry.is_none_or(|e| e.targets.is_empty()));
+    let target_model = match (entry, client_rewrite) {
+        (_, Some(rewrite)) => rewrite,
+        (Some(entry), None) => entry.draw(),
+        (None, None) => request.model.as_ref(),
+    };
     let outgoing = if target_model != request.model {
         request.rewrite_model(body, target_model)
     } else {
@@ -70,6 +87,7 @@ fn resolve(pool: Arc<Pool>, body: &Bytes) -> Result<(InferenceInfo, Bytes), Clie
         max_tokens: request.max_tokens,
         stream: request.stream,
         declared: entry.is_some(),
+        client_rewrite: client_rewrite.is_some(),
         request_bytes: outgoing.len(),
         running: false,
         pick_duration: Duration::ZERO,

@@ -200,6 +200,7 @@ struct Request {
     path: &'static str,
     headers: HeaderMap,
     has_body: bool,
+    hints: crate::headers::ClientHints,
 }
 
 impl Request {
@@ -210,6 +211,7 @@ impl Request {
             method: Method::POST,
             path,
             headers: HeaderMap::new(),
+            hints: Default::default(),
             has_body: true,
         }
     }
@@ -224,6 +226,7 @@ impl Request {
             headers: &self.headers,
             has_body: self.has_body,
             request_id: "req-1",
+            hints: &self.hints,
         }
     }
 }
@@ -542,4 +545,34 @@ fn body_based_routing_matches_on_the_model_and_sends_the_header() {
         route(&snapshot, &bodyless.head(), None).step,
         Step::Proxy(_)
     ));
+}
+
+#[test]
+fn the_clients_model_rewrite_applies_unless_the_inference_model_has_targets() {
+    let snapshot = snapshot();
+    fresh_metrics(&snapshot, 0); // `batch` is sheddable: an idle pool serves it
+    let mut request = Request::post(8081, "/v1/completions");
+    request.hints.model_rewrite = Some("travel-helper-v2".into());
+    let target = |model: &str| {
+        let decision = decide_fully(&snapshot, &request, &format!(r#"{{"model": "{model}"}}"#));
+        let info = decision.inference.expect("inference info");
+        (info.target_model, info.client_rewrite)
+    };
+    // `batch` is declared without targets: the client's rewrite is sent.
+    assert_eq!(target("batch"), ("travel-helper-v2".into(), true));
+    // `travel-helper` has target models: they win over the client.
+    assert_eq!(target("travel-helper"), ("travel-helper-v1".into(), false));
+
+    let decision = decide_fully(&snapshot, &request, r#"{"model": "batch"}"#);
+    let info = decision.inference.as_ref().unwrap();
+    assert_eq!(
+        info.labels(503),
+        ("batch", "unknown"),
+        "a client-chosen target is no label until a model server accepted it"
+    );
+    assert_eq!(info.labels(200), ("batch", "travel-helper-v2"));
+    let Step::Forward(forward) = &decision.step else {
+        panic!("{:?}", decision.step);
+    };
+    assert_eq!(&forward.body[..], br#"{"model": "travel-helper-v2"}"#);
 }

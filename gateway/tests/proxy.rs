@@ -514,3 +514,27 @@ async fn gateway_api_error_statuses_and_route_timeouts() {
     assert_eq!(status, 200, "a fast answer within the timeout");
     drop(gateway);
 }
+
+/// `GET /v1/models` through the inference route lists the names the gateway serves (the
+/// InferenceModels), answered by the gateway; through the plain route it reaches a pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_through_the_inference_route_are_the_gateways_own_list() {
+    let s = setup(45, &[]).await;
+    let (status, body) = get(&format!("{}/v1/models", s.llm)).await;
+    assert_eq!(status, 200);
+    let list = json(&body);
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["/model/qwen", "travel-helper"]);
+    assert_eq!(list["data"][0]["owned_by"], "default/pool");
+    let reached = || s.backends.iter().map(Backend::count).sum::<usize>();
+    assert_eq!(reached(), 0, "the gateway answered itself");
+    let (status, _) = get(&format!("{}/v1/models", s.http)).await;
+    assert_eq!(status, 200);
+    assert_eq!(reached(), 1, "the plain route passes it through");
+    drop(s.gateway);
+}

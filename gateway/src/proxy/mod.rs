@@ -106,6 +106,11 @@ impl GatewayProxy {
                     self.forward(session, ctx, forward).await;
                     return Ok(true);
                 }
+                Step::Respond(body) => {
+                    ctx.exchange.status = Some(200);
+                    Box::pin(respond::json(session, body)).await?;
+                    return Ok(true);
+                }
                 Step::ReadBody(BodyNeeded::Routing) if session.is_body_empty() => {
                     // Nothing to route on: decide as for any bodyless request.
                     let header = session.req_header();

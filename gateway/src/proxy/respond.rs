@@ -1,7 +1,8 @@
 //! Writing the gateway's own answers to the client, and reading request bodies.
 //!
 //! The only I/O on the client session outside Pingora's phases and the forwarder: an error in
-//! OpenAI's shape ([`error`]) and a bounded read of the request body ([`read_body`]).
+//! OpenAI's shape ([`error`]), the gateway's own JSON answers ([`json`]) and a bounded read of the
+//! request body ([`read_body`]).
 
 use bytes::{Bytes, BytesMut};
 use pingora::Error;
@@ -13,6 +14,17 @@ use super::error::ClientError;
 pub async fn error(session: &mut Session, error: &ClientError) -> pingora::Result<()> {
     let body = error.body();
     let header = error.header(body.len())?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// Write `body` as a whole `200 OK` JSON response.
+pub async fn json(session: &mut Session, body: Bytes) -> pingora::Result<()> {
+    let mut header = pingora::http::ResponseHeader::build(200, Some(2))?;
+    header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     session
         .write_response_header(Box::new(header), false)
         .await?;

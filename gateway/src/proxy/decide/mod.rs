@@ -2,7 +2,8 @@
 //! the route needs it, the body.
 //!
 //! [`route`] finds the listener (port, then host), the route entry and a backend drawn by weight,
-//! and returns a [`Decision`]: answer now with a typed [`ClientError`], let Pingora proxy the
+//! and returns a [`Decision`]: answer now with a typed [`ClientError`] (or, for `GET /v1/models`
+//! through a pool route, with the listener's model list: [`models`]), let Pingora proxy the
 //! request to a Service (the body streams through untouched), read the body first, or forward a
 //! body already read. A body is read when a listener routes on the model (body-based routing) or
 //! when the backend is an InferencePool; [`pool::decide`] then resolves the model, rewrites it,
@@ -11,6 +12,7 @@
 //! Nothing here does I/O or sees a Pingora `Session`: the proxy's phases read the body and run
 //! the plan, and the unit tests drive every branch with a snapshot built from YAML.
 
+pub mod models;
 mod plan;
 pub mod pool;
 
@@ -57,7 +59,17 @@ pub fn route(snapshot: &Snapshot, head: &Head<'_>, body: Option<Bytes>) -> Decis
             path: head.path.to_owned(),
         });
     };
-    let mut decision = backend_decision(entry, &head, body, model_header);
+    let mut decision = if models::is_listing(&head) && models::reaches_pool(entry) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Decision::new(
+            BackendKind::Pool,
+            Step::Respond(models::listing(listener, now)),
+        )
+    } else {
+        backend_decision(entry, &head, body, model_header)
+    };
     decision.route = Some(MatchedRoute {
         label: Arc::clone(&entry.label),
         timeout: entry.action.timeout,

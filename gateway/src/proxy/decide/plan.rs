@@ -106,6 +106,8 @@ pub enum Step {
     ReadBody(BodyNeeded),
     /// Forward the body, already read, to these upstreams.
     Forward(Forward),
+    /// Answer 200 with this JSON body (the gateway's own `/v1/models`).
+    Respond(Bytes),
 }
 
 /// Why the body must be read before going on.

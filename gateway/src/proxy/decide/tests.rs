@@ -177,14 +177,7 @@ impl Strategy for Fixed {
 }
 
 fn snapshot() -> Snapshot {
-    let mut registry = Registry::with_builtins();
-    registry.register(
-        "FIXED",
-        |_: &StrategyConfig| -> Result<Arc<dyn Strategy>, ConfigError> {
-            Ok(Arc::new(Fixed::default()))
-        },
-    );
-    let (_, snapshot, issues) = build_yaml_with(OBJECTS, &registry);
+    let (snapshot, issues) = snapshot_of(OBJECTS);
     assert!(
         !crate::config::issues::has_errors(&issues),
         "the test configuration has errors: {issues:#?}"
@@ -192,7 +185,21 @@ fn snapshot() -> Snapshot {
     snapshot
 }
 
+/// The snapshot of `objects`, with the `FIXED` strategy registered, and the build's issues.
+fn snapshot_of(objects: &str) -> (Snapshot, Vec<crate::config::ConfigIssue>) {
+    let mut registry = Registry::with_builtins();
+    registry.register(
+        "FIXED",
+        |_: &StrategyConfig| -> Result<Arc<dyn Strategy>, ConfigError> {
+            Ok(Arc::new(Fixed::default()))
+        },
+    );
+    let (_, snapshot, issues) = build_yaml_with(objects, &registry);
+    (snapshot, issues)
+}
+
 /// A request head on `port` for `path`.
+#[derive(Clone)]
 struct Request {
     port: u16,
     host: Option<&'static str>,
@@ -460,7 +467,7 @@ fn model_resolution_errors() {
 #[test]
 fn a_bodyless_request_to_a_pool_goes_to_any_endpoint_without_a_pick() {
     let snapshot = snapshot();
-    let mut request = Request::post(8081, "/v1/models");
+    let mut request = Request::post(8081, "/health");
     request.method = Method::GET;
     request.has_body = false;
     let mut decision = decide_fully(&snapshot, &request, "");
@@ -575,4 +582,111 @@ fn the_clients_model_rewrite_applies_unless_the_inference_model_has_targets() {
         panic!("{:?}", decision.step);
     };
     assert_eq!(&forward.body[..], br#"{"model": "travel-helper-v2"}"#);
+}
+
+/// The `data` of a `/v1/models` answer, as (id, owned_by) pairs.
+fn listed(decision: &Decision) -> Vec<(String, String)> {
+    let Step::Respond(body) = &decision.step else {
+        panic!("expected the gateway's own answer, got {:?}", decision.step);
+    };
+    let list: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(list["object"], "list");
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert_eq!(m["object"], "model");
+            assert!(m["created"].as_u64().unwrap() > 1_700_000_000);
+            (
+                m["id"].as_str().unwrap().to_owned(),
+                m["owned_by"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn models_on_a_pool_route_are_the_names_the_gateway_serves() {
+    let snapshot = snapshot();
+    let mut request = Request::post(8081, "/v1/models");
+    request.method = Method::GET;
+    request.has_body = false;
+    let pool = "default/qwen-pool".to_owned();
+    assert_eq!(
+        listed(&route(&snapshot, &request.head(), None)),
+        [
+            ("batch".into(), pool.clone()),
+            ("travel-helper".into(), pool)
+        ],
+        "the InferenceModels' names, not a pod's base model and adapters"
+    );
+    let mut empty = request.clone();
+    empty.port = 8084;
+    empty.host = Some("empty.example.com");
+    assert_eq!(
+        listed(&route(&snapshot, &empty.head(), None)),
+        [("m".into(), "default/empty-pool".into())]
+    );
+    // A POST is an inference request like any other; a Service route passes the list through.
+    let post = Request::post(8081, "/v1/models");
+    assert!(!matches!(
+        route(&snapshot, &post.head(), None).step,
+        Step::Respond(_)
+    ));
+    let mut plain = request.clone();
+    plain.port = 8080;
+    assert!(matches!(
+        route(&snapshot, &plain.head(), None).step,
+        Step::Proxy(_)
+    ));
+}
+
+#[test]
+fn models_of_a_pool_without_inference_models_are_its_endpoints_base_models() {
+    let objects = OBJECTS.replace(
+        "kind: InferenceModel\nmetadata: {name: travel-helper}",
+        "kind: InferenceModel\nmetadata: {name: travel-helper, namespace: elsewhere}",
+    );
+    let objects = objects.replace(
+        "kind: InferenceModel\nmetadata: {name: batch}",
+        "kind: InferenceModel\nmetadata: {name: batch, namespace: elsewhere}",
+    );
+    let (snapshot, _) = snapshot_of(&objects);
+    let mut request = Request::post(8081, "/v1/models");
+    request.method = Method::GET;
+    request.has_body = false;
+    assert_eq!(
+        listed(&route(&snapshot, &request.head(), None)),
+        [],
+        "nothing is known before the first scrape"
+    );
+    let pool = snapshot
+        .pools
+        .values()
+        .find(|p| p.name == "default/qwen-pool");
+    for (index, endpoint) in pool.unwrap().endpoints.iter().enumerate() {
+        endpoint.publish_metrics(ScrapedMetrics {
+            metrics: EndpointMetrics {
+                model_name: Some(
+                    if index == 0 {
+                        "/model/other"
+                    } else {
+                        "/model/qwen"
+                    }
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            at: Instant::now(),
+        });
+    }
+    let pool = "default/qwen-pool".to_owned();
+    assert_eq!(
+        listed(&route(&snapshot, &request.head(), None)),
+        [
+            ("/model/other".into(), pool.clone()),
+            ("/model/qwen".into(), pool)
+        ]
+    );
 }

@@ -164,6 +164,7 @@ fn pools_json(snapshot: &Snapshot) -> Vec<Value> {
                     "state": pool.strategy.debug_state(),
                 },
                 "models": models.iter().map(|m| &*pool.models[*m]).collect::<Vec<_>>(),
+                "endpoint_picker": pool.picker,
                 "endpoints": pool.endpoints.iter().map(|e| {
                     let scraped = e.metrics();
                     json!({

@@ -144,7 +144,7 @@ async fn inference_route_resolves_models_and_answers_errors_in_openai_shape() {
     assert_eq!(status, 413);
     assert_eq!(json(&body)["error"]["code"], "request_too_large");
 
-    let (status, body) = get(&format!("{}/v1/models", s.llm)).await;
+    let (status, body) = get(&format!("{}/health", s.llm)).await;
     assert_eq!(
         status, 200,
         "a request without a body goes to some endpoint"

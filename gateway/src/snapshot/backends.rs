@@ -144,6 +144,87 @@ fn named_container_port(pod: &Pod, name: &str) -> Option<u16> {
         .and_then(|p| u16::try_from(p.container_port).ok())
 }
 
+/// What a pool does when its endpoint picker does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum FailureMode {
+    /// Route with the gateway's own strategy instead.
+    FailOpen,
+    /// Refuse the request (the API's default).
+    FailClose,
+}
+
+/// The endpoint picker a pool names, in the v1 shape (`endpointPickerRef`). A v1alpha2
+/// `extensionRef` maps onto it as the upstream conversion maps it: group and kind as written (kind
+/// `Service` when unset), `portNumber` as the port, 9002 when unset, `failureMode` as written,
+/// `FailClose` when unset.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PickerRef {
+    /// API group, `""` for core.
+    pub group: String,
+    /// Kind (`Service` by default).
+    pub kind: String,
+    /// Name, in the pool's namespace.
+    pub name: String,
+    /// The port (required for a Service in v1; 9002 for a v1alpha2 `extensionRef` without one).
+    pub port: Option<i32>,
+    /// What to do when it does not answer.
+    pub failure_mode: FailureMode,
+    /// `FailOpen`/`FailClose` as written when it is neither (reported; `FailClose` applies).
+    #[serde(skip)]
+    pub unknown_failure_mode: Option<String>,
+}
+
+/// The port a v1alpha2 `extensionRef` without `portNumber` means (the upstream conversion's and
+/// the Inference Extension's default EPP port).
+pub const DEFAULT_PICKER_PORT: i32 = 9002;
+
+impl PickerRef {
+    fn new(
+        group: Option<&String>,
+        kind: Option<&String>,
+        name: &str,
+        port: Option<i32>,
+        failure_mode: Option<&String>,
+    ) -> PickerRef {
+        let (failure_mode, unknown_failure_mode) = match failure_mode.map(String::as_str) {
+            Some("FailOpen") => (FailureMode::FailOpen, None),
+            None | Some("FailClose") => (FailureMode::FailClose, None),
+            Some(other) => (FailureMode::FailClose, Some(other.to_owned())),
+        };
+        PickerRef {
+            group: group.cloned().unwrap_or_default(),
+            kind: kind.cloned().unwrap_or_else(|| "Service".into()),
+            name: name.to_owned(),
+            port,
+            failure_mode,
+            unknown_failure_mode,
+        }
+    }
+
+    /// From a v1alpha2 `extensionRef`.
+    pub fn from_v1alpha2(r: &v1alpha2::ExtensionReference) -> PickerRef {
+        let port = r.port_number.unwrap_or(DEFAULT_PICKER_PORT);
+        PickerRef::new(
+            r.group.as_ref(),
+            r.kind.as_ref(),
+            &r.name,
+            Some(port),
+            r.failure_mode.as_ref(),
+        )
+    }
+
+    /// From a v1 `endpointPickerRef`.
+    pub fn from_v1(r: &v1::EndpointPickerRef) -> PickerRef {
+        PickerRef::new(
+            r.group.as_ref(),
+            r.kind.as_ref(),
+            &r.name,
+            r.port.as_ref().map(|p| p.number),
+            r.failure_mode.as_ref(),
+        )
+    }
+}
+
 /// An InferencePool in either API version, reduced to what routing needs.
 #[derive(Debug, Clone)]
 pub struct PoolSpec<'a> {
@@ -159,6 +240,8 @@ pub struct PoolSpec<'a> {
     pub target_ports: Vec<i32>,
     /// Annotations.
     pub annotations: BTreeMap<String, String>,
+    /// The endpoint picker it names, if any.
+    pub picker: Option<PickerRef>,
 }
 
 impl<'a> PoolSpec<'a> {
@@ -175,6 +258,7 @@ impl<'a> PoolSpec<'a> {
             selector: p.spec.selector.clone(),
             target_ports: vec![p.spec.target_port_number],
             annotations: p.metadata.annotations.clone().unwrap_or_default(),
+            picker: p.spec.extension_ref.as_ref().map(PickerRef::from_v1alpha2),
         }
     }
 
@@ -187,6 +271,56 @@ impl<'a> PoolSpec<'a> {
             selector: p.spec.selector.match_labels.clone(),
             target_ports: p.spec.target_ports.iter().map(|p| p.number).collect(),
             annotations: p.metadata.annotations.clone().unwrap_or_default(),
+            picker: p.spec.endpoint_picker_ref.as_ref().map(PickerRef::from_v1),
+        }
+    }
+
+    /// A warning about this pool.
+    fn warn(
+        &self,
+        field: impl Into<String>,
+        value: impl std::fmt::Display,
+        message: impl Into<String>,
+    ) -> ConfigIssue {
+        ConfigIssue::warning(self.key.to_string(), field, value, message).at(self.origin)
+    }
+
+    /// The field that holds the picker reference in this pool's API version.
+    fn picker_field(&self) -> &'static str {
+        if self.api_version.ends_with("v1alpha2") {
+            "spec.extensionRef"
+        } else {
+            "spec.endpointPickerRef"
+        }
+    }
+
+    /// Warnings about the picker reference (the gateway routes with its own strategy either
+    /// way, so none of them stops the pool).
+    fn check_picker(&self, issues: &mut Vec<ConfigIssue>) {
+        let Some(picker) = &self.picker else {
+            return;
+        };
+        if let Some(mode) = &picker.unknown_failure_mode {
+            issues.push(self.warn(
+                format!("{}.failureMode", self.picker_field()),
+                mode,
+                "must be FailOpen or FailClose; FailClose applies",
+            ));
+        }
+        if picker.kind == "Service" && picker.group.is_empty() {
+            match picker.port {
+                None => issues.push(self.warn(
+                    format!("{}.port", self.picker_field()),
+                    "(unset)",
+                    "a Service endpoint picker needs a port",
+                )),
+                Some(port) if !(1..=65535).contains(&port) => issues.push(self.warn(
+                    format!("{}.port.number", self.picker_field()),
+                    port,
+                    "must be between 1 and 65535",
+                )),
+                Some(_) => {}
+            }
         }
     }
 
@@ -324,6 +458,7 @@ pub fn build_pool(
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<Pool> {
     let ports = spec.checked_ports(issues);
+    spec.check_picker(issues);
     let (strategy_name, strategy_config) = spec.strategy_choice();
     let previous_pool = previous.and_then(|s| s.pools.get(&spec.key));
     let strategy = spec.strategy(
@@ -369,6 +504,7 @@ pub fn build_pool(
         strategy,
         endpoints,
         models,
+        picker: spec.picker.clone(),
     })
 }
 
@@ -434,10 +570,94 @@ fn pod_engine(pod: &Pod, pool_engine: Engine, issues: &mut Vec<ConfigIssue>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Kind;
+    use crate::config::{Kind, Severity};
 
     fn pod(yaml: &str) -> Pod {
         serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn spec_v1alpha2(spec: &str) -> (ObjectKey, v1alpha2::InferencePool) {
+        let pool: v1alpha2::InferencePool = serde_yaml::from_str(&format!(
+            "apiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferencePool\nmetadata: {{name: p}}\nspec: {spec}"
+        ))
+        .unwrap();
+        (ObjectKey::new(Kind::InferencePool, "default", "p"), pool)
+    }
+
+    fn spec_v1(spec: &str) -> (ObjectKey, v1::InferencePool) {
+        let pool: v1::InferencePool = serde_yaml::from_str(&format!(
+            "apiVersion: inference.networking.k8s.io/v1\nkind: InferencePool\nmetadata: {{name: p}}\nspec: {spec}"
+        ))
+        .unwrap();
+        (ObjectKey::new(Kind::InferencePool, "default", "p"), pool)
+    }
+
+    #[test]
+    fn a_v1alpha2_pool_maps_onto_the_v1_shape_as_the_upstream_conversion_does() {
+        let (key, old) = spec_v1alpha2(
+            "{selector: {app: qwen}, targetPortNumber: 8000, extensionRef: {name: epp}}",
+        );
+        let old = PoolSpec::from_v1alpha2(key, None, &old);
+        let (key, new) = spec_v1(
+            "{selector: {matchLabels: {app: qwen}}, targetPorts: [{number: 8000}], endpointPickerRef: {name: epp, port: {number: 9002}}}",
+        );
+        let new = PoolSpec::from_v1(key, None, &new);
+        assert_eq!(
+            (&old.selector, &old.target_ports),
+            (&new.selector, &new.target_ports)
+        );
+        let expected = PickerRef {
+            group: String::new(),
+            kind: "Service".into(),
+            name: "epp".into(),
+            port: Some(DEFAULT_PICKER_PORT),
+            failure_mode: FailureMode::FailClose,
+            unknown_failure_mode: None,
+        };
+        assert_eq!(old.picker.as_ref(), Some(&expected), "port 9002 when unset");
+        assert_eq!(new.picker, Some(expected));
+
+        let (key, old) = spec_v1alpha2(
+            "{selector: {app: q}, targetPortNumber: 8000, extensionRef: {group: x.io, kind: Picker, name: e, portNumber: 9100, failureMode: FailOpen}}",
+        );
+        let picker = PoolSpec::from_v1alpha2(key, None, &old).picker.unwrap();
+        assert_eq!(
+            (picker.group.as_str(), picker.kind.as_str(), picker.port),
+            ("x.io", "Picker", Some(9100))
+        );
+        assert_eq!(picker.failure_mode, FailureMode::FailOpen);
+        let (key, plain) =
+            spec_v1("{selector: {matchLabels: {app: q}}, targetPorts: [{number: 8000}]}");
+        assert_eq!(PoolSpec::from_v1(key, None, &plain).picker, None);
+    }
+
+    #[test]
+    fn picker_problems_are_warnings_that_name_the_field() {
+        let (key, pool) = spec_v1(
+            "{selector: {matchLabels: {app: q}}, targetPorts: [{number: 8000}], endpointPickerRef: {name: epp, failureMode: FailSometimes}}",
+        );
+        let spec = PoolSpec::from_v1(key, None, &pool);
+        assert_eq!(
+            spec.picker.as_ref().map(|p| p.failure_mode),
+            Some(FailureMode::FailClose)
+        );
+        let mut issues = Vec::new();
+        spec.check_picker(&mut issues);
+        let found: Vec<(Severity, &str, &str)> = issues
+            .iter()
+            .map(|i| (i.severity, i.field.as_str(), i.value.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    Severity::Warning,
+                    "spec.endpointPickerRef.failureMode",
+                    "FailSometimes"
+                ),
+                (Severity::Warning, "spec.endpointPickerRef.port", "(unset)"),
+            ]
+        );
     }
 
     #[test]

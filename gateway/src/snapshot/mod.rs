@@ -89,6 +89,8 @@ pub struct Pool {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Models by the name clients send.
     pub models: HashMap<String, Arc<ModelEntry>>,
+    /// The endpoint picker the pool names (recorded; the gateway picks with its own strategy).
+    pub picker: Option<backends::PickerRef>,
 }
 
 impl std::fmt::Debug for Pool {

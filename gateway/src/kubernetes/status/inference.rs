@@ -13,24 +13,13 @@ use crate::config::crds::v1alpha2;
 use crate::config::{ConfigIssue, IssueReason, Kind, Object, ObjectKey, Severity};
 use crate::kubernetes::conditions::{Desired, conditions};
 use crate::snapshot::Snapshot;
+use crate::snapshot::backends::PickerRef;
 
-/// The picker reference of a pool: (group, kind, name), if any.
-fn picker_ref(object: &Object) -> Option<(String, String, String)> {
+/// The picker reference of a pool, in the v1 shape, if any.
+fn picker_ref(object: &Object) -> Option<PickerRef> {
     match object {
-        Object::PoolV1Alpha2(p) => p.spec.extension_ref.as_ref().map(|r| {
-            (
-                r.group.clone().unwrap_or_default(),
-                r.kind.clone().unwrap_or_else(|| "Service".into()),
-                r.name.clone(),
-            )
-        }),
-        Object::PoolV1(p) => p.spec.endpoint_picker_ref.as_ref().map(|r| {
-            (
-                r.group.clone().unwrap_or_default(),
-                r.kind.clone().unwrap_or_else(|| "Service".into()),
-                r.name.clone(),
-            )
-        }),
+        Object::PoolV1Alpha2(p) => p.spec.extension_ref.as_ref().map(PickerRef::from_v1alpha2),
+        Object::PoolV1(p) => p.spec.endpoint_picker_ref.as_ref().map(PickerRef::from_v1),
         _ => None,
     }
 }
@@ -187,14 +176,16 @@ fn picker_condition(object: &Object, key: &ObjectKey, services: &BTreeSet<Object
             "ResolvedRefs",
             "No endpoint picker is referenced; the gateway picks endpoints itself",
         ),
-        Some((group, kind, _)) if !group.is_empty() || kind != "Service" => Desired::fail(
-            "ResolvedRefs",
-            "InvalidExtensionRef",
-            format!(
-                "The endpoint picker must be a core Service, not {kind} in group {group:?}; the gateway picks endpoints itself, so routing is not affected"
-            ),
-        ),
-        Some((_, _, name)) => {
+        Some(PickerRef { group, kind, .. }) if !group.is_empty() || kind != "Service" => {
+            Desired::fail(
+                "ResolvedRefs",
+                "InvalidExtensionRef",
+                format!(
+                    "The endpoint picker must be a core Service, not {kind} in group {group:?}; the gateway picks endpoints itself, so routing is not affected"
+                ),
+            )
+        }
+        Some(PickerRef { name, .. }) => {
             let service = ObjectKey::new(Kind::Service, key.namespace.clone(), name.clone());
             if services.contains(&service) {
                 Desired::ok(

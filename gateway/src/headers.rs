@@ -9,8 +9,9 @@
 //!   Inference Extension's older `x-gateway-*` name; when both are sent the llm-d name wins. The
 //!   gateway reads them while deciding ([`ClientHints`]) and never forwards them.
 //!
-//! Requests the gateway refuses itself with 429 or 503 carry [`DROPPED_REASON`], as llm-d's router
-//! does, so clients and dashboards can tell a shed request from a model server's own error.
+//! Requests the gateway refuses itself with 429 or 503 carry [`DROPPED_REASON`] (the name and
+//! values of the llm-d router's headers reference), so clients and dashboards can tell a shed
+//! request from a model server's own error.
 
 use http::HeaderMap;
 

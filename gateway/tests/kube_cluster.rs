@@ -377,12 +377,7 @@ async fn serving(
     gateway_flags: &[&str],
     first_ip: u8,
 ) -> (TestCluster, Vec<Backend>, KubeGateway, Traffic) {
-    let cluster = TestCluster::start_with(flags).await;
-    let namespace =
-        std::fs::read_to_string(repository().join("manifests/deploy/00-namespace.yaml"));
-    cluster.apply(&namespace.unwrap()).await;
-    cluster.apply(&yaml(&rbac_documents())).await;
-    let token = cluster.token(NAMESPACE, SERVICE_ACCOUNT).await;
+    let (cluster, token) = cluster_with(flags).await;
     let (port, backends) = start_backends(first_ip, 3).await;
     let (http_port, llm_port) = (free_port(), free_port());
     cluster.apply(&objects(http_port, llm_port, port)).await;

@@ -89,16 +89,21 @@ async fn two_replicas_elect_one_status_writer_and_the_other_takes_over_when_it_i
     drop(follower);
 }
 
-/// Add a parentRef to section `section` of the test Gateway to the route `llm-route`.
-async fn add_parent_section(cluster: &testkit::cluster::TestCluster, section: &str) {
-    let route = cluster
+/// The route `llm-route`, as the API server has it.
+async fn llm_route(cluster: &testkit::cluster::TestCluster) -> Value {
+    cluster
         .get(
             "httproute.gateway.networking.k8s.io",
             "default",
             "llm-route",
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Add a parentRef to section `section` of the test Gateway to the route `llm-route`.
+async fn add_parent_section(cluster: &testkit::cluster::TestCluster, section: &str) {
+    let route = llm_route(cluster).await;
     let mut spec = route["spec"].clone();
     spec["parentRefs"]
         .as_array_mut()
@@ -113,15 +118,7 @@ async fn add_parent_section(cluster: &testkit::cluster::TestCluster, section: &s
 
 /// The sections named by the status parents of `llm-route`.
 async fn route_sections(cluster: &testkit::cluster::TestCluster) -> Vec<String> {
-    let route = cluster
-        .get(
-            "httproute.gateway.networking.k8s.io",
-            "default",
-            "llm-route",
-        )
-        .await
-        .unwrap();
-    route["status"]["parents"]
+    llm_route(cluster).await["status"]["parents"]
         .as_array()
         .into_iter()
         .flatten()

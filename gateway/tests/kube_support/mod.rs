@@ -45,7 +45,12 @@ pub fn yaml(documents: &[Value]) -> String {
 
 /// A cluster with the gateway's namespace and RBAC applied, and a token for its ServiceAccount.
 pub async fn cluster() -> (TestCluster, String) {
-    let cluster = TestCluster::start().await;
+    cluster_with(&[]).await
+}
+
+/// [`cluster`] with extra kube-apiserver flags.
+pub async fn cluster_with(apiserver_flags: &[&str]) -> (TestCluster, String) {
+    let cluster = TestCluster::start_with(apiserver_flags).await;
     let namespace =
         std::fs::read_to_string(repository().join("manifests/deploy/00-namespace.yaml"));
     cluster.apply(&namespace.unwrap()).await;

@@ -4,6 +4,7 @@
 //! scrapes keep answering when the proxy listeners are busy, and nothing here is reachable
 //! through the data-plane ports.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use pingora::protocols::http::ServerSession;
 use serde_json::{Value, json};
 
 use crate::config::Severity;
-use crate::snapshot::{Backend, Snapshot};
+use crate::snapshot::{Backend, RewriteRule, Snapshot};
 use crate::state::GatewayState;
 
 /// The admin HTTP app.
@@ -153,6 +154,20 @@ fn pools_json(snapshot: &Snapshot) -> Vec<Value> {
         .map(|pool| {
             let mut models: Vec<&String> = pool.models.keys().collect();
             models.sort();
+            let objectives: BTreeMap<&String, i32> = pool
+                .objectives
+                .iter()
+                .map(|(name, o)| (name, o.priority))
+                .collect();
+            let rule = |r: &RewriteRule| {
+                json!({"object": r.object.qualified_name(), "rule": r.rule, "targets": r.targets})
+            };
+            let exact: BTreeMap<&String, Value> = pool
+                .rewrites
+                .exact
+                .iter()
+                .map(|(model, r)| (model, rule(r)))
+                .collect();
             json!({
                 "pool": pool.key.qualified_name(),
                 "api_version": pool.api_version,
@@ -164,6 +179,11 @@ fn pools_json(snapshot: &Snapshot) -> Vec<Value> {
                     "state": pool.strategy.debug_state(),
                 },
                 "models": models.iter().map(|m| &*pool.models[*m]).collect::<Vec<_>>(),
+                "rewrites": {
+                    "exact": exact,
+                    "generic": pool.rewrites.generic.as_deref().map(rule),
+                },
+                "objectives": objectives,
                 "endpoint_picker": pool.picker,
                 "endpoints": pool.endpoints.iter().map(|e| {
                     let scraped = e.metrics();

@@ -44,10 +44,15 @@ impl BadRequest {
 /// The parts of an OpenAI request the gateway reads.
 #[derive(Debug)]
 pub struct InferenceRequest<'a> {
-    /// The requested model.
-    pub model: Cow<'a, str>,
-    /// Byte range of the `model` value (with its quotes) in the body.
+    /// The requested model; `None` when the body has no `model` (or it is `null`), which only a
+    /// generic `InferenceModelRewrite` rule can make routable.
+    pub model: Option<Cow<'a, str>>,
+    /// Where the new `model` goes: the byte range of the old value (with its quotes, or `null`),
+    /// or, when the body has no `model` member, the empty range just inside the opening brace.
     model_span: Range<usize>,
+    /// How a rewrite writes the member: `None` replaces the value in `model_span`; `Some(comma)`
+    /// inserts a whole `"model":` member there, followed by a comma when other members follow.
+    insert: Option<bool>,
     /// Whether the client asked for a stream.
     pub stream: bool,
     /// `max_completion_tokens`, else `max_tokens`.
@@ -103,16 +108,26 @@ pub fn parse(body: &[u8]) -> Result<InferenceRequest<'_>, BadRequest> {
             "We could not parse the JSON body of your request: {e}"
         ))
     })?;
-    let raw_model = probe
-        .model
-        .filter(|m| m.get() != "null")
-        .ok_or_else(|| BadRequest::new("you must provide a model parameter").with_param("model"))?;
-    let model: Cow<'_, str> = serde_json::from_str(raw_model.get()).map_err(|_| {
-        BadRequest::new(format!("model must be a string, not {}", raw_model.get()))
-            .with_param("model")
-    })?;
-    let start = raw_model.get().as_ptr() as usize - text.as_ptr() as usize;
-    let model_span = start..start + raw_model.get().len();
+    let (model, model_span, insert) = match probe.model {
+        Some(raw) => {
+            let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+            let span = start..start + raw.get().len();
+            if raw.get() == "null" {
+                (None, span, None)
+            } else {
+                let model: Cow<'_, str> = serde_json::from_str(raw.get()).map_err(|_| {
+                    BadRequest::new(format!("model must be a string, not {}", raw.get()))
+                        .with_param("model")
+                })?;
+                (Some(model), span, None)
+            }
+        }
+        None => {
+            let brace = text.len() - text.trim_start().len() + 1;
+            let has_members = !text[brace..].trim_start().starts_with('}');
+            (None, brace..brace, Some(has_members))
+        }
+    };
     let max_tokens = match probe.max_completion_tokens.or(probe.max_tokens) {
         None => None,
         Some(n) => Some(u32::try_from(n).map_err(|_| {
@@ -123,6 +138,7 @@ pub fn parse(body: &[u8]) -> Result<InferenceRequest<'_>, BadRequest> {
     Ok(InferenceRequest {
         model,
         model_span,
+        insert,
         stream: probe.stream.unwrap_or(false),
         max_tokens,
         prompt: probe.prompt,
@@ -143,12 +159,19 @@ impl InferenceRequest<'_> {
         u32::try_from(self.prompt_bytes().div_ceil(4)).unwrap_or(u32::MAX)
     }
 
-    /// `body` with `model` replaced by `new_model`; every other byte is kept.
+    /// `body` with `model` replaced by `new_model`, or added as the object's first member when
+    /// the body has none; every other byte is kept.
     pub fn rewrite_model(&self, body: &[u8], new_model: &str) -> Bytes {
         let quoted = serde_json::to_string(new_model).unwrap_or_else(|_| String::from("\"\""));
-        let mut out = BytesMut::with_capacity(body.len() + quoted.len());
+        let mut out = BytesMut::with_capacity(body.len() + quoted.len() + 10);
         out.extend_from_slice(&body[..self.model_span.start]);
+        if self.insert.is_some() {
+            out.extend_from_slice(b"\"model\":");
+        }
         out.extend_from_slice(quoted.as_bytes());
+        if self.insert == Some(true) {
+            out.extend_from_slice(b",");
+        }
         out.extend_from_slice(&body[self.model_span.end..]);
         out.freeze()
     }
@@ -214,7 +237,7 @@ mod tests {
     fn reads_the_routing_fields() {
         let body = br#"{"model": "/model/qwen", "prompt": "hello", "stream": true, "max_tokens": 100, "ignore_eos": true}"#;
         let request = parse(body).unwrap();
-        assert_eq!(request.model, "/model/qwen");
+        assert_eq!(request.model.as_deref(), Some("/model/qwen"));
         assert!(request.stream);
         assert_eq!(request.max_tokens, Some(100));
         assert_eq!(request.prompt.unwrap().get(), "\"hello\"");
@@ -247,19 +270,46 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_or_null_model_is_none_and_a_rewrite_adds_it() {
+        for (body, expected) in [
+            (
+                &br#"{"prompt":"x"}"#[..],
+                &br#"{"model":"m","prompt":"x"}"#[..],
+            ),
+            (br#" { } "#, br#" {"model":"m" } "#),
+            (
+                br#"{"model":null,"prompt":"x"}"#,
+                br#"{"model":"m","prompt":"x"}"#,
+            ),
+            (
+                br#"{ "prompt": "x", "model" : null }"#,
+                br#"{ "prompt": "x", "model" : "m" }"#,
+            ),
+        ] {
+            let request = parse(body).unwrap();
+            assert_eq!(request.model, None);
+            let rewritten = request.rewrite_model(body, "m");
+            assert_eq!(
+                std::str::from_utf8(&rewritten).unwrap(),
+                std::str::from_utf8(expected).unwrap()
+            );
+            let again = parse(&rewritten).unwrap();
+            assert_eq!(again.model.as_deref(), Some("m"));
+        }
+    }
+
+    #[test]
     fn escaped_model_names_are_unescaped() {
         let request = parse(br#"{"model":"\/model\/qwen"}"#).unwrap();
-        assert_eq!(request.model, "/model/qwen");
+        assert_eq!(request.model.as_deref(), Some("/model/qwen"));
     }
 
     #[test]
     fn errors_name_the_parameter_at_fault() {
-        let cases: [(&[u8], Option<&str>); 8] = [
+        let cases: [(&[u8], Option<&str>); 6] = [
             (b"", None),
             (b"[1,2]", None),
             (b"{\"model\": ", None),
-            (b"{\"prompt\":\"x\"}", Some("model")),
-            (b"{\"model\":null}", Some("model")),
             (b"{\"model\":7}", Some("model")),
             (b"{\"model\":\"m\",\"stream\":\"yes\"}", Some("stream")),
             (

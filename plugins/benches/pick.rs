@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use plugins::{
-    Criticality, EndpointId, EndpointMetrics, EndpointView, LoraState, PoolView, Registry,
-    RequestView, StrategyConfig,
+    EndpointId, EndpointMetrics, EndpointView, LoraState, PoolView, Registry, RequestView,
+    StrategyConfig,
 };
 
 const ENDPOINTS: [usize; 3] = [8, 64, 512];
@@ -85,7 +85,7 @@ fn request<'a>(prompt: &'a str, headers: &'a http::HeaderMap, target: &'a str) -
         request_id: "bench",
         model: "base",
         target_model: target,
-        criticality: Criticality::Standard,
+        priority: 0,
         prompt: Some(prompt),
         prompt_tokens: (prompt.len() / 4) as u32,
         max_tokens: Some(128),

@@ -45,7 +45,7 @@ pub const STRATEGY_PARAM_PREFIX: &str = "strategy.inference-gateway.dev/";
 #[cfg(test)]
 pub(crate) mod testing {
     //! Helpers for building views in tests.
-    use crate::{Criticality, EndpointId, EndpointView, RequestView};
+    use crate::{EndpointId, EndpointView, RequestView};
 
     /// `n` endpoints at 10.0.0.1:8000, 10.0.0.2:8000, ... with no metrics and no load.
     pub(crate) fn pool_of(n: usize) -> (Vec<EndpointId>, Vec<EndpointView<'static>>) {
@@ -87,7 +87,7 @@ pub(crate) mod testing {
             request_id: "test",
             model: "model",
             target_model: "model",
-            criticality: Criticality::Standard,
+            priority: 0,
             prompt: None,
             prompt_tokens: 10,
             max_tokens: None,

@@ -1,4 +1,4 @@
-//! What a strategy can see of a request: model names, criticality, prompt text and sizes.
+//! What a strategy can see of a request: model names, priority, prompt text and sizes.
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,6 +19,17 @@ pub enum Criticality {
 }
 
 impl Criticality {
+    /// The priority this criticality stands for, on the `InferenceObjective` scale (higher is more
+    /// important, `0` is the default, negative may be shed while the pool is saturated):
+    /// Critical `1`, Standard `0`, Sheddable `-1`.
+    pub fn priority(self) -> i32 {
+        match self {
+            Criticality::Sheddable => -1,
+            Criticality::Standard => 0,
+            Criticality::Critical => 1,
+        }
+    }
+
     /// The canonical spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -63,8 +74,10 @@ pub struct RequestView<'a> {
     /// The model the request is sent with after the `InferenceModel`'s weighted draw: an adapter
     /// name or the base model. Equal to `model` when nothing was rewritten.
     pub target_model: &'a str,
-    /// The request's criticality.
-    pub criticality: Criticality,
+    /// The request's priority: its `InferenceObjective`'s `spec.priority` when the client named
+    /// one, else its `InferenceModel`'s criticality ([`Criticality::priority`]), else `0`. Higher is
+    /// more important; a negative priority may be shed while the pool is saturated.
+    pub priority: i32,
     /// The prompt as stable text (a completions prompt as is, chat messages rendered one per line),
     /// when the strategy asked for it through [`crate::Inputs::prompt`].
     pub prompt: Option<&'a str>,
@@ -93,5 +106,15 @@ mod tests {
             Err(UnknownCriticality("critical".into()))
         );
         assert_eq!(Criticality::default(), Criticality::Standard);
+    }
+
+    #[test]
+    fn criticality_maps_onto_ordered_priorities_with_sheddable_below_zero() {
+        let priorities = [
+            Criticality::Sheddable.priority(),
+            Criticality::Standard.priority(),
+            Criticality::Critical.priority(),
+        ];
+        assert_eq!(priorities, [-1, 0, 1]);
     }
 }

@@ -29,7 +29,7 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// Nothing beyond model names, criticality and sizes.
+    /// Nothing beyond model names, priority and sizes.
     pub const NONE: Inputs = Inputs { prompt: false };
     /// Everything, including the prompt text.
     pub const PROMPT: Inputs = Inputs { prompt: true };

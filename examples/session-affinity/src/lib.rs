@@ -188,7 +188,7 @@ impl Strategy for SessionAffinity {
 mod tests {
     use std::time::Duration;
 
-    use plugins::{Criticality, EndpointMetrics};
+    use plugins::EndpointMetrics;
 
     use super::*;
 
@@ -222,7 +222,7 @@ mod tests {
             request_id: "r",
             model: "m",
             target_model: "m",
-            criticality: Criticality::Standard,
+            priority: 0,
             prompt: None,
             prompt_tokens: 10,
             max_tokens: None,

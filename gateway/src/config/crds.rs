@@ -3,16 +3,20 @@
 //! `InferencePool` exists in two API versions with different shapes: the seed's
 //! `inference.networking.x-k8s.io/v1alpha2` (flat `selector`, one `targetPortNumber`,
 //! `extensionRef`) and the GA `inference.networking.k8s.io/v1` (`selector.matchLabels`, up to eight
-//! `targetPorts`, `endpointPickerRef`). `InferenceModel` exists only as v1alpha2. Field names,
-//! defaults and limits follow the upstream CRDs (GIE v0.5.1 and v1.x); values that need a clear
-//! error (criticality, weights) are kept as plain data here and validated when the snapshot is
-//! built, so the message can name the object and the field.
+//! `targetPorts`, `endpointPickerRef`). `InferenceModel` exists only as v1alpha2. Its successors,
+//! `InferenceObjective` (a priority) and `InferenceModelRewrite` (model-name rules), are
+//! `v1alpha2` kinds of two API groups with the same shape: `llm-d.ai` (where they live today) and
+//! `inference.networking.x-k8s.io` (where clusters installed them first); [`apix`] holds the shared
+//! parts and one module per group the kinds. Field names, defaults and limits follow the upstream
+//! CRDs (GIE v0.5.1 and v1.x, llm-d's `apix/v1alpha2`); values that need a clear error
+//! (criticality, weights, match types) are kept as plain data here and validated when the
+//! snapshot is built, so the message can name the object and the field.
 //!
 //! These types only describe data; they carry no behaviour.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -245,5 +249,224 @@ pub mod v1 {
         pub namespace: Option<String>,
         /// Name of the parent.
         pub name: String,
+    }
+}
+
+/// The parts `InferenceObjective` and `InferenceModelRewrite` share in both of their API groups.
+pub mod apix {
+    use super::*;
+
+    /// The `llm-d.ai` API group, preferred when both groups hold an object of the same name.
+    pub const LLMD_GROUP: &str = "llm-d.ai";
+    /// The older `inference.networking.x-k8s.io` API group.
+    pub const XK8S_GROUP: &str = "inference.networking.x-k8s.io";
+
+    /// Which of the two API groups an object came from.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+    pub enum ApixGroup {
+        /// `llm-d.ai`.
+        LlmD,
+        /// `inference.networking.x-k8s.io`.
+        XK8s,
+    }
+
+    impl ApixGroup {
+        /// The group name.
+        pub fn as_str(self) -> &'static str {
+            match self {
+                ApixGroup::LlmD => LLMD_GROUP,
+                ApixGroup::XK8s => XK8S_GROUP,
+            }
+        }
+    }
+
+    /// Reference to the pool an objective or a rewrite applies to, in the referrer's namespace.
+    #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+    pub struct PoolRef {
+        /// API group, `inference.networking.k8s.io` by default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub group: Option<String>,
+        /// Kind, `InferencePool` by default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub kind: Option<String>,
+        /// Pool name.
+        pub name: String,
+    }
+
+    /// One rewrite rule: which requests it matches and the weighted models it sends them with.
+    #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+    pub struct RewriteRule {
+        /// OR-ed criteria; empty matches every request, including one without a `model`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub matches: Vec<RewriteMatch>,
+        /// Weighted models to send a matching request with (at least one).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub targets: Vec<RewriteTarget>,
+    }
+
+    /// One match criterion.
+    #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+    pub struct RewriteMatch {
+        /// Criterion on the body's `model` field.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub model: Option<ModelMatch>,
+    }
+
+    /// How a request's `model` is matched.
+    #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+    pub struct ModelMatch {
+        /// `Exact` (the default and only type).
+        #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+        pub type_: Option<String>,
+        /// The model name.
+        pub value: String,
+    }
+
+    /// A weighted model a rule rewrites to.
+    #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub struct RewriteTarget {
+        /// The model name sent upstream.
+        pub model_rewrite: String,
+        /// Relative weight, 1..=1,000,000; set on all targets of a rule or on none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub weight: Option<i32>,
+    }
+
+    /// Status of an objective or a rewrite: an `Accepted` condition.
+    #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+    pub struct ApixStatus {
+        /// `Accepted` (reasons `Accepted`, `Pending`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub conditions: Vec<Condition>,
+    }
+
+    /// The spec of an `InferenceObjective`, whichever group it came from.
+    #[derive(Clone, Debug, Default, PartialEq)]
+    pub struct ObjectiveSpec {
+        /// Higher is more important; negatives allowed; unset is `0`.
+        pub priority: Option<i32>,
+        /// The pool.
+        pub pool_ref: PoolRef,
+    }
+
+    /// The spec of an `InferenceModelRewrite`, whichever group it came from.
+    #[derive(Clone, Debug, Default, PartialEq)]
+    pub struct RewriteSpec {
+        /// The pool.
+        pub pool_ref: PoolRef,
+        /// Ordered rules.
+        pub rules: Vec<RewriteRule>,
+    }
+
+    /// An objective or a rewrite, with the group it came from.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct ApixObject<S> {
+        /// Its API group.
+        pub group: ApixGroup,
+        /// Its metadata.
+        pub metadata: ObjectMeta,
+        /// Its spec.
+        pub spec: S,
+        /// Its status.
+        pub status: Option<ApixStatus>,
+    }
+
+    /// An `InferenceObjective` of either group.
+    pub type Objective = ApixObject<ObjectiveSpec>;
+    /// An `InferenceModelRewrite` of either group.
+    pub type Rewrite = ApixObject<RewriteSpec>;
+
+    /// The kinds of one API group, with the conversions to the group-independent forms.
+    macro_rules! apix_group {
+        ($group:literal, $variant:expr) => {
+            use super::{ApixGroup, ApixObject, ApixStatus, ObjectiveSpec, PoolRef, RewriteRule,
+                RewriteSpec};
+            use kube::CustomResource;
+            use schemars::JsonSchema;
+            use serde::{Deserialize, Serialize};
+
+            /// Spec of an `InferenceObjective`: the priority of the requests that name it.
+            #[derive(
+                CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema,
+            )]
+            #[kube(
+                group = $group,
+                version = "v1alpha2",
+                kind = "InferenceObjective",
+                namespaced,
+                status = "ApixStatus",
+                derive = "Default",
+                derive = "PartialEq"
+            )]
+            #[serde(rename_all = "camelCase")]
+            pub struct InferenceObjectiveSpec {
+                /// Higher is more important; negatives allowed; unset is `0`.
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub priority: Option<i32>,
+                /// The pool, in the objective's namespace.
+                pub pool_ref: PoolRef,
+            }
+
+            /// Spec of an `InferenceModelRewrite`: rules that rewrite a request's `model`.
+            #[derive(
+                CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema,
+            )]
+            #[kube(
+                group = $group,
+                version = "v1alpha2",
+                kind = "InferenceModelRewrite",
+                namespaced,
+                status = "ApixStatus",
+                derive = "Default",
+                derive = "PartialEq"
+            )]
+            #[serde(rename_all = "camelCase")]
+            pub struct InferenceModelRewriteSpec {
+                /// The pool, in the rewrite's namespace.
+                pub pool_ref: PoolRef,
+                /// Ordered rules; the first that matches a request applies.
+                #[serde(default, skip_serializing_if = "Vec::is_empty")]
+                pub rules: Vec<RewriteRule>,
+            }
+
+            impl From<InferenceObjective> for ApixObject<ObjectiveSpec> {
+                fn from(o: InferenceObjective) -> Self {
+                    ApixObject {
+                        group: $variant,
+                        metadata: o.metadata,
+                        spec: ObjectiveSpec {
+                            priority: o.spec.priority,
+                            pool_ref: o.spec.pool_ref,
+                        },
+                        status: o.status,
+                    }
+                }
+            }
+
+            impl From<InferenceModelRewrite> for ApixObject<RewriteSpec> {
+                fn from(o: InferenceModelRewrite) -> Self {
+                    ApixObject {
+                        group: $variant,
+                        metadata: o.metadata,
+                        spec: RewriteSpec {
+                            pool_ref: o.spec.pool_ref,
+                            rules: o.spec.rules,
+                        },
+                        status: o.status,
+                    }
+                }
+            }
+        };
+    }
+
+    /// `llm-d.ai/v1alpha2`.
+    pub mod llmd {
+        apix_group!("llm-d.ai", ApixGroup::LlmD);
+    }
+
+    /// `inference.networking.x-k8s.io/v1alpha2`.
+    pub mod xk8s {
+        apix_group!("inference.networking.x-k8s.io", ApixGroup::XK8s);
     }
 }

@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
+use super::crds::apix::{self, llmd, xk8s};
 use super::crds::{v1, v1alpha2};
 use super::issues::{ConfigIssue, Origin};
 
@@ -41,6 +42,10 @@ pub enum Kind {
     InferencePool,
     /// `inference.networking.x-k8s.io/v1alpha2` InferenceModel.
     InferenceModel,
+    /// InferenceObjective, `llm-d.ai` or `inference.networking.x-k8s.io` (`v1alpha2`).
+    InferenceObjective,
+    /// InferenceModelRewrite, `llm-d.ai` or `inference.networking.x-k8s.io` (`v1alpha2`).
+    InferenceModelRewrite,
     /// Envoy Gateway's BackendTrafficPolicy (only `timeout.http.requestTimeout` is read).
     BackendTrafficPolicy,
 }
@@ -57,6 +62,8 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::InferencePool => "InferencePool",
             Kind::InferenceModel => "InferenceModel",
+            Kind::InferenceObjective => "InferenceObjective",
+            Kind::InferenceModelRewrite => "InferenceModelRewrite",
             Kind::BackendTrafficPolicy => "BackendTrafficPolicy",
         }
     }
@@ -178,6 +185,10 @@ pub enum Object {
     PoolV1(Box<v1::InferencePool>),
     /// A v1alpha2 InferenceModel.
     InferenceModel(Box<v1alpha2::InferenceModel>),
+    /// An InferenceObjective of either group.
+    Objective(Box<apix::Objective>),
+    /// An InferenceModelRewrite of either group.
+    Rewrite(Box<apix::Rewrite>),
     /// An Envoy Gateway BackendTrafficPolicy.
     BackendTrafficPolicy(Box<BackendTrafficPolicy>),
 }
@@ -195,6 +206,8 @@ impl Object {
             Object::PoolV1Alpha2(o) => &o.metadata,
             Object::PoolV1(o) => &o.metadata,
             Object::InferenceModel(o) => &o.metadata,
+            Object::Objective(o) => &o.metadata,
+            Object::Rewrite(o) => &o.metadata,
             Object::BackendTrafficPolicy(o) => &o.metadata,
         }
     }
@@ -210,6 +223,8 @@ impl Object {
             Object::Namespace(_) => Kind::Namespace,
             Object::PoolV1Alpha2(_) | Object::PoolV1(_) => Kind::InferencePool,
             Object::InferenceModel(_) => Kind::InferenceModel,
+            Object::Objective(_) => Kind::InferenceObjective,
+            Object::Rewrite(_) => Kind::InferenceModelRewrite,
             Object::BackendTrafficPolicy(_) => Kind::BackendTrafficPolicy,
         }
     }
@@ -357,15 +372,38 @@ impl ObjectSet {
             ("inference.networking.x-k8s.io", "v1alpha2", "InferenceModel") => {
                 typed(value, &label, origin).map(Object::InferenceModel)
             }
+            ("llm-d.ai", "v1alpha2", "InferenceObjective") => {
+                typed::<llmd::InferenceObjective>(value, &label, origin)
+                    .map(|o| Object::Objective(Box::new((*o).into())))
+            }
+            ("inference.networking.x-k8s.io", "v1alpha2", "InferenceObjective") => {
+                typed::<xk8s::InferenceObjective>(value, &label, origin)
+                    .map(|o| Object::Objective(Box::new((*o).into())))
+            }
+            ("llm-d.ai", "v1alpha2", "InferenceModelRewrite") => {
+                typed::<llmd::InferenceModelRewrite>(value, &label, origin)
+                    .map(|o| Object::Rewrite(Box::new((*o).into())))
+            }
+            ("inference.networking.x-k8s.io", "v1alpha2", "InferenceModelRewrite") => {
+                typed::<xk8s::InferenceModelRewrite>(value, &label, origin)
+                    .map(|o| Object::Rewrite(Box::new((*o).into())))
+            }
             ("gateway.envoyproxy.io", "v1alpha1", "BackendTrafficPolicy") => {
                 typed(value, &label, origin).map(Object::BackendTrafficPolicy)
             }
             (
                 "inference.networking.x-k8s.io"
                 | "inference.networking.k8s.io"
+                | "llm-d.ai"
                 | "gateway.networking.k8s.io",
                 _,
-                "InferencePool" | "InferenceModel" | "GatewayClass" | "Gateway" | "HTTPRoute",
+                "InferencePool"
+                | "InferenceModel"
+                | "InferenceObjective"
+                | "InferenceModelRewrite"
+                | "GatewayClass"
+                | "Gateway"
+                | "HTTPRoute",
             ) => Err(Box::new(
                 ConfigIssue::error(
                     label.clone(),

@@ -15,7 +15,7 @@ use pingora::lb::LoadBalancer;
 use plugins::{EndpointId, Registry, STRATEGY_PARAM_PREFIX, Strategy, StrategyConfig};
 
 use super::endpoint::Endpoint;
-use super::models::ModelEntry;
+use super::models::PoolModels;
 use super::{Pool, ServiceBackend, Snapshot};
 use crate::config::crds::{v1, v1alpha2};
 use crate::config::{ConfigIssue, ObjectKey, Origin};
@@ -452,7 +452,7 @@ impl<'a> PoolSpec<'a> {
 pub fn build_pool(
     spec: &PoolSpec<'_>,
     pods: &[&Pod],
-    models: HashMap<String, Arc<ModelEntry>>,
+    models: PoolModels,
     registry: &Registry,
     previous: Option<&Snapshot>,
     issues: &mut Vec<ConfigIssue>,
@@ -503,7 +503,9 @@ pub fn build_pool(
         resolution,
         strategy,
         endpoints,
-        models,
+        models: models.models,
+        rewrites: models.rewrites,
+        objectives: models.objectives,
         picker: spec.picker.clone(),
     })
 }

@@ -28,7 +28,7 @@ use plugins::{Strategy, StrategyConfig};
 
 pub use build::{BuildOptions, build};
 pub use endpoint::{Endpoint, EndpointSample, HealthPolicy, InFlight, ScrapedMetrics};
-pub use models::{ModelEntry, TargetModel};
+pub use models::{ModelEntry, Objective, PoolModels, RewriteRule, Rewrites, TargetModel};
 pub use routes::{ListenerRoutes, PortRoutes, RequestParts, RouteEntry};
 
 use crate::config::{IssueReason, ObjectKey};
@@ -87,8 +87,12 @@ pub struct Pool {
     pub strategy: Arc<dyn Strategy>,
     /// Ready endpoints, sorted by address.
     pub endpoints: Vec<Arc<Endpoint>>,
-    /// Models by the name clients send.
+    /// Models by the name clients send (InferenceModels).
     pub models: HashMap<String, Arc<ModelEntry>>,
+    /// Model rewrites (InferenceModelRewrites), merged.
+    pub rewrites: Rewrites,
+    /// Objectives by name (InferenceObjectives).
+    pub objectives: HashMap<String, Arc<Objective>>,
     /// The endpoint picker the pool names (recorded; the gateway picks with its own strategy).
     pub picker: Option<backends::PickerRef>,
 }
@@ -105,15 +109,44 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// The model entry for a requested name. `Ok(None)` when the pool declares no models at all
-    /// (any model is passed through as Standard); `Err(())` when it declares models and this is not
-    /// one of them.
-    pub fn model(&self, name: &str) -> Result<Option<&Arc<ModelEntry>>, UnknownModel> {
-        if self.models.is_empty() {
-            return Ok(None);
+    /// How the pool serves a request for `model` (`None`: the body names no model): the
+    /// InferenceModel that declares the name and the rewrite rule that applies, if any.
+    ///
+    /// A name is unknown (`Err`) when the pool declares InferenceModels, none declares it and no
+    /// rewrite rule matches it; a request without a model is unknown unless a generic rewrite
+    /// rule gives it one. A pool without InferenceModels passes every name through.
+    pub fn model(&self, model: Option<&str>) -> Result<ServedModel<'_>, UnknownModel> {
+        let entry = model.and_then(|m| self.models.get(m));
+        let rewrite = self.rewrites.rule_for(model);
+        let known = match model {
+            None => rewrite.is_some(),
+            Some(_) => entry.is_some() || rewrite.is_some() || self.models.is_empty(),
+        };
+        if known {
+            Ok(ServedModel { entry, rewrite })
+        } else {
+            Err(UnknownModel)
         }
-        self.models.get(name).map(Some).ok_or(UnknownModel)
     }
+
+    /// The priority of a request that names `objective` and whose model resolved to `entry`:
+    /// the objective's when the pool has it, else the InferenceModel's criticality, else `0`.
+    pub fn priority(&self, objective: Option<&str>, entry: Option<&ModelEntry>) -> i32 {
+        objective
+            .and_then(|name| self.objectives.get(name))
+            .map(|o| o.priority)
+            .or_else(|| entry.map(|e| e.criticality.priority()))
+            .unwrap_or(0)
+    }
+}
+
+/// What serves a requested model in a pool (see [`Pool::model`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ServedModel<'a> {
+    /// The InferenceModel that declares the name.
+    pub entry: Option<&'a Arc<ModelEntry>>,
+    /// The rewrite rule that applies to it.
+    pub rewrite: Option<&'a Arc<RewriteRule>>,
 }
 
 /// The requested model is not served by the pool.

@@ -18,6 +18,8 @@ pub mod pool;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_apix;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -80,9 +82,9 @@ pub fn route(snapshot: &Snapshot, head: &Head<'_>, body: Option<Bytes>) -> Decis
 /// The body's `model` and its header value, for body-based routing; `None` when the body is not
 /// an OpenAI request or the name cannot be a header value.
 fn model_of(body: &[u8]) -> Option<(String, HeaderValue)> {
-    let request = crate::openai::parse(body).ok()?;
-    let value = HeaderValue::from_str(&request.model).ok()?;
-    Some((request.model.into_owned(), value))
+    let model = crate::openai::parse(body).ok()?.model?;
+    let value = HeaderValue::from_str(&model).ok()?;
+    Some((model.into_owned(), value))
 }
 
 /// Draw the matched rule's backend by weight and decide for it.

@@ -4,10 +4,11 @@
 //! are neither all the names the gateway serves (an InferenceModel's `travel-helper`) nor only
 //! names it accepts.
 //!
-//! For every pool the listener's routes reach: the names its InferenceModels declare, when it
-//! declares any (the gateway answers 404 for other names); otherwise, since every name passes
-//! through, the base models its endpoints report (the `model_name` label of their metrics). A
-//! route to a Service still passes `/v1/models` through to the Service.
+//! For every pool the listener's routes reach: the names its InferenceModels declare and the names
+//! its InferenceModelRewrites match exactly; and, when it declares no InferenceModel (so every
+//! name passes through), the base models its endpoints report (the `model_name` label of their
+//! metrics). A generic rewrite rule accepts any name and adds none to the list. A route to a
+//! Service still passes `/v1/models` through to the Service.
 
 use std::collections::BTreeMap;
 
@@ -35,13 +36,16 @@ pub fn reaches_pool(entry: &RouteEntry) -> bool {
 
 /// The names `pool` accepts from clients, as described in the module documentation.
 fn client_models(pool: &Pool) -> Vec<String> {
-    if !pool.models.is_empty() {
-        return pool.models.keys().cloned().collect();
+    let mut names: Vec<String> = pool.models.keys().cloned().collect();
+    names.extend(pool.rewrites.exact.keys().cloned());
+    if pool.models.is_empty() {
+        names.extend(
+            pool.endpoints
+                .iter()
+                .filter_map(|endpoint| endpoint.metrics()?.metrics.model_name.clone()),
+        );
     }
-    pool.endpoints
-        .iter()
-        .filter_map(|endpoint| endpoint.metrics()?.metrics.model_name.clone())
-        .collect()
+    names
 }
 
 /// The OpenAI model list of every pool `listener`'s routes reach, sorted by name; a name served

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
-use plugins::{Criticality, EndpointView, RequestView};
+use plugins::{EndpointView, RequestView};
 
 use crate::headers::ClientHints;
 use crate::proxy::error::ClientError;
@@ -164,8 +164,10 @@ pub struct InferenceInfo {
     pub model: String,
     /// Model sent upstream.
     pub target_model: String,
-    /// Criticality of the requested model.
-    pub criticality: Criticality,
+    /// The request's priority ([`crate::snapshot::Pool::priority`]).
+    pub priority: i32,
+    /// The InferenceObjective the client named, when the pool has it.
+    pub objective: Option<String>,
     /// The prompt as stable text, when the strategy reads it.
     pub prompt: Option<String>,
     /// Estimated prompt tokens.
@@ -174,10 +176,14 @@ pub struct InferenceInfo {
     pub max_tokens: Option<u32>,
     /// Whether the client asked for a stream.
     pub stream: bool,
-    /// Whether an InferenceModel declares the requested model (its name is then a safe label).
+    /// Whether an InferenceModel or an exact InferenceModelRewrite match declares the requested
+    /// model (its name is then a safe label).
     pub declared: bool,
-    /// Whether the target model came from the client's model-name-rewrite hint (so it is not a
-    /// safe label until a model server accepted it).
+    /// Whether the target model is one the configuration names (an InferenceModel's or a
+    /// rewrite's target, or a declared model sent as requested), so a safe label; not when it
+    /// came from the client's model-name-rewrite hint or is an undeclared name passed through.
+    pub target_declared: bool,
+    /// Whether the target model came from the client's model-name-rewrite hint.
     pub client_rewrite: bool,
     /// Size of the request body sent upstream.
     pub request_bytes: usize,
@@ -195,12 +201,12 @@ impl InferenceInfo {
     /// series with made-up names.
     pub fn labels(&self, status: u16) -> (&str, &str) {
         let served = (200..300).contains(&status);
-        let model = if self.declared || served {
+        let model = if (self.declared || served) && !self.model.is_empty() {
             self.model.as_str()
         } else {
             "unknown"
         };
-        let target = if (self.declared && !self.client_rewrite) || served {
+        let target = if self.target_declared || served {
             self.target_model.as_str()
         } else {
             "unknown"
@@ -219,7 +225,7 @@ impl InferenceInfo {
             request_id,
             model: &self.model,
             target_model: &self.target_model,
-            criticality: self.criticality,
+            priority: self.priority,
             prompt: self.prompt.as_deref(),
             prompt_tokens: self.prompt_tokens,
             max_tokens: self.max_tokens,

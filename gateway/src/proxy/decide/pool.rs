@@ -1,6 +1,6 @@
 //! The InferencePool part of the decision: parse the body, resolve the model against the pool's
-//! InferenceModels, draw the target model by weight and splice it into the body, shed sheddable
-//! requests to a saturated pool, and ask the pool's strategy to rank the eligible endpoints.
+//! InferenceModels and InferenceModelRewrites, draw the target model by weight and splice it into
+//! the body, find the request's priority, shed negative-priority requests to a saturated pool, and ask the pool's strategy to rank the eligible endpoints.
 //!
 //! The result keeps what later steps need: an [`InferenceInfo`] for metrics, logging and the
 //! strategy's hooks, and a [`Dispatch`], the ranked endpoints with the samples the strategy saw.
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use plugins::load::pool_saturation;
-use plugins::{Criticality, EndpointView, NoEndpoint, PoolView};
+use plugins::{EndpointView, NoEndpoint, PoolView};
 
 use super::plan::{BackendKind, Decision, Dispatch, Forward, Head, InferenceInfo, Step, Upstreams};
 use crate::openai;
@@ -44,31 +44,43 @@ pub fn decide(pool: Arc<Pool>, head: &Head<'_>, body: Bytes) -> Decision {
 
 /// Parse the body, resolve its model and rewrite it: the inference request and the body to send.
 ///
-/// The model sent upstream is an InferenceModel's target drawn by weight when it declares
-/// targets; otherwise the client's model-name-rewrite hint, if it sent one; otherwise the
-/// requested model.
+/// The model sent upstream is, in this order: a target of the pool's InferenceModelRewrite rule
+/// for the requested model (an exact match, else the generic rule), drawn by weight; an
+/// InferenceModel's target drawn by weight; the client's model-name-rewrite hint; the requested
+/// model. What the operator configured comes before what the client asks for. The priority is
+/// the named InferenceObjective's, else the InferenceModel's criticality, else `0`.
 fn resolve(
     pool: Arc<Pool>,
     head: &Head<'_>,
     body: &Bytes,
 ) -> Result<(InferenceInfo, Bytes), ClientError> {
     let request = openai::parse(body).map_err(ClientError::InvalidBody)?;
-    let entry = pool
-        .model(&request.model)
-        .map_err(|UnknownModel| ClientError::ModelNotFound {
-            model: request.model.to_string(),
+    let requested = request.model.as_deref();
+    let served = pool
+        .model(requested)
+        .map_err(|UnknownModel| match requested {
+            Some(model) => ClientError::ModelNotFound {
+                model: model.to_owned(),
+            },
+            None => ClientError::InvalidBody(
+                openai::BadRequest::new("you must provide a model parameter").with_param("model"),
+            ),
         })?;
+    let entry = served.entry;
+    let configured = served
+        .rewrite
+        .and_then(|rule| rule.targets.draw())
+        .or_else(|| entry.and_then(|e| e.targets.draw()));
     let client_rewrite = head
         .hints
         .model_rewrite
         .as_deref()
-        .filter(|_| entry.is_none_or(|e| e.targets.is_empty()));
-    let target_model = match (entry, client_rewrite) {
-        (_, Some(rewrite)) => rewrite,
-        (Some(entry), None) => entry.draw(),
-        (None, None) => request.model.as_ref(),
-    };
-    let outgoing = if target_model != request.model {
+        .filter(|_| configured.is_none());
+    let target_model = configured
+        .or(client_rewrite)
+        .or(requested)
+        .unwrap_or_default();
+    let outgoing = if Some(target_model) != requested {
         request.rewrite_model(body, target_model)
     } else {
         body.clone()
@@ -78,15 +90,24 @@ fn resolve(
     } else {
         None
     };
+    let exact_rewrite = requested.is_some_and(|m| pool.rewrites.exact.contains_key(m));
+    let declared = entry.is_some() || exact_rewrite;
+    let objective = head
+        .hints
+        .objective
+        .as_deref()
+        .filter(|name| pool.objectives.contains_key(*name));
     let info = InferenceInfo {
-        model: request.model.to_string(),
+        model: requested.unwrap_or_default().to_owned(),
         target_model: target_model.to_owned(),
-        criticality: entry.map_or(Criticality::Standard, |e| e.criticality),
+        priority: pool.priority(objective, entry.map(|e| &**e)),
+        objective: objective.map(str::to_owned),
         prompt,
         prompt_tokens: request.estimated_prompt_tokens(),
         max_tokens: request.max_tokens,
         stream: request.stream,
-        declared: entry.is_some(),
+        declared,
+        target_declared: configured.is_some() || (declared && client_rewrite.is_none()),
         client_rewrite: client_rewrite.is_some(),
         request_bytes: outgoing.len(),
         running: false,
@@ -112,7 +133,7 @@ fn pick(mut info: InferenceInfo, head: &Head<'_>, body: Bytes) -> Decision {
         name: &pool.name,
         endpoints: &views,
     };
-    if info.criticality == Criticality::Sheddable {
+    if info.priority < 0 {
         let saturation = pool_saturation(&pool_view, &pool.strategy.load_config());
         if saturation >= 1.0 {
             let cause = ShedCause::Saturation(saturation);

@@ -19,7 +19,7 @@ use crate::snapshot::build::tests::build_yaml_with;
 /// Ports: 8080 plain (Service `qwen`), 8081 inference (pool `qwen-pool`, strategy FIXED), 8082
 /// body-based routing (model `travel-helper` to the pool, anything else to the Service), 8083
 /// misconfigured routes, 8084 a pool without ready endpoints.
-const OBJECTS: &str = r#"
+pub(super) const OBJECTS: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata: {name: ours}
@@ -162,10 +162,10 @@ impl Strategy for Fixed {
         pool: &PoolView<'_>,
     ) -> Result<Candidates, NoEndpoint> {
         self.seen.lock().push(format!(
-            "{} -> {} ({:?}, prompt {:?}, {} endpoints)",
+            "{} -> {} (priority {}, prompt {:?}, {} endpoints)",
             request.model,
             request.target_model,
-            request.criticality,
+            request.priority,
             request.prompt,
             pool.len()
         ));
@@ -176,7 +176,7 @@ impl Strategy for Fixed {
     }
 }
 
-fn snapshot() -> Snapshot {
+pub(super) fn snapshot() -> Snapshot {
     let (snapshot, issues) = snapshot_of(OBJECTS);
     assert!(
         !crate::config::issues::has_errors(&issues),
@@ -186,7 +186,7 @@ fn snapshot() -> Snapshot {
 }
 
 /// The snapshot of `objects`, with the `FIXED` strategy registered, and the build's issues.
-fn snapshot_of(objects: &str) -> (Snapshot, Vec<crate::config::ConfigIssue>) {
+pub(super) fn snapshot_of(objects: &str) -> (Snapshot, Vec<crate::config::ConfigIssue>) {
     let mut registry = Registry::with_builtins();
     registry.register(
         "FIXED",
@@ -200,18 +200,18 @@ fn snapshot_of(objects: &str) -> (Snapshot, Vec<crate::config::ConfigIssue>) {
 
 /// A request head on `port` for `path`.
 #[derive(Clone)]
-struct Request {
-    port: u16,
-    host: Option<&'static str>,
-    method: Method,
-    path: &'static str,
-    headers: HeaderMap,
-    has_body: bool,
-    hints: crate::headers::ClientHints,
+pub(super) struct Request {
+    pub(super) port: u16,
+    pub(super) host: Option<&'static str>,
+    pub(super) method: Method,
+    pub(super) path: &'static str,
+    pub(super) headers: HeaderMap,
+    pub(super) has_body: bool,
+    pub(super) hints: crate::headers::ClientHints,
 }
 
 impl Request {
-    fn post(port: u16, path: &'static str) -> Self {
+    pub(super) fn post(port: u16, path: &'static str) -> Self {
         Self {
             port,
             host: None,
@@ -223,7 +223,7 @@ impl Request {
         }
     }
 
-    fn head(&self) -> Head<'_> {
+    pub(super) fn head(&self) -> Head<'_> {
         Head {
             port: self.port,
             host: self.host,
@@ -239,7 +239,7 @@ impl Request {
 }
 
 /// The decision for a request whose body is `body`, following a `ReadBody` step as the proxy does.
-fn decide_fully(snapshot: &Snapshot, request: &Request, body: &str) -> Decision {
+pub(super) fn decide_fully(snapshot: &Snapshot, request: &Request, body: &str) -> Decision {
     let head = request.head();
     let first = route(snapshot, &head, None);
     match first.step {
@@ -253,11 +253,11 @@ fn decide_fully(snapshot: &Snapshot, request: &Request, body: &str) -> Decision 
     }
 }
 
-fn body_of(text: &str) -> Bytes {
+pub(super) fn body_of(text: &str) -> Bytes {
     Bytes::copy_from_slice(text.as_bytes())
 }
 
-fn error_of(decision: &Decision) -> &ClientError {
+pub(super) fn error_of(decision: &Decision) -> &ClientError {
     match &decision.step {
         Step::Answer(error) => error,
         other => panic!("expected an answer, got {other:?}"),
@@ -280,7 +280,7 @@ fn dispatch_order(decision: &mut Decision) -> Vec<String> {
     order
 }
 
-fn fresh_metrics(snapshot: &Snapshot, waiting: u32) {
+pub(super) fn fresh_metrics(snapshot: &Snapshot, waiting: u32) {
     for pool in snapshot.pools.values() {
         for endpoint in &pool.endpoints {
             endpoint.publish_metrics(ScrapedMetrics {
@@ -585,7 +585,7 @@ fn the_clients_model_rewrite_applies_unless_the_inference_model_has_targets() {
 }
 
 /// The `data` of a `/v1/models` answer, as (id, owned_by) pairs.
-fn listed(decision: &Decision) -> Vec<(String, String)> {
+pub(super) fn listed(decision: &Decision) -> Vec<(String, String)> {
     let Step::Respond(body) = &decision.step else {
         panic!("expected the gateway's own answer, got {:?}", decision.step);
     };

@@ -10,6 +10,9 @@ use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::config::crds::apix::{ApixGroup, Objective, Rewrite};
 use crate::config::crds::v1alpha2::InferenceModel;
 use crate::config::objects::BackendTrafficPolicy;
 use crate::config::{ConfigIssue, Object, ObjectKey, ObjectSet, Origin};
@@ -56,6 +59,8 @@ pub(super) struct Index<'a> {
     pub(super) namespaces: HashMap<String, &'a Namespace>,
     pub(super) pools: Vec<PoolSpec<'a>>,
     pub(super) models: Vec<Located<'a, InferenceModel>>,
+    pub(super) objectives: Vec<Located<'a, Objective>>,
+    pub(super) rewrites: Vec<Located<'a, Rewrite>>,
     pub(super) policies: Vec<Located<'a, BackendTrafficPolicy>>,
 }
 
@@ -66,14 +71,54 @@ impl<'a> Index<'a> {
     }
 }
 
+/// `items` oldest first: by creation time (objects without one last), then source order.
+pub(super) fn oldest_first<'b, 'a, T>(
+    items: &'b [Located<'a, T>],
+    created: impl Fn(&T) -> Option<&Time>,
+) -> Vec<&'b Located<'a, T>> {
+    let mut ordered: Vec<&Located<'a, T>> = items.iter().collect();
+    ordered.sort_by_key(|item| {
+        let created = created(item.object).map(|t| t.0.as_second());
+        (created.is_none(), created.unwrap_or(0), item.order)
+    });
+    ordered
+}
+
+/// The group of an InferenceObjective or InferenceModelRewrite, `None` for other kinds.
+fn apix_group(object: &Object) -> Option<ApixGroup> {
+    match object {
+        Object::Objective(o) => Some(o.group),
+        Object::Rewrite(o) => Some(o.group),
+        _ => None,
+    }
+}
+
 /// Sort `objects` by kind; an object defined twice is an error and its second definition is left
-/// out.
+/// out. An InferenceObjective or InferenceModelRewrite defined in both of its API groups is not
+/// an error: the `llm-d.ai` one wins and the other is reported as shadowed.
 pub(super) fn index<'a>(objects: &'a ObjectSet, issues: &mut Vec<ConfigIssue>) -> Index<'a> {
     let mut index = Index::default();
     let mut seen: HashMap<ObjectKey, Option<&'a Origin>> = HashMap::new();
+    let preferred: std::collections::HashSet<ObjectKey> = objects
+        .iter()
+        .filter(|d| apix_group(&d.object) == Some(ApixGroup::LlmD))
+        .map(|d| d.object.key())
+        .collect();
     for (order, document) in objects.iter().enumerate() {
         let key = document.object.key();
         let origin = document.origin.as_ref();
+        if apix_group(&document.object) == Some(ApixGroup::XK8s) && preferred.contains(&key) {
+            issues.push(
+                ConfigIssue::warning(
+                    key.to_string(),
+                    "apiVersion",
+                    "inference.networking.x-k8s.io/v1alpha2",
+                    "shadowed by the llm-d.ai/v1alpha2 object of the same name, which is the one applied",
+                )
+                .at(origin),
+            );
+            continue;
+        }
         if let Some(first) = seen.get(&key) {
             let at = first.map_or_else(|| "another source".to_owned(), ToString::to_string);
             issues.push(
@@ -116,6 +161,8 @@ pub(super) fn index<'a>(objects: &'a ObjectSet, issues: &mut Vec<ConfigIssue>) -
             }
             Object::PoolV1(o) => index.pools.push(PoolSpec::from_v1(key.clone(), origin, o)),
             Object::InferenceModel(o) => index.models.push(located!(o)),
+            Object::Objective(o) => index.objectives.push(located!(o)),
+            Object::Rewrite(o) => index.rewrites.push(located!(o)),
             Object::BackendTrafficPolicy(o) => index.policies.push(located!(o)),
         }
     }

@@ -8,7 +8,8 @@
 //!
 //! The passes, one module each: `index` sorts the objects by kind, `listeners` finds our
 //! Gateways' listeners, `attach` attaches routes to them, `matches` and `actions` turn a rule
-//! into matches and weighted backends, `models` groups InferenceModels by pool. Pools and Service
+//! into matches and weighted backends, `models` groups InferenceModels by pool, `objectives`
+//! InferenceObjectives and InferenceModelRewrites. Pools and Service
 //! endpoints are built by [`super::backends`]. The build reads objects only: it does no I/O and
 //! writes no status.
 
@@ -18,6 +19,7 @@ mod index;
 mod listeners;
 mod matches;
 mod models;
+mod objectives;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,7 @@ use plugins::Registry;
 
 use super::Snapshot;
 use super::backends;
+use super::models::PoolModels;
 use crate::config::{ConfigIssue, ObjectSet};
 use index::Index;
 use listeners::ListenerBuild;
@@ -76,8 +79,14 @@ fn build_pools(
 ) {
     let pool_exists = |key: &_| index.pools.iter().any(|p| &p.key == key);
     let mut models = models::models_by_pool(&index.models, pool_exists, issues);
+    let mut objectives = objectives::objectives_by_pool(&index.objectives, pool_exists, issues);
+    let mut rewrites = objectives::rewrites_by_pool(&index.rewrites, pool_exists, issues);
     for spec in &index.pools {
-        let pool_models = models.remove(&spec.key).unwrap_or_default();
+        let pool_models = PoolModels {
+            models: models.remove(&spec.key).unwrap_or_default(),
+            rewrites: rewrites.remove(&spec.key).unwrap_or_default(),
+            objectives: objectives.remove(&spec.key).unwrap_or_default(),
+        };
         let pods = index.pods_in(&spec.key.namespace);
         let pool =
             backends::build_pool(spec, pods, pool_models, options.registry, previous, issues);

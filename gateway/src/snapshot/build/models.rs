@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use plugins::Criticality;
 
-use super::index::Located;
+use super::index::{Located, oldest_first};
 use crate::config::crds::v1alpha2::InferenceModel;
 use crate::config::{ConfigIssue, IssueReason, Kind, ObjectKey};
 use crate::snapshot::models::{ModelEntry, TargetModel};
@@ -27,16 +27,7 @@ pub(super) fn models_by_pool(
     pool_exists: impl Fn(&ObjectKey) -> bool,
     issues: &mut Vec<ConfigIssue>,
 ) -> HashMap<ObjectKey, HashMap<String, Arc<ModelEntry>>> {
-    let mut ordered: Vec<&Located<'_, InferenceModel>> = models.iter().collect();
-    ordered.sort_by_key(|m| {
-        let created = m
-            .object
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second());
-        (created.is_none(), created.unwrap_or(0), m.order)
-    });
+    let ordered = oldest_first(models, |m| m.metadata.creation_timestamp.as_ref());
     let mut by_pool: HashMap<ObjectKey, HashMap<String, Arc<ModelEntry>>> = HashMap::new();
     for m in ordered {
         let Some(entry) = model_entry(m, issues) else {
@@ -122,8 +113,19 @@ fn model_entry(
                 Criticality::Standard
             }),
     };
-    let targets = spec.target_models.clone().unwrap_or_default();
-    let resolved = target_models(&targets, &mut error);
+    let targets: Vec<(&str, Option<i32>)> = spec
+        .target_models
+        .iter()
+        .flatten()
+        .map(|t| (t.name.as_str(), t.weight))
+        .collect();
+    let resolved = weighted_targets(
+        &targets,
+        "spec.targetModels",
+        "name",
+        Some(MAX_TARGET_MODELS),
+        &mut error,
+    );
     (issues.len() == before).then(|| {
         ModelEntry::new(
             spec.model_name.clone(),
@@ -134,45 +136,53 @@ fn model_entry(
     })
 }
 
-/// An InferenceModel's target models, checked; `error(field, value, reason)` reports a problem.
-fn target_models(
-    targets: &[crate::config::crds::v1alpha2::TargetModel],
+/// Weighted targets, checked against the CRDs' rules (shared by InferenceModel's `targetModels`
+/// and InferenceModelRewrite's `targets`): at most `max` of them (`None`: no limit), names not
+/// empty, weights 1..=1,000,000 and set on all targets or on none. `field` is the list's path,
+/// `name_field` the name's field in an item; `error(field, value, reason)` reports a problem.
+pub(super) fn weighted_targets<'t>(
+    targets: &[(&'t str, Option<i32>)],
+    field: &str,
+    name_field: &str,
+    max: Option<usize>,
     error: &mut impl FnMut(String, String, &str),
 ) -> Vec<TargetModel> {
-    if targets.len() > MAX_TARGET_MODELS {
+    if let Some(max) = max
+        && targets.len() > max
+    {
         error(
-            "spec.targetModels".into(),
+            field.into(),
             targets.len().to_string(),
-            "at most 10 target models",
+            &format!("at most {max} targets"),
         );
     }
-    let weighted = targets.iter().filter(|t| t.weight.is_some()).count();
+    let weighted = targets.iter().filter(|(_, w)| w.is_some()).count();
     if weighted != 0 && weighted != targets.len() {
         error(
-            "spec.targetModels".into(),
+            field.into(),
             format!("{weighted} of {}", targets.len()),
-            "weights must be set on all target models or on none",
+            "weights must be set on all targets or on none",
         );
     }
     let mut resolved = Vec::with_capacity(targets.len());
-    for (i, target) in targets.iter().enumerate() {
-        if target.name.is_empty() {
+    for (i, (name, weight)) in targets.iter().enumerate() {
+        if name.is_empty() {
             error(
-                format!("spec.targetModels[{i}].name"),
+                format!("{field}[{i}].{name_field}"),
                 String::new(),
                 "must not be empty",
             );
         }
-        let weight = target.weight.unwrap_or(1);
+        let weight = weight.unwrap_or(1);
         if !(1..=MAX_MODEL_WEIGHT).contains(&weight) {
             error(
-                format!("spec.targetModels[{i}].weight"),
+                format!("{field}[{i}].weight"),
                 weight.to_string(),
                 "must be between 1 and 1000000",
             );
         }
         resolved.push(TargetModel {
-            name: target.name.clone(),
+            name: (*name).to_owned(),
             weight: u32::try_from(weight.max(1)).unwrap_or(1),
         });
     }

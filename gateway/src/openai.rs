@@ -65,7 +65,9 @@ pub struct InferenceRequest<'a> {
 
 #[derive(Deserialize)]
 struct Probe<'a> {
-    #[serde(borrow, default)]
+    /// Present, even as `null` (an `Option` alone would read `null` as absent, and a rewrite
+    /// would then add a second `model` member).
+    #[serde(borrow, default, deserialize_with = "present")]
     model: Option<&'a RawValue>,
     #[serde(default)]
     stream: Option<bool>,
@@ -77,6 +79,10 @@ struct Probe<'a> {
     prompt: Option<&'a RawValue>,
     #[serde(borrow, default)]
     messages: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Parse a request body.

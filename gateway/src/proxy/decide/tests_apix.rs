@@ -4,9 +4,7 @@
 
 use http::Method;
 
-use super::tests::{
-    OBJECTS, Request, decide_fully, error_of, fresh_metrics, listed, snapshot_of,
-};
+use super::tests::{OBJECTS, Request, decide_fully, error_of, fresh_metrics, listed, snapshot_of};
 use super::*;
 use crate::config::issues::has_errors;
 use crate::proxy::error::ClientError;
@@ -248,12 +246,18 @@ spec: {poolRef: {kind: Service, name: qwen-pool}}
             "InferenceModelRewrite default/bad",
             "spec.rules[0].matches[0].model.type",
         ),
-        ("InferenceModelRewrite default/bad", "spec.rules[0].targets[0].weight"),
+        (
+            "InferenceModelRewrite default/bad",
+            "spec.rules[0].targets[0].weight",
+        ),
         ("InferenceModelRewrite default/bad", "spec.rules[1].targets"),
         ("InferenceModelRewrite default/bad", "spec.rules[2].targets"),
         ("InferenceObjective default/elsewhere", "spec.poolRef.kind"),
     ] {
-        assert!(fields.contains(&expected), "{expected:?} not in {fields:#?}");
+        assert!(
+            fields.contains(&expected),
+            "{expected:?} not in {fields:#?}"
+        );
     }
     let pool = snapshot
         .pools

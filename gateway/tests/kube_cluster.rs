@@ -176,7 +176,8 @@ fn without(documents: &[Value], grant: &Grant) -> Vec<Value> {
 }
 
 /// Every kind the gateway reads and writes status for: the seed's objects, a v1 pool behind its
-/// own route, an InferenceModel, and an Envoy BackendTrafficPolicy (its optional CRD installed).
+/// own route, an InferenceModel, an InferenceObjective and an InferenceModelRewrite of each API
+/// group, and an Envoy BackendTrafficPolicy (its optional CRD installed).
 async fn every_kind(cluster: &TestCluster) {
     cluster.install_crds("manifests/crds/optional").await;
     let manifest = Manifest::qwen_pool(free_port(), free_port(), 8000)
@@ -194,6 +195,14 @@ async fn every_kind(cluster: &TestCluster) {
             "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: timeout, namespace: default}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: llm-route}]\n  timeout: {http: {requestTimeout: 1h}}\n",
         )
         .await;
+    for group in ["llm-d.ai", "inference.networking.x-k8s.io"] {
+        cluster
+            .apply(&format!(
+                "apiVersion: {group}/v1alpha2\nkind: InferenceObjective\nmetadata: {{name: objective-{group}, namespace: default}}\nspec: {{priority: 1, poolRef: {{name: pool}}}}\n---\n\
+                 apiVersion: {group}/v1alpha2\nkind: InferenceModelRewrite\nmetadata: {{name: rewrite-{group}, namespace: default}}\nspec:\n  poolRef: {{name: pool}}\n  rules: [{{targets: [{{modelRewrite: chat}}]}}]\n"
+            ))
+            .await;
+    }
 }
 
 /// Clear every status the gateway writes and delete its Lease, so a new gateway process has to
@@ -214,6 +223,16 @@ async fn forget_writes(cluster: &TestCluster) {
         ("inferencepool.inference.networking.x-k8s.io", "pool"),
         ("inferencepool.inference.networking.k8s.io", "pool-v1"),
         ("inferencemodel.inference.networking.x-k8s.io", "chat"),
+        ("inferenceobjective.llm-d.ai", "objective-llm-d.ai"),
+        ("inferencemodelrewrite.llm-d.ai", "rewrite-llm-d.ai"),
+        (
+            "inferenceobjective.inference.networking.x-k8s.io",
+            "objective-inference.networking.x-k8s.io",
+        ),
+        (
+            "inferencemodelrewrite.inference.networking.x-k8s.io",
+            "rewrite-inference.networking.x-k8s.io",
+        ),
     ] {
         cluster
             .kubectl_ok(&[

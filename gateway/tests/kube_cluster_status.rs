@@ -436,6 +436,134 @@ async fn statuses_pass_the_crd_schemas_with_the_conditions_and_reasons_of_the_sp
     assert!(refused.is_empty(), "status patches refused: {refused:#?}");
 }
 
+/// InferenceObjectives and InferenceModelRewrites of both groups, as `kubectl` applies them.
+/// `interactive` exists in both groups: the llm-d.ai one (priority 7) is the one applied.
+const APIX_OBJECTS: &str = "
+apiVersion: llm-d.ai/v1alpha2
+kind: InferenceModelRewrite
+metadata: {name: alias, namespace: default}
+spec:
+  poolRef: {name: pool}
+  rules:
+  - matches: [{model: {type: Exact, value: friendly-name}}]
+    targets: [{modelRewrite: /model/qwen}]
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModelRewrite
+metadata: {name: fallback, namespace: default}
+spec:
+  poolRef: {group: inference.networking.k8s.io, name: pool}
+  rules:
+  - targets: [{modelRewrite: fallback-model}]
+---
+apiVersion: llm-d.ai/v1alpha2
+kind: InferenceObjective
+metadata: {name: interactive, namespace: default}
+spec: {priority: 7, poolRef: {name: pool}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: interactive, namespace: default}
+spec: {priority: 1, poolRef: {name: pool}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: batch, namespace: default}
+spec: {priority: -2, poolRef: {name: pool}}
+";
+
+/// Objectives and rewrites of both API groups are watched, applied to requests and accepted in
+/// their status; of an objective defined in both groups, only the llm-d.ai one applies and gets a
+/// status.
+#[tokio::test]
+async fn objectives_and_rewrites_of_both_groups_are_applied_and_accepted() {
+    let _turn = SERIAL.lock().await;
+    let (cluster, token, backend) = one_pod(106).await;
+    cluster.apply(APIX_OBJECTS).await;
+    let gateway = KubeGateway::start(&cluster, &token, "replica-a", true).await;
+    const LLMD_OBJECTIVE: &str = "inferenceobjective.llm-d.ai";
+    const XK8S_OBJECTIVE: &str = "inferenceobjective.inference.networking.x-k8s.io";
+    const LLMD_REWRITE: &str = "inferencemodelrewrite.llm-d.ai";
+    const XK8S_REWRITE: &str = "inferencemodelrewrite.inference.networking.x-k8s.io";
+    let get = |resource: &'static str, name: &'static str| {
+        let cluster = &cluster;
+        async move { cluster.get(resource, "default", name).await.unwrap() }
+    };
+    wait_until("objectives and rewrites are accepted", DEADLINE, || async {
+        let accepted = |object: &Value| {
+            object["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Accepted"))
+        };
+        accepted(&get(LLMD_OBJECTIVE, "interactive").await)
+            && accepted(&get(XK8S_OBJECTIVE, "batch").await)
+            && accepted(&get(LLMD_REWRITE, "alias").await)
+            && accepted(&get(XK8S_REWRITE, "fallback").await)
+    })
+    .await;
+    for (resource, name) in [
+        (LLMD_OBJECTIVE, "interactive"),
+        (XK8S_OBJECTIVE, "batch"),
+        (LLMD_REWRITE, "alias"),
+        (XK8S_REWRITE, "fallback"),
+    ] {
+        assert_conditions(
+            &get(resource, name).await["status"]["conditions"],
+            &[("Accepted", "True", "Accepted")],
+        );
+    }
+    assert!(
+        get(XK8S_OBJECTIVE, "interactive").await["status"].is_null(),
+        "the shadowed objective gets no status"
+    );
+    let snapshot = gateway.snapshot().await;
+    let pool = &snapshot["pools"][0];
+    assert_eq!(pool["objectives"], json!({"batch": -2, "interactive": 7}));
+    assert_eq!(
+        pool["rewrites"]["exact"]["friendly-name"]["object"],
+        "default/alias"
+    );
+
+    let llm = format!(
+        "http://127.0.0.1:{}",
+        get(
+            "gateway.gateway.networking.k8s.io",
+            testkit::k8s::TEST_GATEWAY
+        )
+        .await["spec"]["listeners"][1]["port"]
+    );
+    let url = format!("{llm}/v1/completions");
+    let (code, _) = post(
+        &client(),
+        &url,
+        &[],
+        r#"{"model":"friendly-name","prompt":"x"}"#,
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _) = post(&client(), &url, &[], r#"{"prompt":"no model"}"#).await;
+    assert_eq!(code, 200);
+    let models: Vec<Option<String>> = backend.seen().into_iter().map(|s| s.model).collect();
+    assert_eq!(
+        models,
+        [
+            Some("/model/qwen".to_owned()),
+            Some("fallback-model".to_owned())
+        ]
+    );
+    let (code, body) = testkit::get(&format!("{llm}/v1/models")).await;
+    assert_eq!(code, 200);
+    let list: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "friendly-name"),
+        "{list:#}"
+    );
+}
+
 /// The pool's routing-strategy annotation, written with `kubectl annotate`, switches the
 /// strategy of the running gateway.
 #[tokio::test]

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use gateway::config::crds::apix::{llmd, xk8s};
 use gateway::config::objects::ObjectSet;
 use gateway::config::{Object, Severity};
 use gateway::kubernetes::crds::{EnvoyBackendTrafficPolicy, crd_files};
@@ -75,6 +76,24 @@ fn roundtrip(file: &Path, original: &Value) {
             serde_json::from_value::<EnvoyBackendTrafficPolicy>(original.clone()).unwrap(),
         )
         .unwrap(),
+        ("llm-d.ai/v1alpha2", "InferenceObjective") => serde_json::to_value(
+            serde_json::from_value::<llmd::InferenceObjective>(original.clone()).unwrap(),
+        )
+        .unwrap(),
+        ("llm-d.ai/v1alpha2", "InferenceModelRewrite") => serde_json::to_value(
+            serde_json::from_value::<llmd::InferenceModelRewrite>(original.clone()).unwrap(),
+        )
+        .unwrap(),
+        ("inference.networking.x-k8s.io/v1alpha2", "InferenceObjective") => serde_json::to_value(
+            serde_json::from_value::<xk8s::InferenceObjective>(original.clone()).unwrap(),
+        )
+        .unwrap(),
+        ("inference.networking.x-k8s.io/v1alpha2", "InferenceModelRewrite") => {
+            serde_json::to_value(
+                serde_json::from_value::<xk8s::InferenceModelRewrite>(original.clone()).unwrap(),
+            )
+            .unwrap()
+        }
         _ => {
             let mut set = ObjectSet::default();
             let issues = set.add_yaml(&serde_yaml::to_string(original).unwrap(), file);
@@ -95,7 +114,9 @@ fn roundtrip(file: &Path, original: &Value) {
                 Object::PoolV1Alpha2(o) => serde_json::to_value(o),
                 Object::PoolV1(o) => serde_json::to_value(o),
                 Object::InferenceModel(o) => serde_json::to_value(o),
-                Object::BackendTrafficPolicy(_) => unreachable!("handled above"),
+                Object::BackendTrafficPolicy(_) | Object::Objective(_) | Object::Rewrite(_) => {
+                    unreachable!("handled above")
+                }
             }
             .unwrap()
         }

@@ -2,8 +2,10 @@
 //!
 //! `crdgen` writes [`crd_files`] to `manifests/crds/`, and CI runs `crdgen --check` so the
 //! committed YAML never drifts from the types. Three sets:
-//! - the Inference Extension CRDs (InferencePool v1alpha2 and v1, InferenceModel v1alpha2), from
-//!   [`crate::config::crds`]: install these;
+//! - the Inference Extension CRDs (InferencePool v1alpha2 and v1, InferenceModel v1alpha2, and
+//!   InferenceObjective and InferenceModelRewrite v1alpha2 in both the `llm-d.ai` and the
+//!   `inference.networking.x-k8s.io` group), from [`crate::config::crds`]: install these (the
+//!   gateway watches each kind whose CRD is installed);
 //! - `gateway-api/`: GatewayClass, Gateway and HTTPRoute from the `gateway-api` crate's types (the
 //!   standard channel), for clusters without Gateway API CRDs and for validating manifests in CI;
 //!   the upstream release's CRDs carry more validation (CEL rules, defaults) and are preferred;
@@ -18,6 +20,7 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::config::crds::apix::{llmd, xk8s};
 use crate::config::crds::{v1, v1alpha2};
 use crate::config::objects::PolicyTargetRef;
 
@@ -146,6 +149,26 @@ pub fn crd_files() -> Vec<CrdFile> {
             v1::InferencePool::crd(),
         ),
         CrdFile::new(
+            "llm-d.ai_inferenceobjectives.yaml",
+            "InferenceObjective llm-d.ai/v1alpha2: the priority of the requests that name it.",
+            llmd::InferenceObjective::crd(),
+        ),
+        CrdFile::new(
+            "llm-d.ai_inferencemodelrewrites.yaml",
+            "InferenceModelRewrite llm-d.ai/v1alpha2: rules that rewrite a request's model.",
+            llmd::InferenceModelRewrite::crd(),
+        ),
+        CrdFile::new(
+            "inference.networking.x-k8s.io_inferenceobjectives.yaml",
+            "InferenceObjective inference.networking.x-k8s.io/v1alpha2 (the older group; an llm-d.ai\nobject of the same name wins over it).",
+            xk8s::InferenceObjective::crd(),
+        ),
+        CrdFile::new(
+            "inference.networking.x-k8s.io_inferencemodelrewrites.yaml",
+            "InferenceModelRewrite inference.networking.x-k8s.io/v1alpha2 (the older group; an\nllm-d.ai object of the same name wins over it).",
+            xk8s::InferenceModelRewrite::crd(),
+        ),
+        CrdFile::new(
             "gateway-api/gateway.networking.k8s.io_gatewayclasses.yaml",
             "GatewayClass from the gateway-api crate (standard channel). For clusters without the\nGateway API CRDs and for CI validation; the upstream release's CRDs are preferred.",
             GatewayClass::crd(),
@@ -175,7 +198,7 @@ mod tests {
     #[test]
     fn crds_are_structural_and_name_their_groups() {
         let files = crd_files();
-        assert_eq!(files.len(), 7);
+        assert_eq!(files.len(), 11);
         for file in &files {
             let crd = &file.crd;
             let version = &crd.spec.versions[0];

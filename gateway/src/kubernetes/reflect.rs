@@ -38,6 +38,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::crds::EnvoyBackendTrafficPolicy;
 use super::status::StatusKind;
+use crate::config::crds::apix::{ApixGroup, ApixObject, llmd, xk8s};
 use crate::config::crds::{v1, v1alpha2};
 use crate::config::objects::{
     BackendTrafficPolicy, BackendTrafficPolicySpec, PolicyHttpTimeout, PolicyTimeout,
@@ -77,6 +78,10 @@ pub struct Stores {
     pools_v1alpha2: Store<v1alpha2::InferencePool>,
     pools_v1: Store<v1::InferencePool>,
     models: Store<v1alpha2::InferenceModel>,
+    objectives_llmd: Option<Store<llmd::InferenceObjective>>,
+    objectives_xk8s: Option<Store<xk8s::InferenceObjective>>,
+    rewrites_llmd: Option<Store<llmd::InferenceModelRewrite>>,
+    rewrites_xk8s: Option<Store<xk8s::InferenceModelRewrite>>,
     policies: Option<Store<EnvoyBackendTrafficPolicy>>,
     /// Kind names of every store, for sync reporting.
     pub kinds: Vec<&'static str>,
@@ -104,8 +109,10 @@ where
 }
 
 impl Stores {
-    /// Start every reflector on the current runtime. Envoy's BackendTrafficPolicy is watched only
-    /// when listing it works (its CRD is installed and RBAC allows it).
+    /// Start every reflector on the current runtime. Envoy's BackendTrafficPolicy and the
+    /// InferenceObjective and InferenceModelRewrite kinds of both groups are watched only when
+    /// listing them works (their CRD is installed and RBAC allows it) when the gateway starts; a
+    /// CRD installed later is read after a restart.
     pub async fn start(
         client: &Client,
         namespace: Option<&str>,
@@ -125,20 +132,57 @@ impl Stores {
                 store
             }};
         }
-        let policies_api: Api<EnvoyBackendTrafficPolicy> = api(client, namespace);
         let probe = kube::api::ListParams::default().limit(1);
-        let policies = match policies_api.list_metadata(&probe).await {
-            Ok(_) => Some(reflect!(policies_api, POLICY_KIND, false, slim)),
-            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 403 => {
-                tracing::info!(target: "kube", code = status.code, "BackendTrafficPolicy (gateway.envoyproxy.io/v1alpha1) cannot be listed; request timeouts come from HTTPRoutes and --request-timeout only");
-                None
-            }
-            Err(error) => {
-                // The API server is not answering yet: watch it anyway; the watcher retries.
-                tracing::warn!(target: "kube", %error, "probing BackendTrafficPolicy failed; watching it anyway");
-                Some(reflect!(policies_api, POLICY_KIND, false, slim))
-            }
-        };
+        // A kind whose CRD may be missing is watched only when listing it works; `why` says
+        // what the gateway does without it.
+        macro_rules! optional {
+            ($type:ty, $kind:expr, $status:expr, $why:expr) => {{
+                let optional_api: Api<$type> = api(client, namespace);
+                match optional_api.list_metadata(&probe).await {
+                    Ok(_) => Some(reflect!(optional_api, $kind, $status, slim)),
+                    Err(kube::Error::Api(status)) if status.code == 404 || status.code == 403 => {
+                        tracing::info!(target: "kube", kind = $kind, code = status.code, "cannot be listed (CRD not installed, or no RBAC grant); {}", $why);
+                        None
+                    }
+                    Err(error) => {
+                        // The API server is not answering yet: watch it anyway; the watcher
+                        // retries.
+                        tracing::warn!(target: "kube", kind = $kind, %error, "probing failed; watching it anyway");
+                        Some(reflect!(optional_api, $kind, $status, slim))
+                    }
+                }
+            }};
+        }
+        let policies = optional!(
+            EnvoyBackendTrafficPolicy,
+            POLICY_KIND,
+            false,
+            "request timeouts come from HTTPRoutes and --request-timeout only"
+        );
+        let objectives_llmd = optional!(
+            llmd::InferenceObjective,
+            "InferenceObjective (llm-d.ai)",
+            true,
+            "objectives of this group are not read"
+        );
+        let objectives_xk8s = optional!(
+            xk8s::InferenceObjective,
+            "InferenceObjective (inference.networking.x-k8s.io)",
+            true,
+            "objectives of this group are not read"
+        );
+        let rewrites_llmd = optional!(
+            llmd::InferenceModelRewrite,
+            "InferenceModelRewrite (llm-d.ai)",
+            true,
+            "rewrites of this group are not read"
+        );
+        let rewrites_xk8s = optional!(
+            xk8s::InferenceModelRewrite,
+            "InferenceModelRewrite (inference.networking.x-k8s.io)",
+            true,
+            "rewrites of this group are not read"
+        );
         let stores = Stores {
             gateway_classes: reflect!(
                 Api::<GatewayClass>::all(client.clone()),
@@ -164,6 +208,10 @@ impl Stores {
             ),
             pools_v1: reflect!(api(client, namespace), "InferencePool (v1)", true, slim),
             models: reflect!(api(client, namespace), "InferenceModel", true, slim),
+            objectives_llmd,
+            objectives_xk8s,
+            rewrites_llmd,
+            rewrites_xk8s,
             policies,
             kinds,
         };
@@ -191,6 +239,30 @@ impl Stores {
         objects.extend(cloned(&self.pools_v1alpha2).map(Object::PoolV1Alpha2));
         objects.extend(cloned(&self.pools_v1).map(Object::PoolV1));
         objects.extend(cloned(&self.models).map(Object::InferenceModel));
+        fn apix<K, S>(store: &Option<Store<K>>) -> Vec<Box<ApixObject<S>>>
+        where
+            K: Resource + Clone + 'static,
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+            ApixObject<S>: From<K>,
+        {
+            store
+                .iter()
+                .flat_map(|s| s.state())
+                .map(|o| Box::new((*o).clone().into()))
+                .collect()
+        }
+        objects.extend(
+            apix(&self.objectives_llmd)
+                .into_iter()
+                .map(Object::Objective),
+        );
+        objects.extend(
+            apix(&self.objectives_xk8s)
+                .into_iter()
+                .map(Object::Objective),
+        );
+        objects.extend(apix(&self.rewrites_llmd).into_iter().map(Object::Rewrite));
+        objects.extend(apix(&self.rewrites_xk8s).into_iter().map(Object::Rewrite));
         if let Some(policies) = &self.policies {
             objects.extend(
                 policies
@@ -240,6 +312,18 @@ impl Stores {
             StatusKind::PoolV1Alpha2 => find(&self.pools_v1alpha2, namespace, name),
             StatusKind::PoolV1 => find(&self.pools_v1, namespace, name),
             StatusKind::InferenceModel => find(&self.models, namespace, name),
+            StatusKind::Objective(ApixGroup::LlmD) => {
+                find(self.objectives_llmd.as_ref()?, namespace, name)
+            }
+            StatusKind::Objective(ApixGroup::XK8s) => {
+                find(self.objectives_xk8s.as_ref()?, namespace, name)
+            }
+            StatusKind::Rewrite(ApixGroup::LlmD) => {
+                find(self.rewrites_llmd.as_ref()?, namespace, name)
+            }
+            StatusKind::Rewrite(ApixGroup::XK8s) => {
+                find(self.rewrites_xk8s.as_ref()?, namespace, name)
+            }
         }
     }
 }

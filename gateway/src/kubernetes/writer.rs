@@ -38,6 +38,7 @@ use super::KubeError;
 use super::conditions::merge_patch;
 use super::reflect::{StoredStatus, Stores};
 use super::status::{StatusKind, StatusUpdate};
+use crate::config::crds::apix::{ApixGroup, llmd, xk8s};
 use crate::config::crds::{v1, v1alpha2};
 
 /// How long to wait before retrying failed or refused writes when nothing else changes.
@@ -183,6 +184,30 @@ impl StatusWriter {
                 .map(|_| ()),
             StatusKind::InferenceModel => {
                 Api::<v1alpha2::InferenceModel>::namespaced(self.client.clone(), ns)
+                    .patch_status(name, &params, &body)
+                    .await
+                    .map(|_| ())
+            }
+            StatusKind::Objective(ApixGroup::LlmD) => {
+                Api::<llmd::InferenceObjective>::namespaced(self.client.clone(), ns)
+                    .patch_status(name, &params, &body)
+                    .await
+                    .map(|_| ())
+            }
+            StatusKind::Objective(ApixGroup::XK8s) => {
+                Api::<xk8s::InferenceObjective>::namespaced(self.client.clone(), ns)
+                    .patch_status(name, &params, &body)
+                    .await
+                    .map(|_| ())
+            }
+            StatusKind::Rewrite(ApixGroup::LlmD) => {
+                Api::<llmd::InferenceModelRewrite>::namespaced(self.client.clone(), ns)
+                    .patch_status(name, &params, &body)
+                    .await
+                    .map(|_| ())
+            }
+            StatusKind::Rewrite(ApixGroup::XK8s) => {
+                Api::<xk8s::InferenceModelRewrite>::namespaced(self.client.clone(), ns)
                     .patch_status(name, &params, &body)
                     .await
                     .map(|_| ())

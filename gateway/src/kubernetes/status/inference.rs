@@ -1,8 +1,9 @@
-//! Status of InferencePools (per parent Gateway, both API versions) and InferenceModels.
+//! Status of InferencePools (per parent Gateway, both API versions), InferenceModels,
+//! InferenceObjectives and InferenceModelRewrites (an `Accepted` condition each).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use serde_json::{Value, json};
 
 use super::{
@@ -216,15 +217,71 @@ pub(super) fn model_status(
     issues: &Issues<'_>,
     cx: &StatusContext<'_>,
 ) -> StatusUpdate {
-    let model_issues = issues.of(key);
-    let existing =
-        existing_conditions(status_json(model.status.as_ref()).as_ref(), &["conditions"]);
-    let errors: Vec<&ConfigIssue> = model_issues
+    let existing = status_json(model.status.as_ref());
+    accepted_status(
+        StatusKind::InferenceModel,
+        &model.metadata,
+        existing.as_ref(),
+        key,
+        issues,
+        cx,
+        "Model is served by its pool",
+    )
+}
+
+/// The status of an InferenceObjective or an InferenceModelRewrite whose pool one of our
+/// Gateways routes to.
+pub(super) fn apix_status(
+    object: &Object,
+    key: &ObjectKey,
+    issues: &Issues<'_>,
+    cx: &StatusContext<'_>,
+) -> Option<StatusUpdate> {
+    let (kind, meta, status, message) = match object {
+        Object::Objective(o) => (
+            StatusKind::Objective(o.group),
+            &o.metadata,
+            status_json(o.status.as_ref()),
+            "Objective applies to requests to its pool that name it",
+        ),
+        Object::Rewrite(r) => (
+            StatusKind::Rewrite(r.group),
+            &r.metadata,
+            status_json(r.status.as_ref()),
+            "Rewrite rules apply to requests to their pool",
+        ),
+        _ => return None,
+    };
+    Some(accepted_status(
+        kind,
+        meta,
+        status.as_ref(),
+        key,
+        issues,
+        cx,
+        message,
+    ))
+}
+
+/// An `Accepted` condition from the object's issues: `Invalid` for errors, `ModelNameInUse` when
+/// an older object serves the name, else `Accepted`.
+fn accepted_status(
+    kind: StatusKind,
+    meta: &ObjectMeta,
+    status: Option<&Value>,
+    key: &ObjectKey,
+    issues: &Issues<'_>,
+    cx: &StatusContext<'_>,
+    accepted_message: &str,
+) -> StatusUpdate {
+    let object_issues = issues.of(key);
+    let existing = existing_conditions(status, &["conditions"]);
+    let errors: Vec<&ConfigIssue> = object_issues
         .iter()
         .copied()
         .filter(|i| i.severity == Severity::Error)
         .collect();
-    let in_use = with_reason(model_issues, IssueReason::ModelNameInUse);
+    let in_use = with_reason(object_issues, IssueReason::ModelNameInUse);
     let accepted = if !errors.is_empty() {
         Desired::fail("Accepted", "Invalid", messages(&errors))
     } else if !in_use.is_empty() {
@@ -234,9 +291,9 @@ pub(super) fn model_status(
             messages(&in_use),
         )
     } else {
-        Desired::ok("Accepted", "Accepted", "Model is served by its pool")
+        Desired::ok("Accepted", "Accepted", accepted_message)
     };
-    // Our condition replaces the CRD's `Ready`/`Pending` placeholder; other types are kept.
+    // Our condition replaces the CRDs' `Ready`/`Pending` placeholder; other types are kept.
     let mut all: Vec<Condition> = existing
         .iter()
         .filter(|c| c.type_ != "Accepted" && !(c.type_ == "Ready" && c.reason == "Pending"))
@@ -245,14 +302,14 @@ pub(super) fn model_status(
     all.extend(conditions(
         vec![accepted],
         &existing,
-        model.metadata.generation,
+        meta.generation,
         &cx.now,
     ));
     StatusUpdate {
-        kind: StatusKind::InferenceModel,
+        kind,
         namespace: key.namespace.clone(),
         name: key.name.clone(),
         patch: json!({ "conditions": all }),
-        resource_version: model.metadata.resource_version.clone(),
+        resource_version: meta.resource_version.clone(),
     }
 }

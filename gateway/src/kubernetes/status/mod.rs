@@ -28,6 +28,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time
 use serde_json::{Value, json};
 
 use super::conditions::{Desired, conditions};
+use crate::config::crds::apix::ApixGroup;
 use crate::config::{ConfigIssue, IssueReason, Kind, Object, ObjectKey, ObjectSet};
 use crate::snapshot::Snapshot;
 
@@ -36,7 +37,7 @@ mod inference;
 mod routes;
 
 use gateways::{gateway_status, service_addresses};
-use inference::{model_status, pool_status};
+use inference::{apix_status, model_status, pool_status};
 use routes::{route_pools, route_status};
 
 pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -60,6 +61,10 @@ pub enum StatusKind {
     PoolV1,
     /// InferenceModel v1alpha2.
     InferenceModel,
+    /// InferenceObjective v1alpha2 of a group.
+    Objective(ApixGroup),
+    /// InferenceModelRewrite v1alpha2 of a group.
+    Rewrite(ApixGroup),
 }
 
 impl StatusKind {
@@ -72,6 +77,14 @@ impl StatusKind {
             StatusKind::PoolV1Alpha2 => "InferencePool (v1alpha2)",
             StatusKind::PoolV1 => "InferencePool (v1)",
             StatusKind::InferenceModel => "InferenceModel",
+            StatusKind::Objective(ApixGroup::LlmD) => "InferenceObjective (llm-d.ai)",
+            StatusKind::Objective(ApixGroup::XK8s) => {
+                "InferenceObjective (inference.networking.x-k8s.io)"
+            }
+            StatusKind::Rewrite(ApixGroup::LlmD) => "InferenceModelRewrite (llm-d.ai)",
+            StatusKind::Rewrite(ApixGroup::XK8s) => {
+                "InferenceModelRewrite (inference.networking.x-k8s.io)"
+            }
         }
     }
 }
@@ -349,6 +362,39 @@ impl Computation<'_> {
             if served_pools.contains(&pool) {
                 self.updates
                     .push(model_status(model, &key, &self.issues, self.cx));
+            }
+        }
+        // Objectives and rewrites; of two with the same name in both groups only the llm-d.ai
+        // one applies, and only it gets a status.
+        let preferred: BTreeSet<ObjectKey> = self
+            .objects
+            .iter()
+            .filter(|d| match &d.object {
+                Object::Objective(o) => o.group == ApixGroup::LlmD,
+                Object::Rewrite(r) => r.group == ApixGroup::LlmD,
+                _ => false,
+            })
+            .map(|d| d.object.key())
+            .collect();
+        for document in self.objects.iter() {
+            let (group, pool_ref) = match &document.object {
+                Object::Objective(o) => (o.group, &o.spec.pool_ref),
+                Object::Rewrite(r) => (r.group, &r.spec.pool_ref),
+                _ => continue,
+            };
+            let key = document.object.key();
+            if group == ApixGroup::XK8s && preferred.contains(&key) {
+                continue;
+            }
+            let pool = ObjectKey::new(
+                Kind::InferencePool,
+                key.namespace.clone(),
+                pool_ref.name.clone(),
+            );
+            if served_pools.contains(&pool)
+                && let Some(update) = apix_status(&document.object, &key, &self.issues, self.cx)
+            {
+                self.updates.push(update);
             }
         }
     }

@@ -25,6 +25,7 @@ DEFAULT_PATHS = [
     "manifests/deploy",
     "manifests/examples/seed",
     "manifests/examples/local",
+    "manifests/examples/current",
     "manifests/examples/upstream",
 ]
 

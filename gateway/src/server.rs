@@ -172,11 +172,18 @@ pub fn summary(built: &Built) -> String {
                     p.resolution.requested, p.resolution.implementation
                 )
             };
+            let rewrites = p.rewrites.exact.len() + usize::from(p.rewrites.generic.is_some());
+            let picker = match &p.picker {
+                Some(picker) if picker.is_external() => format!(", endpoint picker {}", picker.name),
+                _ => String::new(),
+            };
             format!(
-                "{} ({} endpoints, {} models, strategy {strategy})",
+                "{} ({} endpoints, {} models, {} model rewrites, {} objectives, strategy {strategy}{picker})",
                 p.key.qualified_name(),
                 p.endpoints.len(),
-                p.models.len()
+                p.models.len(),
+                rewrites,
+                p.objectives.len()
             )
         })
         .collect();

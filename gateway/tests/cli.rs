@@ -33,6 +33,13 @@ fn the_embedded_and_local_examples_validate() {
         text.contains("note: Deployment qwen"),
         "the seed's Deployment is reported as ignored: {text}"
     );
+    // The current API: a v1 pool with InferenceObjectives and InferenceModelRewrites.
+    let (ok, text) = validate(&["--config", &manifest_dir("manifests/examples/current")]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("default/vllm-qwen-pool (5 endpoints, 0 models, 2 model rewrites, 2 objectives, strategy PREFIX_CACHE)"),
+        "{text}"
+    );
 }
 
 #[test]

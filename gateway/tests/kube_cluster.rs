@@ -526,6 +526,7 @@ async fn every_manifest_passes_the_api_servers_validation() {
         "manifests/deploy",
         "manifests/examples/seed",
         "manifests/examples/local",
+        "manifests/examples/current",
         "manifests/examples/upstream",
     ];
     let mut namespaces = std::collections::BTreeSet::new();

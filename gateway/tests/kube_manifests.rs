@@ -149,6 +149,7 @@ fn seed_and_upstream_examples_deserialize_unchanged() {
         "manifests/examples/seed",
         "manifests/examples/upstream",
         "manifests/examples/local",
+        "manifests/examples/current",
     ] {
         for (file, document) in yaml_documents(dir) {
             roundtrip(&file, &document);

@@ -172,6 +172,12 @@ pub struct PickerRef {
     /// `FailOpen`/`FailClose` as written when it is neither (reported; `FailClose` applies).
     #[serde(skip)]
     pub unknown_failure_mode: Option<String>,
+    /// Whether requests are routed by this picker over ext_proc: a v1 `endpointPickerRef` (optional
+    /// since v1.5, so naming one is a choice). A v1alpha2 `extensionRef` is required by that API
+    /// and names the picker the platform installed next to its own gateway (the seed's
+    /// `inference-gateway-ext-proc`); this gateway replaces that picker and routes such a pool
+    /// with its built-in strategy.
+    pub external: bool,
 }
 
 /// The port a v1alpha2 `extensionRef` without `portNumber` means (the upstream conversion's and
@@ -198,7 +204,13 @@ impl PickerRef {
             port,
             failure_mode,
             unknown_failure_mode,
+            external: false,
         }
+    }
+
+    /// Whether requests to the pool are routed by this picker (see [`PickerRef::external`]).
+    pub fn is_external(&self) -> bool {
+        self.external
     }
 
     /// From a v1alpha2 `extensionRef`.
@@ -215,13 +227,16 @@ impl PickerRef {
 
     /// From a v1 `endpointPickerRef`.
     pub fn from_v1(r: &v1::EndpointPickerRef) -> PickerRef {
-        PickerRef::new(
-            r.group.as_ref(),
-            r.kind.as_ref(),
-            &r.name,
-            r.port.as_ref().map(|p| p.number),
-            r.failure_mode.as_ref(),
-        )
+        PickerRef {
+            external: true,
+            ..PickerRef::new(
+                r.group.as_ref(),
+                r.kind.as_ref(),
+                &r.name,
+                r.port.as_ref().map(|p| p.number),
+                r.failure_mode.as_ref(),
+            )
+        }
     }
 }
 

@@ -175,15 +175,24 @@ impl PickerClient {
         } = request;
         let body_expected = !body.is_empty();
         let metadata = subset.as_deref().map(wire::subset_metadata);
-        let (later, later_rx) = mpsc::channel(1);
-        let outbound = futures::stream::iter(request_messages(&headers, body, metadata))
-            .chain(ReceiverStream::new(later_rx));
         let mut grpc = self.grpc.clone();
-        let mut inbound = grpc
-            .process(outbound)
-            .await
-            .map_err(call_error)?
-            .into_inner();
+        let mut retried = false;
+        let (later, mut inbound) = loop {
+            let (later, later_rx) = mpsc::channel(1);
+            let outbound =
+                futures::stream::iter(request_messages(&headers, body.clone(), metadata.clone()))
+                    .chain(ReceiverStream::new(later_rx));
+            match grpc.process(outbound).await {
+                Ok(response) => break (later, response.into_inner()),
+                // The shared connection died before the call was sent (e.g. the picker restarted):
+                // nothing reached the picker, so one more try on a fresh connection is safe.
+                Err(status) if status.code() == tonic::Code::Cancelled && !retried => {
+                    tracing::debug!(%status, "endpoint-picker call not sent; retrying once");
+                    retried = true;
+                }
+                Err(status) => return Err(call_error(status)),
+            }
+        };
 
         let first = next(&mut inbound, "the request_headers answer").await?;
         let head = match answer::first_answer(first, &headers)? {
@@ -358,9 +367,14 @@ async fn next(
     }
 }
 
-/// A status from opening the call: `Unavailable` there means no connection could be made.
+/// A status from opening the call: `Unavailable` there means no connection could be made, and
+/// `Cancelled` that the connection went away before the call was sent (this client cancels
+/// nothing itself: a deadline drops the call instead).
 fn call_error(status: tonic::Status) -> PickError {
-    if status.code() == tonic::Code::Unavailable {
+    if matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Cancelled
+    ) {
         PickError::Connect(status.message().to_owned())
     } else {
         status_error(status)

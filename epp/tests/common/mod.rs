@@ -5,6 +5,8 @@
 //! deadlines, never sleeps.
 #![allow(dead_code)]
 
+pub mod tools;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

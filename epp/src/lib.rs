@@ -36,7 +36,9 @@
 //! ([`client::ClientSettings::deadline`]); a picker too slow is [`PickError::Timeout`], no connection
 //! [`PickError::Connect`], a gRPC error [`PickError::Status`], a stream ended early
 //! [`PickError::StreamEnded`], answers out of order or malformed [`PickError::Protocol`] and a
-//! destination that is not `ip:port` [`PickError::Destination`]. It accepts the destination from the
+//! destination that is not `ip:port` [`PickError::Destination`]. All requests share one lazily made
+//! HTTP/2 connection; a call that fails on the connection before any answer arrived (a stale
+//! connection to a picker that restarted) is tried once more on a fresh one, within the deadline. It accepts the destination from the
 //! header or the metadata (also the metadata's single `x-gateway-destination-endpoint-fallback`
 //! entry); when both are present and differ, **the header wins**, as in Envoy's dynamic-forwarding
 //! load balancer, and a warning is logged. Body answers may be `streamed_response` chunks, a whole

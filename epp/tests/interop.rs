@@ -12,43 +12,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::tools::{StaticEpp, fake_envoy};
-use common::{RunningServer, TestPicker, WAIT, chat_body, request_headers};
-use epp::{ClientSettings, Immediate, PickError, PickRequest, Picked, PickerClient, Route};
+use common::{
+    RunningServer, TestPicker, WAIT, addrs, chat, chat_body, reject, request_headers, route,
+};
+use epp::{ClientSettings, PickError, PickRequest, PickerClient};
 
 /// The pool static-epp routes over (loopback addresses; nothing connects to them).
 const POOL: &str = "127.0.0.1:8001,127.0.0.2:8002,127.0.0.3:8003";
-
-fn addrs(list: &[&str]) -> Vec<SocketAddr> {
-    list.iter().map(|s| s.parse().unwrap()).collect()
-}
-
-fn route(picked: Picked) -> Route {
-    match picked {
-        Picked::Route(route) => route,
-        Picked::Reject(reject) => panic!("rejected: {reject:?}"),
-    }
-}
-
-fn reject(picked: Picked) -> Immediate {
-    match picked {
-        Picked::Reject(reject) => reject,
-        Picked::Route(route) => panic!("routed to {:?}", route.destinations),
-    }
-}
 
 fn value<'a>(headers: &'a [(String, Bytes)], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(n, _)| n == name)
         .and_then(|(_, v)| std::str::from_utf8(v).ok())
-}
-
-fn chat(extra: &[(&str, &str)], subset: Option<&[&str]>) -> PickRequest {
-    PickRequest {
-        headers: request_headers(extra),
-        body: chat_body("m"),
-        subset: subset.map(|s| s.iter().map(|e| e.to_string()).collect()),
-    }
 }
 
 const SELECT: &str = "test-epp-endpoint-selection";
@@ -151,10 +127,7 @@ async fn client_served_report_reaches_static_epp() {
         addrs(&["127.0.0.3:8003", "127.0.0.1:8001"])
     );
     let served: SocketAddr = "127.0.0.1:8001".parse().unwrap();
-    let response_headers = [(
-        "content-type".to_owned(),
-        Bytes::from_static(b"application/json"),
-    )];
+    let response_headers = common::json_response_headers();
     let changes = route
         .served
         .served(served, 200, &response_headers)

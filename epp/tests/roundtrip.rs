@@ -6,22 +6,13 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{RunningServer, TestPicker, WAIT, chat_body, noise, request_headers};
-use epp::{ClientSettings, PickError, PickRequest, Picked, PickerClient, Route};
+use common::{
+    RunningServer, TestPicker, WAIT, addrs, chat, chat_body, noise, request_headers, route,
+};
+use epp::{ClientSettings, PickError, PickRequest, Picked, PickerClient};
 
 fn client(server: &RunningServer) -> PickerClient {
     PickerClient::for_addr(server.ext_proc, ClientSettings::default())
-}
-
-fn route(picked: Picked) -> Route {
-    match picked {
-        Picked::Route(route) => route,
-        Picked::Reject(reject) => panic!("rejected: {reject:?}"),
-    }
-}
-
-fn addrs(list: &[&str]) -> Vec<std::net::SocketAddr> {
-    list.iter().map(|s| s.parse().unwrap()).collect()
 }
 
 #[tokio::test]
@@ -55,10 +46,7 @@ async fn destination_fallback_list_and_served_report() {
     assert_eq!(seen.subset, None);
 
     let served: std::net::SocketAddr = "[fd00::1]:8001".parse().unwrap();
-    let response_headers = [(
-        "content-type".to_owned(),
-        Bytes::from_static(b"application/json"),
-    )];
+    let response_headers = common::json_response_headers();
     let changes = route
         .served
         .served(served, 200, &response_headers)
@@ -116,11 +104,7 @@ async fn body_mutation_comes_back_with_its_length_left_to_the_proxy() {
     let (picker, _taps) = TestPicker::new();
     let server = RunningServer::start(picker).await;
     let rewritten = r#"{"model":"other","messages":[]}"#;
-    let request = PickRequest {
-        headers: request_headers(&[(common::REWRITE, rewritten)]),
-        body: chat_body("m"),
-        subset: None,
-    };
+    let request = chat(&[(common::REWRITE, rewritten)], None);
     let route = route(client(&server).pick(request).await.unwrap());
     assert_eq!(route.body, Bytes::from(rewritten));
     // The server sent content-length for the new body; the client leaves framing to the proxy.
@@ -170,11 +154,7 @@ async fn request_without_body_is_answered_at_once() {
 async fn rejection_is_an_immediate_response_with_headers() {
     let (picker, _taps) = TestPicker::new();
     let mut server = RunningServer::start(picker).await;
-    let request = PickRequest {
-        headers: request_headers(&[(common::REJECT, "429")]),
-        body: chat_body("m"),
-        subset: None,
-    };
+    let request = chat(&[(common::REJECT, "429")], None);
     match client(&server).pick(request).await.unwrap() {
         Picked::Reject(reject) => {
             assert_eq!(reject.status, 429);
@@ -202,11 +182,7 @@ async fn a_picker_slower_than_the_deadline_is_a_timeout_and_its_stream_is_droppe
         ..ClientSettings::default()
     };
     let client = PickerClient::for_addr(server.ext_proc, settings);
-    let request = PickRequest {
-        headers: request_headers(&[(common::HANG, "1")]),
-        body: chat_body("m"),
-        subset: None,
-    };
+    let request = chat(&[(common::HANG, "1")], None);
     let error = client.pick(request).await.unwrap_err();
     assert!(matches!(error, PickError::Timeout { .. }), "{error:?}");
     assert_eq!(error.metric_label(), "timeout");
@@ -219,11 +195,7 @@ async fn a_picker_slower_than_the_deadline_is_a_timeout_and_its_stream_is_droppe
 async fn dropping_the_served_report_ends_the_stream() {
     let (picker, mut taps) = TestPicker::new();
     let mut server = RunningServer::start(picker).await;
-    let request = PickRequest {
-        headers: request_headers(&[]),
-        body: chat_body("m"),
-        subset: None,
-    };
+    let request = chat(&[], None);
     let route = route(client(&server).pick(request).await.unwrap());
     assert_eq!(
         *server.open_streams.borrow(),
@@ -240,11 +212,7 @@ async fn a_stopped_server_is_a_connect_error() {
     let (picker, _taps) = TestPicker::new();
     let server = RunningServer::start(picker).await;
     let client = client(&server);
-    let request = PickRequest {
-        headers: request_headers(&[]),
-        body: chat_body("m"),
-        subset: None,
-    };
+    let request = chat(&[], None);
     route(client.pick(request.clone()).await.unwrap());
     let addr = server.ext_proc;
     server.stop().await;

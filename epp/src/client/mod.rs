@@ -184,10 +184,11 @@ impl PickerClient {
                     .chain(ReceiverStream::new(later_rx));
             match grpc.process(outbound).await {
                 Ok(response) => break (later, response.into_inner()),
-                // The shared connection died before the call was sent (e.g. the picker restarted):
-                // nothing reached the picker, so one more try on a fresh connection is safe.
-                Err(status) if status.code() == tonic::Code::Cancelled && !retried => {
-                    tracing::debug!(%status, "endpoint-picker call not sent; retrying once");
+                // The connection failed before any answer (a stale pooled connection to a picker
+                // that restarted): the picker answered nothing, so one more try on a fresh
+                // connection, within the same deadline, is safe.
+                Err(status) if connection_failure(&status) && !retried => {
+                    tracing::debug!(%status, "endpoint-picker connection failed before any answer; retrying once");
                     retried = true;
                 }
                 Err(status) => return Err(call_error(status)),
@@ -367,14 +368,23 @@ async fn next(
     }
 }
 
-/// A status from opening the call: `Unavailable` there means no connection could be made, and
-/// `Cancelled` that the connection went away before the call was sent (this client cancels
-/// nothing itself: a deadline drops the call instead).
-fn call_error(status: tonic::Status) -> PickError {
-    if matches!(
+/// Whether a status from opening the call was made here from a connection failure rather than
+/// sent by the picker: `Unavailable` (no connection), `Cancelled` (the connection went away before
+/// the call was sent; this client cancels nothing itself, a deadline drops the call instead), or
+/// any status carrying a transport error.
+fn connection_failure(status: &tonic::Status) -> bool {
+    use std::error::Error;
+    matches!(
         status.code(),
         tonic::Code::Unavailable | tonic::Code::Cancelled
-    ) {
+    ) || status
+        .source()
+        .is_some_and(|source| source.is::<tonic::transport::Error>())
+}
+
+/// A status from opening the call: a connection failure is [`PickError::Connect`].
+fn call_error(status: tonic::Status) -> PickError {
+    if connection_failure(&status) {
         PickError::Connect(status.message().to_owned())
     } else {
         status_error(status)

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use epp::{EppServer, Picker, PickerAnswer, PickerRequest, Rejection, ServedRecord};
+use epp::{
+    EppServer, Immediate, PickRequest, Picked, Picker, PickerAnswer, PickerRequest, Rejection,
+    Route, ServedRecord,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -200,4 +203,42 @@ pub fn chat_body(model: &str) -> Bytes {
     Bytes::from(format!(
         r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#
     ))
+}
+
+/// A chat request with these extra headers and subset hint.
+pub fn chat(extra: &[(&str, &str)], subset: Option<&[&str]>) -> PickRequest {
+    PickRequest {
+        headers: request_headers(extra),
+        body: chat_body("m"),
+        subset: subset.map(|s| s.iter().map(|e| e.to_string()).collect()),
+    }
+}
+
+/// The route of a pick that must route.
+pub fn route(picked: Picked) -> Route {
+    match picked {
+        Picked::Route(route) => route,
+        Picked::Reject(reject) => panic!("rejected: {reject:?}"),
+    }
+}
+
+/// The rejection of a pick that must be refused.
+pub fn reject(picked: Picked) -> Immediate {
+    match picked {
+        Picked::Reject(reject) => reject,
+        Picked::Route(route) => panic!("routed to {:?}", route.destinations),
+    }
+}
+
+/// Socket addresses from text.
+pub fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+    list.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+/// Response headers of a JSON response.
+pub fn json_response_headers() -> [(String, Bytes); 1] {
+    [(
+        "content-type".to_owned(),
+        Bytes::from_static(b"application/json"),
+    )]
 }

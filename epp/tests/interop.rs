@@ -278,21 +278,9 @@ async fn client_recovers_when_static_epp_restarts_on_the_same_port() {
 #[tokio::test]
 async fn static_epp_health_answers_a_tonic_health_client() {
     use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let epp = StaticEpp::start(POOL, &[]);
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", epp.health)).unwrap();
-    let mut health = HealthClient::new(channel.connect().await.unwrap());
-    for name in epp::wire::HEALTH_SERVICES {
-        let answer = health
-            .check(HealthCheckRequest {
-                service: name.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(answer.status(), ServingStatus::Serving, "{name:?}");
-    }
+    let statuses = common::health_of(epp.health, &epp::wire::HEALTH_SERVICES).await;
+    assert_eq!(statuses, [Ok(ServingStatus::Serving); 4]);
 }
 
 // ---- fake-envoy against this crate's server ----

@@ -262,37 +262,13 @@ async fn a_malformed_stream_gets_invalid_argument() {
 #[tokio::test]
 async fn health_is_serving_for_the_four_names_on_both_ports() {
     use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
     let (picker, _taps) = TestPicker::new();
     let server = RunningServer::start(picker).await;
     for addr in [server.health, server.ext_proc] {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut health = HealthClient::new(channel);
-        for name in epp::wire::HEALTH_SERVICES {
-            let answer = health
-                .check(HealthCheckRequest {
-                    service: name.into(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            assert_eq!(
-                answer.status(),
-                ServingStatus::Serving,
-                "{name:?} on {addr}"
-            );
-        }
-        let unknown = health
-            .check(HealthCheckRequest {
-                service: "nope".into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(unknown.code(), tonic::Code::NotFound);
+        let statuses = common::health_of(addr, &epp::wire::HEALTH_SERVICES).await;
+        assert_eq!(statuses, [Ok(ServingStatus::Serving); 4], "on {addr}");
+        let unknown = common::health_of(addr, &["nope"]).await;
+        assert_eq!(unknown, [Err(tonic::Code::NotFound)]);
     }
 }

@@ -28,7 +28,8 @@ pub struct Immediate {
     pub details: String,
 }
 
-/// Header changes a picker asked for, with the noise taken out (see [`split_mutation`]).
+/// Header changes a picker asked for, with the noise taken out: echoes of the values sent, the
+/// destination header, `content-length` and hop-by-hop headers are dropped.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HeaderChanges {
     /// Regular headers to set, names lower-cased, in the picker's order; replaces any value.

@@ -20,8 +20,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, Processin
 use futures::FutureExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::error::ServeError;
@@ -256,14 +257,14 @@ impl<P: Picker> EppServer<P> {
             .max_concurrent_streams(self.settings.max_concurrent_streams)
             .add_service(health_service.clone())
             .add_service(self.service())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(ext_proc), shutdown.clone());
+            .serve_with_incoming_shutdown(incoming(ext_proc), shutdown.clone());
         match health {
             None => main.await?,
             Some(listener) => {
                 tracing::info!(health = %listener.local_addr()?, "endpoint picker health serving");
                 let health = Server::builder()
                     .add_service(health_service)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+                    .serve_with_incoming_shutdown(incoming(listener), shutdown);
                 let (main, health) = tokio::join!(main, health);
                 main?;
                 health?;
@@ -271,6 +272,12 @@ impl<P: Picker> EppServer<P> {
         }
         Ok(())
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: answers are small messages written as soon as
+/// they are ready, and with Nagle on, each waits for the peer's delayed ACK (about 40 ms).
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Serves `picker` as an EPP with default settings; see [`EppServer::serve`].

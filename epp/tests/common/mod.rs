@@ -242,3 +242,24 @@ pub fn json_response_headers() -> [(String, Bytes); 1] {
         Bytes::from_static(b"application/json"),
     )]
 }
+
+/// gRPC health of `addr` for each name: the serving status, or the gRPC code of the failure.
+pub async fn health_of(
+    addr: SocketAddr,
+    names: &[&str],
+) -> Vec<Result<tonic_health::pb::health_check_response::ServingStatus, tonic::Code>> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let mut health = HealthClient::new(endpoint.connect().await.unwrap());
+    let mut out = Vec::new();
+    for name in names {
+        let request = HealthCheckRequest {
+            service: name.to_string(),
+        };
+        out.push(match health.check(request).await {
+            Ok(answer) => Ok(answer.into_inner().status()),
+            Err(status) => Err(status.code()),
+        });
+    }
+    out
+}

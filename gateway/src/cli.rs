@@ -166,6 +166,13 @@ pub struct Args {
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub scrape_timeout: Duration,
 
+    /// Deadline of each exchange with an external endpoint picker (a pool's v1
+    /// `endpointPickerRef`): from sending the request to having its destination and body back,
+    /// and again for reporting the served endpoint. A picker that misses it counts as down, and
+    /// the pool's `failureMode` decides (`FailClose`: 503; `FailOpen`: the built-in strategy).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub picker_timeout: Duration,
+
     /// Proxy worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -190,6 +197,15 @@ pub struct Args {
 }
 
 impl Args {
+    /// How the gateway talks to external endpoint pickers.
+    pub fn picker_settings(&self) -> epp::ClientSettings {
+        epp::ClientSettings {
+            deadline: self.picker_timeout,
+            connect_timeout: self.connect_timeout.min(self.picker_timeout),
+            ..epp::ClientSettings::default()
+        }
+    }
+
     /// The default request timeout, `None` when disabled.
     pub fn default_request_timeout(&self) -> Option<Duration> {
         (!self.request_timeout.is_zero()).then_some(self.request_timeout)

@@ -75,6 +75,7 @@ impl GatewayBuilder {
             controller_name: args.controller_name.clone(),
             default_request_timeout: args.default_request_timeout(),
             registry: Arc::new(self.registry),
+            picker: args.picker_settings(),
         };
         if args.source == SourceKind::Kube {
             return run_kube(args, settings);

@@ -56,6 +56,8 @@ pub struct BuildSettings {
     pub default_request_timeout: Option<Duration>,
     /// Strategy factories.
     pub registry: Arc<Registry>,
+    /// How the gateway talks to external endpoint pickers.
+    pub picker: epp::ClientSettings,
 }
 
 impl BuildSettings {
@@ -65,6 +67,7 @@ impl BuildSettings {
             controller_name: &self.controller_name,
             registry: &self.registry,
             default_request_timeout: self.default_request_timeout,
+            picker: &self.picker,
         }
     }
 }

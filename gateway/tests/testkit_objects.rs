@@ -31,6 +31,7 @@ fn build(yaml: &str) -> Snapshot {
         controller_name: k8s::CONTROLLER_NAME,
         registry: &registry,
         default_request_timeout: None,
+        picker: &epp::ClientSettings::default(),
     };
     let (snapshot, issues) = gateway::snapshot::build(&objects, &options, None);
     let errors: Vec<_> = issues

@@ -522,6 +522,7 @@ pub fn build_pool(
         rewrites: models.rewrites,
         objectives: models.objectives,
         picker: spec.picker.clone(),
+        picker_binding: None,
     })
 }
 
@@ -630,9 +631,17 @@ mod tests {
             port: Some(DEFAULT_PICKER_PORT),
             failure_mode: FailureMode::FailClose,
             unknown_failure_mode: None,
+            external: false,
         };
         assert_eq!(old.picker.as_ref(), Some(&expected), "port 9002 when unset");
-        assert_eq!(new.picker, Some(expected));
+        // The same reference, except that only the v1 pool is routed by it.
+        assert_eq!(
+            new.picker,
+            Some(PickerRef {
+                external: true,
+                ..expected
+            })
+        );
 
         let (key, old) = spec_v1alpha2(
             "{selector: {app: q}, targetPortNumber: 8000, extensionRef: {group: x.io, kind: Picker, name: e, portNumber: 9100, failureMode: FailOpen}}",

@@ -13,6 +13,7 @@ pub mod backends;
 pub mod build;
 pub mod endpoint;
 pub mod models;
+pub mod picker;
 pub mod routes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -93,8 +94,11 @@ pub struct Pool {
     pub rewrites: Rewrites,
     /// Objectives by name (InferenceObjectives).
     pub objectives: HashMap<String, Arc<Objective>>,
-    /// The endpoint picker the pool names (recorded; the gateway picks with its own strategy).
+    /// The endpoint picker the pool names, as written.
     pub picker: Option<backends::PickerRef>,
+    /// The external picker requests are routed by ([`backends::PickerRef::external`]): resolved,
+    /// or why it cannot be (requests get 500). `None`: the built-in strategy routes the pool.
+    pub picker_binding: Option<picker::PickerResolution>,
 }
 
 impl std::fmt::Debug for Pool {

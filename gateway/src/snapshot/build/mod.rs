@@ -28,7 +28,9 @@ use plugins::Registry;
 
 use super::Snapshot;
 use super::backends;
+use super::backends::PickerRef;
 use super::models::PoolModels;
+use super::picker::{PickerBinding, PickerResolution};
 use crate::config::{ConfigIssue, ObjectSet};
 use index::Index;
 use listeners::ListenerBuild;
@@ -48,6 +50,8 @@ pub struct BuildOptions<'a> {
     pub registry: &'a Registry,
     /// Whole-request timeout when neither the rule nor a BackendTrafficPolicy sets one.
     pub default_request_timeout: Option<Duration>,
+    /// How the gateway talks to external endpoint pickers.
+    pub picker: &'a epp::ClientSettings,
 }
 
 /// Build a snapshot from `objects`. `previous` donates runtime state (endpoint counters, strategy
@@ -90,10 +94,67 @@ fn build_pools(
         let pods = index.pods_in(&spec.key.namespace);
         let pool =
             backends::build_pool(spec, pods, pool_models, options.registry, previous, issues);
-        if let Some(pool) = pool {
+        if let Some(mut pool) = pool {
+            let previous_binding = previous
+                .and_then(|s| s.pools.get(&spec.key))
+                .and_then(|p| p.picker_binding.as_ref()?.as_ref().ok());
+            pool.picker_binding = spec
+                .picker
+                .as_ref()
+                .filter(|p| p.is_external())
+                .map(|p| picker_binding(&spec.key, p, index, options, previous_binding));
             snapshot.pools.insert(spec.key.clone(), Arc::new(pool));
         }
     }
+}
+
+/// The external picker `picker` of pool `pool`: its Service's ready endpoints for the named port,
+/// or why requests cannot be routed (the Service is not a core Service, has no such port or does
+/// not exist). Reported as the pool's `ResolvedRefs` condition by the status writer.
+fn picker_binding(
+    pool: &crate::config::ObjectKey,
+    picker: &PickerRef,
+    index: &Index<'_>,
+    options: &BuildOptions<'_>,
+    previous: Option<&Arc<PickerBinding>>,
+) -> PickerResolution {
+    if !(picker.kind == "Service" && picker.group.is_empty()) {
+        return Err(format!(
+            "the endpoint picker must be a core Service, not {} in group {:?}",
+            picker.kind, picker.group
+        )
+        .into());
+    }
+    let port = picker
+        .port
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Arc::<str>::from("the endpoint picker Service needs a port (1-65535)"))?;
+    let key = crate::config::ObjectKey::new(
+        crate::config::Kind::Service,
+        pool.namespace.clone(),
+        picker.name.clone(),
+    );
+    let service = index.services.get(&key).ok_or_else(|| {
+        Arc::<str>::from(format!(
+            "endpoint picker Service {} does not exist",
+            key.qualified_name()
+        ))
+    })?;
+    let backend =
+        backends::service_backend(&key, service.object, port, index.pods_in(&key.namespace))
+            .map_err(|reason| Arc::<str>::from(format!("endpoint picker: {reason}")))?;
+    let binding = PickerBinding::new(
+        key,
+        port,
+        backend.endpoints,
+        picker.failure_mode,
+        options.picker.clone(),
+    );
+    Ok(Arc::new(match previous {
+        Some(previous) => binding.reuse(previous),
+        None => binding,
+    }))
 }
 
 /// Sort every listener's routes by precedence and file the listeners by port.

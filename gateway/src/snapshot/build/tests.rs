@@ -36,6 +36,7 @@ fn build_with(objects: &ObjectSet, registry: &Registry) -> (Snapshot, Vec<Config
         controller_name: CONTROLLER,
         registry,
         default_request_timeout: Some(Duration::from_secs(3600)),
+        picker: &epp::ClientSettings::default(),
     };
     build(objects, &options, None)
 }
@@ -313,6 +314,7 @@ fn duplicates_are_errors_and_rebuilds_keep_endpoint_state() {
         controller_name: CONTROLLER,
         registry: &registry,
         default_request_timeout: None,
+        picker: &epp::ClientSettings::default(),
     };
     let (second, _) = build(&objects, &options, Some(&first));
     let a = &first.pools.values().next().unwrap();

@@ -142,6 +142,11 @@ pub struct GatewayMetrics {
     pub picks: IntCounterVec,
     /// Endpoint indexes outside the pool that a strategy returned (dropped), by pool and strategy.
     pub invalid_candidates: IntCounterVec,
+    /// Exchanges with external endpoint pickers by pool and result (`routed`, `rejected`, or why
+    /// the picker could not be used: `connect`, `timeout`, `status`, ...).
+    pub picker_requests: IntCounterVec,
+    /// Duration of the request part of an exchange with an external endpoint picker, by pool.
+    pub picker_duration: HistogramVec,
     /// Failed metrics scrapes by endpoint and reason.
     pub scrape_errors: IntCounterVec,
     /// Duration of metrics scrapes.
@@ -307,6 +312,17 @@ impl GatewayMetrics {
                 "gateway_picks_total",
                 "Endpoints chosen for inference requests, by pool, strategy and endpoint.",
                 &["pool", "strategy", "endpoint"],
+            ),
+            picker_requests: counter_vec(
+                "gateway_endpoint_picker_requests_total",
+                "Exchanges with external endpoint pickers (ext_proc), by pool and result: routed, rejected, or why the picker could not be used.",
+                &["pool", "result"],
+            ),
+            picker_duration: histogram_vec(
+                "gateway_endpoint_picker_duration_seconds",
+                "Time from sending a request to an external endpoint picker to having its destination and body back, by pool.",
+                LATENCY_BUCKETS,
+                &["pool"],
             ),
             invalid_candidates: counter_vec(
                 "gateway_strategy_invalid_candidates_total",
@@ -504,6 +520,8 @@ impl GatewayMetrics {
             Box::new(self.retries.clone()),
             Box::new(self.picks.clone()),
             Box::new(self.invalid_candidates.clone()),
+            Box::new(self.picker_requests.clone()),
+            Box::new(self.picker_duration.clone()),
             Box::new(self.scrape_errors.clone()),
             Box::new(self.scrape_duration.clone()),
             Box::new(self.scrape_age.clone()),

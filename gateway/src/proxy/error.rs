@@ -101,6 +101,23 @@ pub enum ClientError {
         /// Pingora's error type.
         cause: &'static str,
     },
+    /// The pool's endpoint picker reference cannot be resolved (500, as the Inference
+    /// Extension's conformance tests expect).
+    #[error("The endpoint picker of pool {pool} is invalid: {reason}")]
+    InvalidPicker {
+        /// The pool, as `namespace/name`.
+        pool: String,
+        /// Why.
+        reason: Arc<str>,
+    },
+    /// The pool's endpoint picker did not answer and its failure mode is `FailClose` (503).
+    #[error("The endpoint picker of pool {pool} is unavailable: {error}")]
+    PickerUnavailable {
+        /// The pool, as `namespace/name`.
+        pool: String,
+        /// What went wrong.
+        error: String,
+    },
     /// The connection cap is reached (503).
     #[error("The gateway has its limit of {cap} client connections open; retry shortly.")]
     TooManyConnections {
@@ -165,10 +182,13 @@ impl ClientError {
             ClientError::BodyTooLarge { .. } => 413,
             ClientError::Shed { .. } => 429,
             ClientError::HeadTooLarge { .. } => 431,
-            ClientError::NoBackendWeight | ClientError::InvalidBackend(_) => 500,
+            ClientError::NoBackendWeight
+            | ClientError::InvalidBackend(_)
+            | ClientError::InvalidPicker { .. } => 500,
             ClientError::Unreachable { .. } | ClientError::UpstreamFailed(_) => 502,
             ClientError::NoReadyEndpoints { .. }
             | ClientError::NoEndpointToTry
+            | ClientError::PickerUnavailable { .. }
             | ClientError::TooManyConnections { .. } => 503,
             ClientError::NoEndpoint(reason) => reason.status(),
             ClientError::Timeout => 504,
@@ -185,8 +205,11 @@ impl ClientError {
             | ClientError::BodyTooLarge { .. }
             | ClientError::HeadTooLarge { .. } => "invalid_request_error",
             ClientError::Shed { .. } => "rate_limit_error",
-            ClientError::NoBackendWeight | ClientError::InvalidBackend(_) => "server_error",
+            ClientError::NoBackendWeight
+            | ClientError::InvalidBackend(_)
+            | ClientError::InvalidPicker { .. } => "server_error",
             ClientError::NoReadyEndpoints { .. }
+            | ClientError::PickerUnavailable { .. }
             | ClientError::NoEndpoint(_)
             | ClientError::NoEndpointToTry
             | ClientError::TooManyConnections { .. } => "service_unavailable",
@@ -235,6 +258,8 @@ impl ClientError {
             ClientError::Timeout => "timeout",
             ClientError::ProxyFailed { .. } => "proxy_failed",
             ClientError::TooManyConnections { .. } => "too_many_connections",
+            ClientError::InvalidPicker { .. } => "invalid_picker",
+            ClientError::PickerUnavailable { .. } => "picker_unavailable",
         }
     }
 
@@ -247,6 +272,7 @@ impl ClientError {
             | ClientError::TooManyConnections { .. } => Some("rejected-saturated"),
             ClientError::NoReadyEndpoints { .. }
             | ClientError::NoEndpointToTry
+            | ClientError::PickerUnavailable { .. }
             | ClientError::NoEndpoint(_) => Some("rejected-no-endpoints"),
             _ => None,
         }

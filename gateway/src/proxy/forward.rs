@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use pingora::connectors::ConnectorOptions;
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -54,6 +55,16 @@ pub struct Target {
 pub trait Targets: Send {
     /// The next endpoint to try, given those `tried` so far and the client's request `header`.
     fn next(&mut self, tried: &[SocketAddr], header: &RequestHeader) -> Option<Target>;
+
+    /// Called once with the response header of the endpoint that answered (`served`), before the
+    /// client gets it; it may change it. An external endpoint picker's served report runs here.
+    fn on_response<'a>(
+        &'a mut self,
+        _served: SocketAddr,
+        _response: &'a mut ResponseHeader,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Connection settings for upstream attempts.
@@ -179,7 +190,10 @@ impl Forwarder {
             let mut stale_retries = 0;
             loop {
                 exchange.attempts.made += 1;
-                match self.attempt(session, &peer, header, body, exchange).await {
+                match self
+                    .attempt(session, &peer, header, body, &mut *targets, exchange)
+                    .await
+                {
                     Attempt::Done(health) => {
                         if let Some(endpoint) = &endpoint {
                             self.record_health(endpoint, &health);
@@ -229,6 +243,7 @@ impl Forwarder {
         peer: &HttpPeer,
         header: &RequestHeader,
         body: &Bytes,
+        targets: &mut dyn Targets,
         exchange: &mut Exchange,
     ) -> Attempt {
         let (mut upstream, reused) = match self.connector.get_http_session(peer).await {
@@ -279,6 +294,9 @@ impl Forwarder {
         let status = response.status.as_u16();
         exchange.status = Some(status);
         let _ = response.insert_header(headers::SERVED_BY, peer.address().to_string());
+        if let Some(served) = peer.address().as_inet() {
+            targets.on_response(*served, &mut response).await;
+        }
         let content_type = response
             .headers
             .get(http::header::CONTENT_TYPE)

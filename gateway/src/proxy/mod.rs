@@ -21,6 +21,7 @@ pub mod error;
 pub mod exchange;
 pub mod forward;
 pub mod head;
+pub mod picker;
 pub mod record;
 pub mod respond;
 pub mod response;
@@ -43,7 +44,7 @@ use self::decide::{BodyNeeded, Decision, Forward, Step, Upstreams};
 use self::error::ClientError;
 use self::forward::Forwarder;
 use self::respond::BodyError;
-use self::targets::{PoolTargets, ServiceTargets};
+use self::targets::{PickedTargets, PoolTargets, ServiceTargets};
 use crate::headers;
 use crate::snapshot::Snapshot;
 use crate::state::GatewayState;
@@ -110,6 +111,17 @@ impl GatewayProxy {
                     ctx.exchange.status = Some(200);
                     Box::pin(respond::json(session, body)).await?;
                     return Ok(true);
+                }
+                Step::Pick(call) => {
+                    let metrics = &self.state.metrics;
+                    match Box::pin(picker::consult(call, session, ctx, metrics)).await {
+                        picker::Consulted::Decided(decision) => self.take(ctx, decision),
+                        picker::Consulted::Refused(immediate) => {
+                            ctx.exchange.status = Some(immediate.status);
+                            Box::pin(picker::refuse(session, &immediate)).await?;
+                            return Ok(true);
+                        }
+                    }
                 }
                 Step::ReadBody(BodyNeeded::Routing) if session.is_body_empty() => {
                     // Nothing to route on: decide as for any bodyless request.
@@ -188,6 +200,15 @@ impl GatewayProxy {
         match upstreams {
             Upstreams::Service(service) => {
                 let mut targets = ServiceTargets(&service);
+                self.forwarder
+                    .forward(session, header, body, &mut targets, exchange)
+                    .await;
+            }
+            Upstreams::Picked(picked) => {
+                let mut targets = PickedTargets {
+                    picked,
+                    metrics: &self.state.metrics,
+                };
                 self.forwarder
                     .forward(session, header, body, &mut targets, exchange)
                     .await;

@@ -1,5 +1,5 @@
-//! The candidates a forwarded request walks: a Service's endpoints in round-robin order, or a
-//! pool's endpoints in the order its strategy ranked them.
+//! The candidates a forwarded request walks: a Service's endpoints in round-robin order, a pool's
+//! endpoints in the order its strategy ranked them, or the endpoints an external picker chose.
 //!
 //! A pool target is counted in flight on its endpoint when it is handed out (the count is
 //! released when the [`Target`] drops), reported to the strategy's `on_dispatched` hook with the
@@ -7,9 +7,11 @@
 
 use std::net::SocketAddr;
 
-use pingora::http::RequestHeader;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use pingora::http::{RequestHeader, ResponseHeader};
 
-use super::decide::{Dispatch, InferenceInfo};
+use super::decide::{Dispatch, InferenceInfo, PickedUpstreams};
 use super::forward::{Target, Targets};
 use crate::metrics::GatewayMetrics;
 use crate::snapshot::ServiceBackend;
@@ -65,6 +67,89 @@ impl Targets for PoolTargets<'_> {
         Some(Target {
             address: endpoint.id.address(),
             in_flight: Some(endpoint.dispatch(candidate.tokens)),
+        })
+    }
+}
+
+/// The endpoints an external picker chose, in its order (destination, then the fallback list);
+/// the served endpoint is reported back to the picker before the response reaches the client.
+#[derive(Debug)]
+pub struct PickedTargets<'a> {
+    /// The picker's choice.
+    pub picked: PickedUpstreams,
+    /// Where picks are counted.
+    pub metrics: &'a GatewayMetrics,
+}
+
+/// The `strategy` label of picks an external picker made.
+const EXTERNAL_PICKER: &str = "external-picker";
+
+impl Targets for PickedTargets<'_> {
+    fn next(&mut self, tried: &[SocketAddr], _header: &RequestHeader) -> Option<Target> {
+        let address = *self
+            .picked
+            .destinations
+            .iter()
+            .find(|address| !tried.contains(address))?;
+        let pool = &self.picked.pool;
+        // A destination outside the pool's ready endpoints is still tried, as Envoy would, but
+        // counted under `unknown` so a picker cannot mint label values.
+        let endpoint = pool.endpoints.iter().find(|e| e.id.address() == address);
+        let name = endpoint.map_or("unknown", |e| e.id.name());
+        tracing::debug!(pool = %pool.name, endpoint = name, %address, "endpoint picker's choice");
+        self.metrics
+            .picks
+            .with_label_values(&[pool.name.as_str(), EXTERNAL_PICKER, name])
+            .inc();
+        Some(Target {
+            address,
+            in_flight: endpoint.map(|e| e.dispatch(self.picked.tokens)),
+        })
+    }
+
+    fn on_response<'a>(
+        &'a mut self,
+        served: SocketAddr,
+        response: &'a mut ResponseHeader,
+    ) -> BoxFuture<'a, ()> {
+        let Some(report) = self.picked.served.take() else {
+            return Box::pin(std::future::ready(()));
+        };
+        Box::pin(async move {
+            let headers: Vec<(String, Bytes)> = response
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        name.as_str().to_owned(),
+                        Bytes::copy_from_slice(value.as_bytes()),
+                    )
+                })
+                .collect();
+            let status = response.status.as_u16();
+            match report.served(served, status, &headers).await {
+                Ok(changes) => {
+                    for name in &changes.remove_headers {
+                        response.remove_header(name.as_str());
+                    }
+                    for (name, value) in changes.set_headers {
+                        if let Err(error) = response.insert_header(name.clone(), value.as_ref()) {
+                            tracing::debug!(header = %name, %error, "endpoint picker's response header ignored");
+                        }
+                    }
+                }
+                Err(error) => {
+                    // The request is served; only the picker's bookkeeping of it failed.
+                    tracing::warn!(pool = %self.picked.pool.name, %error, "reporting the served endpoint to the endpoint picker failed");
+                    self.metrics
+                        .picker_requests
+                        .with_label_values(&[
+                            self.picked.pool.name.as_str(),
+                            "served_report_failed",
+                        ])
+                        .inc();
+                }
+            }
         })
     }
 }

@@ -15,6 +15,7 @@ use crate::config::{ConfigIssue, IssueReason, Kind, Object, ObjectKey, Severity}
 use crate::kubernetes::conditions::{Desired, conditions};
 use crate::snapshot::Snapshot;
 use crate::snapshot::backends::PickerRef;
+use crate::snapshot::picker::PickerResolution;
 
 /// The picker reference of a pool, in the v1 shape, if any.
 fn picker_ref(object: &Object) -> Option<PickerRef> {
@@ -71,7 +72,10 @@ pub(super) fn pool_status(
         .filter(|i| i.severity == Severity::Error)
         .collect();
     let valid = snapshot.pools.contains_key(key) && errors.is_empty();
-    let resolved = picker_condition(object, key, services);
+    let resolved = match snapshot.pools.get(key).and_then(|p| p.picker_binding.as_ref()) {
+        Some(binding) => external_picker_condition(binding),
+        None => picker_condition(object, key, services),
+    };
     let not_supported = if kind == StatusKind::PoolV1 {
         "NotSupportedByParent"
     } else {
@@ -170,6 +174,29 @@ fn parent_entry(
 
 /// The `ResolvedRefs` condition of a pool: whether its endpoint picker reference names an
 /// existing Service (the gateway never calls it, so routing does not depend on it).
+/// `ResolvedRefs` of a pool routed by an external picker (a v1 `endpointPickerRef`).
+fn external_picker_condition(binding: &PickerResolution) -> Desired {
+    match binding {
+        Ok(binding) => Desired::ok(
+            "ResolvedRefs",
+            "ResolvedRefs",
+            format!(
+                "Endpoint picker Service {} port {} routes the pool's requests ({} ready endpoint(s))",
+                binding.service.qualified_name(),
+                binding.port,
+                binding.endpoints.len()
+            ),
+        ),
+        Err(reason) => Desired::fail(
+            "ResolvedRefs",
+            "InvalidExtensionRef",
+            format!("{reason}; requests to the pool get 500"),
+        ),
+    }
+}
+
+/// `ResolvedRefs` of a pool the built-in strategy routes (no reference, or a v1alpha2
+/// `extensionRef`, which is recorded only).
 fn picker_condition(object: &Object, key: &ObjectKey, services: &BTreeSet<ObjectKey>) -> Desired {
     match picker_ref(object) {
         None => Desired::ok(

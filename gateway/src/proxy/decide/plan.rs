@@ -2,6 +2,7 @@
 //! returns, with what a pool decision keeps for later ([`InferenceInfo`], [`Dispatch`]). Types
 //! only; [`super::route`] and [`super::pool::decide`] make decisions.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use plugins::{EndpointView, RequestView};
 
 use crate::headers::ClientHints;
 use crate::proxy::error::ClientError;
+use crate::snapshot::picker::PickerBinding;
 use crate::snapshot::routes::RequestParts;
 use crate::snapshot::{Endpoint, EndpointSample, Pool, ServiceBackend};
 
@@ -108,6 +110,20 @@ pub enum Step {
     Forward(Forward),
     /// Answer 200 with this JSON body (the gateway's own `/v1/models`).
     Respond(Bytes),
+    /// Ask the pool's external endpoint picker where the request goes (then forward it, answer
+    /// the picker's rejection, or apply the pool's failure mode).
+    Pick(PickerCall),
+}
+
+/// A request to a pool routed by an external endpoint picker, its body read.
+#[derive(Debug)]
+pub struct PickerCall {
+    /// The pool.
+    pub pool: Arc<Pool>,
+    /// Its picker.
+    pub binding: Arc<PickerBinding>,
+    /// The body as the client sent it.
+    pub body: Bytes,
 }
 
 /// Why the body must be read before going on.
@@ -137,6 +153,21 @@ pub enum Upstreams {
     Service(Arc<ServiceBackend>),
     /// A pool's endpoints in the order its strategy ranked them.
     Pool(Dispatch),
+    /// The endpoints an external picker chose, primary first.
+    Picked(PickedUpstreams),
+}
+
+/// Where an external endpoint picker sent a request.
+#[derive(Debug)]
+pub struct PickedUpstreams {
+    /// The pool.
+    pub pool: Arc<Pool>,
+    /// The picker's destination and fallback list, in order.
+    pub destinations: Vec<SocketAddr>,
+    /// The open exchange, to report the endpoint that served the request.
+    pub served: Option<epp::ServedReport>,
+    /// Estimated prompt tokens, counted in flight on the endpoint that takes the request.
+    pub tokens: u64,
 }
 
 impl Decision {

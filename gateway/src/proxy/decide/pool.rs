@@ -12,14 +12,43 @@ use bytes::Bytes;
 use plugins::load::pool_saturation;
 use plugins::{EndpointView, NoEndpoint, PoolView};
 
-use super::plan::{BackendKind, Decision, Dispatch, Forward, Head, InferenceInfo, Step, Upstreams};
+use super::plan::{
+    BackendKind, Decision, Dispatch, Forward, Head, InferenceInfo, PickerCall, Step, Upstreams,
+};
 use crate::openai;
 use crate::proxy::error::{ClientError, ShedCause};
 use crate::snapshot::endpoint::eligible;
 use crate::snapshot::{EndpointSample, Pool, UnknownModel};
 
-/// Decide for a request to `pool` whose body is `body`.
+/// Decide for a request to `pool` whose body is `body`: ask its external endpoint picker when it
+/// has one (500 when that reference is invalid), else its built-in strategy.
 pub fn decide(pool: Arc<Pool>, head: &Head<'_>, body: Bytes) -> Decision {
+    match &pool.picker_binding {
+        None => decide_builtin(pool, head, body),
+        Some(Err(reason)) => answer(
+            None,
+            ClientError::InvalidPicker {
+                pool: pool.name.clone(),
+                reason: Arc::clone(reason),
+            },
+        ),
+        Some(Ok(binding)) => {
+            let binding = Arc::clone(binding);
+            Decision::new(
+                BackendKind::Pool,
+                Step::Pick(PickerCall {
+                    pool,
+                    binding,
+                    body,
+                }),
+            )
+        }
+    }
+}
+
+/// Decide for a request to `pool` with the pool's own strategy (also a `FailOpen` pool's
+/// fallback when its picker does not answer).
+pub fn decide_builtin(pool: Arc<Pool>, head: &Head<'_>, body: Bytes) -> Decision {
     if body.is_empty() {
         // No body, no model (GET /v1/models, /health): any healthy endpoint will do.
         let endpoints = eligible(&pool.endpoints);
@@ -116,6 +145,49 @@ fn resolve(
         pool,
     };
     Ok((info, outgoing))
+}
+
+/// What the gateway records of a request an external picker routed: the model the client asked
+/// for (`original`), the one the picker sent (`sent`, the body it returned), the priority, sizes.
+/// `None` when the body is not an OpenAI request (the picker accepted it anyway; it is forwarded
+/// without inference metrics).
+pub fn external_info(
+    pool: &Arc<Pool>,
+    head: &Head<'_>,
+    original: &[u8],
+    sent: &[u8],
+    pick_duration: Duration,
+) -> Option<InferenceInfo> {
+    let request = openai::parse(original).ok()?;
+    let requested = request.model.as_deref();
+    let target = openai::parse(sent)
+        .ok()
+        .and_then(|r| r.model.map(|m| m.into_owned()));
+    let entry = requested.and_then(|m| pool.models.get(m));
+    let objective = head
+        .hints
+        .objective
+        .as_deref()
+        .filter(|name| pool.objectives.contains_key(*name));
+    Some(InferenceInfo {
+        model: requested.unwrap_or_default().to_owned(),
+        target_model: target.unwrap_or_else(|| requested.unwrap_or_default().to_owned()),
+        priority: pool.priority(objective, entry.map(|e| &**e)),
+        objective: objective.map(str::to_owned),
+        prompt: None,
+        prompt_tokens: request.estimated_prompt_tokens(),
+        max_tokens: request.max_tokens,
+        stream: request.stream,
+        declared: entry.is_some(),
+        // The picker chose the target: a label once a model server accepted it.
+        target_declared: false,
+        client_rewrite: false,
+        request_bytes: sent.len(),
+        running: false,
+        pick_duration,
+        invalid_candidates: 0,
+        pool: Arc::clone(pool),
+    })
 }
 
 /// Shed or rank: the strategy's candidates over the pool's eligible endpoints.

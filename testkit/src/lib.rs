@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 pub mod cluster;
+pub mod epp_tools;
 pub mod k8s;
 pub mod kube_demo;
 

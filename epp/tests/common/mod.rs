@@ -5,6 +5,9 @@
 //! deadlines, never sleeps.
 #![allow(dead_code)]
 
+// One source for both crates' tests (testkit cannot be a dependency here: it depends on the
+// gateway, which depends on this crate).
+#[path = "../../../testkit/src/epp_tools.rs"]
 pub mod tools;
 
 use std::net::SocketAddr;

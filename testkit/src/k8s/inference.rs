@@ -15,6 +15,7 @@ pub struct InferencePool {
     v1: bool,
     selector: Vec<(String, String)>,
     target_port: u16,
+    picker: Option<Value>,
 }
 
 impl InferencePool {
@@ -25,6 +26,7 @@ impl InferencePool {
             v1: false,
             selector: Vec::new(),
             target_port,
+            picker: None,
         }
     }
 
@@ -58,6 +60,17 @@ impl InferencePool {
         self.annotation(ROUTING_STRATEGY, strategy)
     }
 
+    /// A v1 pool's external endpoint picker: the Service `service` port `port`, with
+    /// `failure_mode` (`FailOpen` or `FailClose`).
+    pub fn picker(mut self, service: &str, port: u16, failure_mode: &str) -> InferencePool {
+        self.picker = Some(json!({
+            "name": service,
+            "port": {"number": port},
+            "failureMode": failure_mode,
+        }));
+        self
+    }
+
     /// Any annotation (strategy parameters, the model-server runtime).
     pub fn annotation(mut self, key: &str, value: &str) -> InferencePool {
         self.meta.annotations.push(pair(key, value));
@@ -69,13 +82,14 @@ impl Object for InferencePool {
     fn to_value(&self) -> Value {
         let selector = string_map(&self.selector);
         let (api_version, spec) = if self.v1 {
-            (
-                format!("{POOL_GROUP_V1}/v1"),
-                json!({
-                    "selector": {"matchLabels": selector},
-                    "targetPorts": [{"number": self.target_port}],
-                }),
-            )
+            let mut spec = json!({
+                "selector": {"matchLabels": selector},
+                "targetPorts": [{"number": self.target_port}],
+            });
+            if let Some(picker) = &self.picker {
+                spec["endpointPickerRef"] = picker.clone();
+            }
+            (format!("{POOL_GROUP_V1}/v1"), spec)
         } else {
             (
                 format!("{POOL_GROUP_V1ALPHA2}/v1alpha2"),

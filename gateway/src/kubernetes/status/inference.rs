@@ -72,7 +72,11 @@ pub(super) fn pool_status(
         .filter(|i| i.severity == Severity::Error)
         .collect();
     let valid = snapshot.pools.contains_key(key) && errors.is_empty();
-    let resolved = match snapshot.pools.get(key).and_then(|p| p.picker_binding.as_ref()) {
+    let resolved = match snapshot
+        .pools
+        .get(key)
+        .and_then(|p| p.picker_binding.as_ref())
+    {
         Some(binding) => external_picker_condition(binding),
         None => picker_condition(object, key, services),
     };

@@ -1,5 +1,6 @@
 //! The Go interop programs of `tools/epp` as test fixtures: finding the binaries, running
-//! `static-epp` as a child process (killed on drop) and running `fake-envoy` once.
+//! `static-epp` as a child process (killed on drop) and running `fake-envoy` once. Also compiled
+//! into the `epp` crate's tests (by path), so it uses nothing but std, tokio and serde_json.
 //!
 //! Process plumbing only: this module must not assert anything about the protocol. Every wait has a
 //! deadline; nothing sleeps.

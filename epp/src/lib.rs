@@ -73,5 +73,6 @@ pub use client::{
 };
 pub use error::{PickError, ServeError};
 pub use server::{
-    EppServer, Picker, PickerAnswer, PickerRequest, Rejection, ServedRecord, ServerSettings, serve,
+    EppServer, Held, Picker, PickerAnswer, PickerRequest, Rejection, ServedRecord, ServerSettings,
+    serve,
 };

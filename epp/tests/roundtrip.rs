@@ -45,6 +45,9 @@ async fn destination_fallback_list_and_served_report() {
     );
     assert_eq!(seen.subset, None);
 
+    // The answer's held value lives as long as the stream: the picker's, the taps' and the
+    // stream's references.
+    assert_eq!(std::sync::Arc::strong_count(&taps.held), 3);
     let served: std::net::SocketAddr = "[fd00::1]:8001".parse().unwrap();
     let response_headers = common::json_response_headers();
     let changes = route
@@ -70,6 +73,11 @@ async fn destination_fallback_list_and_served_report() {
             .any(|(n, v)| n == "content-type" && v == "application/json")
     );
     server.wait_idle().await;
+    assert_eq!(
+        std::sync::Arc::strong_count(&taps.held),
+        2,
+        "the stream ended and dropped what the answer held"
+    );
 }
 
 #[tokio::test]

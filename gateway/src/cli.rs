@@ -173,6 +173,21 @@ pub struct Args {
     #[arg(long, default_value = "5s", value_parser = duration)]
     pub picker_timeout: Duration,
 
+    /// Also serve the built-in strategies as an endpoint picker (ext_proc, the Inference
+    /// Extension's EPP protocol) for this pool, `namespace/name`, so that another proxy (Envoy
+    /// Gateway, Istio, kgateway, agentgateway) can route it with them.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub epp_pool: Option<String>,
+
+    /// Address of the endpoint-picker ext_proc server (`--epp-pool`); it also answers gRPC health.
+    #[arg(long, default_value = "0.0.0.0:9002")]
+    pub epp_addr: SocketAddr,
+
+    /// Address of the endpoint picker's separate gRPC health server (`--epp-pool`), as the
+    /// Inference Extension's EPP has it.
+    #[arg(long, default_value = "0.0.0.0:9003")]
+    pub epp_health_addr: SocketAddr,
+
     /// Proxy worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,

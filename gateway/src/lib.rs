@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod drain;
 pub mod engine;
+pub mod epp_server;
 pub mod generated;
 pub mod headers;
 pub mod kubernetes;

@@ -328,6 +328,7 @@ fn serve(args: Args, source: Source, built: Built) -> anyhow::Result<()> {
         drain_delay: args.drain_delay,
     };
     let active = Arc::clone(&state.active);
+    let epp_state = Arc::clone(&state);
     server.add_service(proxy);
     server.add_service(admin);
     match source {
@@ -347,6 +348,15 @@ fn serve(args: Args, source: Source, built: Built) -> anyhow::Result<()> {
                 (*kube).serve(state, built.issues),
             ));
         }
+    }
+    if let Some(pool) = &args.epp_pool {
+        let epp = crate::epp_server::EppService::bind(
+            Arc::clone(&epp_state),
+            pool,
+            args.epp_addr,
+            args.epp_health_addr,
+        )?;
+        server.add_service(background_service("endpoint picker", epp));
     }
     server.add_service(background_service("metrics scraper", scraper));
     server.add_service(background_service("drain monitor", DrainMonitor { active }));

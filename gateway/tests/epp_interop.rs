@@ -364,3 +364,174 @@ async fn an_unresolvable_picker_reference_answers_500() {
         .unwrap();
     assert_eq!(broken["endpoint_picker"]["name"], "no-such-picker");
 }
+
+/// A gateway serving its built-in strategy as an endpoint picker (`--epp-pool`) for a v1 pool
+/// without a picker of its own, with an InferenceModel and a rewrite of another name.
+async fn picker_gateway(first: u8) -> (Vec<Backend>, Gateway, SocketAddr) {
+    let (port, backends) = start_backends(first, 3).await;
+    let (http_port, llm_port) = (free_port(), free_port());
+    let rewrite = "apiVersion: llm-d.ai/v1alpha2\nkind: InferenceModelRewrite\nmetadata: {name: alias}\nspec:\n  poolRef: {name: pool}\n  rules:\n  - matches: [{model: {value: friendly}}]\n    targets: [{modelRewrite: m-v2}]\n";
+    let manifest = Manifest::test_gateway(http_port, llm_port)
+        .with_all(
+            backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| Pod::new(&format!("sim-{i}"), b.addr.ip()).label("app", "sim")),
+        )
+        .with(InferencePool::v1("pool", port).selector("app", "sim"))
+        .with(testkit::k8s::InferenceModel::new("m", "m", "pool"))
+        .with(
+            HttpRoute::new("llm")
+                .on(k8s::TEST_GATEWAY, "llm")
+                .to(BackendRef::pool_v1("pool")),
+        );
+    let config = format!("{}---\n{rewrite}", manifest.render());
+    let epp = SocketAddr::new(ip(1), free_port());
+    let health = SocketAddr::new(ip(1), free_port());
+    let gateway = Gateway::start(
+        gateway_binary(),
+        &config,
+        &[
+            "--epp-pool",
+            "default/pool",
+            "--epp-addr",
+            &epp.to_string(),
+            "--epp-health-addr",
+            &health.to_string(),
+        ],
+    )
+    .await;
+    (backends, gateway, epp)
+}
+
+/// The in-flight counts the gateway's snapshot shows for the pool's endpoints.
+async fn in_flight(gateway: &Gateway) -> Vec<u64> {
+    let snapshot = gateway.snapshot().await;
+    snapshot["pools"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["in_flight"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_gateways_picker_answers_a_proxy_it_did_not_write() {
+    use testkit::epp_tools::fake_envoy;
+    let (backends, gateway, epp) = picker_gateway(190).await;
+    let all: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
+    let body = r#"{"model":"friendly","messages":[{"role":"user","content":"hi"}]}"#;
+    let run = fake_envoy(
+        epp,
+        vec![
+            "--endpoints".into(),
+            all.join(","),
+            "--body".into(),
+            body.into(),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = &run.output;
+    let destinations: Vec<&str> = out["destination"].as_str().unwrap().split(',').collect();
+    assert_eq!(
+        destinations.len(),
+        3,
+        "a destination and two fallbacks: {out}"
+    );
+    assert!(
+        destinations.iter().all(|d| all.iter().any(|a| a == d)),
+        "{out}"
+    );
+    assert_eq!(out["metadata_destination"], out["destination"]);
+    assert_eq!(out["model"], "m-v2", "the rewrite applies: {out}");
+    assert_eq!(out["served"], destinations[0]);
+    // The chosen endpoint was counted in flight, and the served report, ending the stream,
+    // released it.
+    let snapshot = gateway.snapshot().await;
+    let dispatched: Vec<u64> = snapshot["pools"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["dispatched_total"].as_u64().unwrap())
+        .collect();
+    assert_eq!(dispatched.iter().sum::<u64>(), 1, "{dispatched:?}");
+    wait_until("the in-flight count is released", DEADLINE, || async {
+        in_flight(&gateway).await.iter().all(|n| *n == 0)
+    })
+    .await;
+
+    // The subset hint confines the choice.
+    let only = all[1].clone();
+    let run = fake_envoy(
+        epp,
+        vec![
+            "--endpoints".into(),
+            only.clone(),
+            "--body".into(),
+            body.into(),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.output["destination"], only.as_str());
+
+    // A 4 MiB body comes back whole (not rewritten: the model is declared as sent).
+    let big = format!(r#"{{"model":"m","prompt":"{}"}}"#, "y".repeat(4 << 20));
+    let file = std::env::temp_dir().join(format!("igw-epp-big-{}", std::process::id()));
+    std::fs::write(&file, &big).unwrap();
+    let run = fake_envoy(
+        epp,
+        vec![
+            "--endpoints".into(),
+            all.join(","),
+            "--body-file".into(),
+            file.display().to_string(),
+            "--path".into(),
+            "/v1/completions".into(),
+        ],
+    )
+    .await;
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.output["body_bytes"].as_u64(), Some(big.len() as u64));
+
+    // The gateway's own refusals, as the proxy's client would get them.
+    let run = fake_envoy(
+        epp,
+        vec![
+            "--endpoints".into(),
+            all.join(","),
+            "--body".into(),
+            r#"{"model":"unknown","prompt":"x"}"#.into(),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let immediate = &run.output["immediate"];
+    assert_eq!(immediate["status"], 404, "{immediate}");
+    let error: serde_json::Value =
+        serde_json::from_str(immediate["body"].as_str().unwrap()).unwrap();
+    assert_eq!(error["error"]["code"], "model_not_found");
+    let run = fake_envoy(
+        epp,
+        vec![
+            "--endpoints".into(),
+            String::new(),
+            "--body".into(),
+            body.into(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        run.output["immediate"]["status"], 503,
+        "an empty subset: {}",
+        run.output
+    );
+    assert_eq!(
+        run.output["immediate"]["headers"]["x-llm-d-request-dropped-reason"],
+        "rejected-no-endpoints"
+    );
+    // The picker only picks: no model server saw a request.
+    assert_eq!(backends.iter().map(Backend::count).sum::<usize>(), 0);
+}

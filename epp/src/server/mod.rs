@@ -89,7 +89,38 @@ pub struct PickerAnswer {
     pub remove_headers: Vec<String>,
     /// A replacement body (e.g. with the model renamed); `None` keeps the body as received.
     pub body: Option<Bytes>,
+    /// Whatever the picker needs kept while the request is in flight (the gateway's in-flight
+    /// count on the chosen endpoint): held by the stream and dropped when it ends, whether the
+    /// proxy half-closed after the response, the stream failed or the proxy went away.
+    pub held: Held,
 }
+
+/// A value kept alive for the life of one ext_proc stream ([`PickerAnswer::held`]).
+#[derive(Clone, Default)]
+pub struct Held(pub Option<Arc<dyn std::any::Any + Send + Sync>>);
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Held(..)"
+        } else {
+            "Held(None)"
+        })
+    }
+}
+
+impl PartialEq for Held {
+    /// Two answers hold "the same" when both hold nothing or both hold the same value.
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Held {}
 
 impl PickerAnswer {
     /// An answer that only routes.

@@ -138,6 +138,7 @@ async fn drive<P: Picker>(
     } = request;
     let destinations = answer.destinations.clone();
     let returned = answer.body.clone().unwrap_or(received);
+    // `answer` (and what it holds for the picker) lives until this stream ends, however it ends.
     send(tx, headers_answer(&answer, has_body)).await?;
     if has_body {
         for message in body_answers(returned) {
@@ -360,6 +361,7 @@ mod tests {
             set_headers: vec![("x-a".into(), Bytes::from_static(b"1"))],
             remove_headers: vec!["x-b".into()],
             body: Some(Bytes::from_static(b"{}")),
+            held: Default::default(),
         };
         let message = headers_answer(&answer, true);
         assert_eq!(

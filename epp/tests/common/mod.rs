@@ -40,22 +40,32 @@ pub const POOL: [&str; 3] = ["10.0.0.1:8000", "10.0.0.2:8000", "[fd00::3]:8000"]
 pub struct TestPicker {
     seen: mpsc::UnboundedSender<PickerRequest>,
     served: mpsc::UnboundedSender<ServedRecord>,
+    held: Arc<()>,
 }
 
 pub struct PickerTaps {
     pub seen: mpsc::UnboundedReceiver<PickerRequest>,
     pub served: mpsc::UnboundedReceiver<ServedRecord>,
+    /// What every answer holds ([`epp::PickerAnswer::held`]): its strong count says how many
+    /// streams are open with an answer.
+    pub held: Arc<()>,
 }
 
 impl TestPicker {
     pub fn new() -> (Arc<Self>, PickerTaps) {
         let (seen, seen_rx) = mpsc::unbounded_channel();
         let (served, served_rx) = mpsc::unbounded_channel();
+        let held = Arc::new(());
         (
-            Arc::new(TestPicker { seen, served }),
+            Arc::new(TestPicker {
+                seen,
+                served,
+                held: Arc::clone(&held),
+            }),
             PickerTaps {
                 seen: seen_rx,
                 served: served_rx,
+                held,
             },
         )
     }
@@ -95,6 +105,7 @@ impl Picker for TestPicker {
             return Err(Rejection::new(503, "no endpoint in the subset"));
         }
         let mut answer = PickerAnswer::to(destinations);
+        answer.held = epp::Held(Some(self.held.clone()));
         answer
             .set_headers
             .push(("x-picked-by".into(), Bytes::from_static(b"test-picker")));

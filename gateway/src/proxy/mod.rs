@@ -115,7 +115,7 @@ impl GatewayProxy {
                 Step::Pick(call) => {
                     let metrics = &self.state.metrics;
                     match Box::pin(picker::consult(call, session, ctx, metrics)).await {
-                        picker::Consulted::Decided(decision) => self.take(ctx, decision),
+                        picker::Consulted::Decided(decision) => self.take(ctx, *decision),
                         picker::Consulted::Refused(immediate) => {
                             ctx.exchange.status = Some(immediate.status);
                             Box::pin(picker::refuse(session, &immediate)).await?;

@@ -35,7 +35,7 @@ use crate::snapshot::endpoint::eligible;
 pub enum Consulted {
     /// Go on with this decision (forward to the picker's endpoints, or the built-in strategy's
     /// decision of a `FailOpen` pool, or 503).
-    Decided(Decision),
+    Decided(Box<Decision>),
     /// The picker refused the request: answer its response.
     Refused(Immediate),
 }
@@ -150,10 +150,10 @@ pub async fn consult(
                 model_header: None,
                 upstreams,
             };
-            Consulted::Decided(Decision {
+            Consulted::Decided(Box::new(Decision {
                 inference,
                 ..Decision::new(BackendKind::Pool, Step::Forward(forward))
-            })
+            }))
         }
         Ok(Picked::Reject(immediate)) => Consulted::Refused(immediate),
         Err(error) => {
@@ -162,15 +162,15 @@ pub async fn consult(
                 FailureMode::FailOpen => {
                     let header = session.req_header();
                     let head = head::view(header, ctx.port, None, true, ctx);
-                    Consulted::Decided(pool::decide_builtin(call.pool, &head, call.body))
+                    Consulted::Decided(Box::new(pool::decide_builtin(call.pool, &head, call.body)))
                 }
-                FailureMode::FailClose => Consulted::Decided(Decision::new(
+                FailureMode::FailClose => Consulted::Decided(Box::new(Decision::new(
                     BackendKind::Pool,
                     Step::Answer(ClientError::PickerUnavailable {
                         pool: call.pool.name.clone(),
                         error: error.to_string(),
                     }),
-                )),
+                ))),
             }
         }
     }

@@ -140,8 +140,8 @@ fn model_entry(
 /// and InferenceModelRewrite's `targets`): at most `max` of them (`None`: no limit), names not
 /// empty, weights 1..=1,000,000 and set on all targets or on none. `field` is the list's path,
 /// `name_field` the name's field in an item; `error(field, value, reason)` reports a problem.
-pub(super) fn weighted_targets<'t>(
-    targets: &[(&'t str, Option<i32>)],
+pub(super) fn weighted_targets(
+    targets: &[(&str, Option<i32>)],
     field: &str,
     name_field: &str,
     max: Option<usize>,

@@ -1,6 +1,6 @@
 # One command for each job; each installs what it needs first (scripts/setup.sh).
 
-.PHONY: setup build test demo kube-demo validate bench-overhead soak lint
+.PHONY: setup build test demo kube-demo validate bench-overhead bench-epp soak lint
 
 setup:
 	./scripts/setup.sh
@@ -30,6 +30,11 @@ kube-demo: setup
 
 bench-overhead: setup
 	./scripts/bench-overhead.sh
+
+# An external endpoint picker (the Inference Extension's EPP, and this gateway's --epp-pool) against
+# the built-in strategy on one route (needs Go for tools/epp).
+bench-epp: setup
+	./scripts/bench-epp.sh
 
 soak: setup
 	./scripts/soak.sh

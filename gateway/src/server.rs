@@ -76,6 +76,7 @@ impl GatewayBuilder {
             default_request_timeout: args.default_request_timeout(),
             registry: Arc::new(self.registry),
             picker: args.picker_settings(),
+            listeners_required: args.epp_pool.is_none(),
         };
         if args.source == SourceKind::Kube {
             return run_kube(args, settings);

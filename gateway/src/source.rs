@@ -58,6 +58,8 @@ pub struct BuildSettings {
     pub registry: Arc<Registry>,
     /// How the gateway talks to external endpoint pickers.
     pub picker: epp::ClientSettings,
+    /// Whether a configuration must give the proxy a listener (not with `--epp-pool`).
+    pub listeners_required: bool,
 }
 
 impl BuildSettings {
@@ -68,6 +70,7 @@ impl BuildSettings {
             registry: &self.registry,
             default_request_timeout: self.default_request_timeout,
             picker: &self.picker,
+            listeners_required: self.listeners_required,
         }
     }
 }

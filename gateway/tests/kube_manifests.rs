@@ -186,6 +186,7 @@ fn the_seed_differs_from_the_original_only_in_the_controller_name_and_builds() {
         registry: &registry,
         default_request_timeout: None,
         picker: &epp::ClientSettings::default(),
+        listeners_required: true,
     };
     let (snapshot, issues) = gateway::snapshot::build(&loaded.objects, &options, None);
     let errors: Vec<_> = issues

@@ -32,6 +32,7 @@ fn build(yaml: &str) -> Snapshot {
         registry: &registry,
         default_request_timeout: None,
         picker: &epp::ClientSettings::default(),
+        listeners_required: true,
     };
     let (snapshot, issues) = gateway::snapshot::build(&objects, &options, None);
     let errors: Vec<_> = issues

@@ -145,7 +145,8 @@ impl KubeSource {
     pub fn initial_build(&self) -> Result<Built, KubeError> {
         let mut built = self.synced_build()?;
         let mut logged: Option<Instant> = None;
-        while built.snapshot.ports.is_empty() {
+        // An endpoint picker only (`--epp-pool`) needs no listener.
+        while built.snapshot.ports.is_empty() && self.settings.listeners_required {
             if logged.is_none_or(|at| at.elapsed() >= WAITING_LOG_INTERVAL) {
                 tracing::warn!(target: "kube", controller = %self.settings.controller_name, "waiting for a Gateway whose GatewayClass names this controller and has an HTTP listener");
                 logged = Some(Instant::now());

@@ -81,7 +81,16 @@ pub(super) fn gateway_listeners(
         }
     }
     if built.is_empty() {
-        issues.push(no_listener(index, options));
+        let issue = no_listener(index, options);
+        issues.push(if options.listeners_required {
+            issue
+        } else {
+            // Serving only as an endpoint picker: another proxy owns the Gateways.
+            ConfigIssue {
+                severity: crate::config::Severity::Warning,
+                ..issue
+            }
+        });
     }
     Listeners { ours, built }
 }

@@ -52,6 +52,9 @@ pub struct BuildOptions<'a> {
     pub default_request_timeout: Option<Duration>,
     /// How the gateway talks to external endpoint pickers.
     pub picker: &'a epp::ClientSettings,
+    /// Whether a configuration without a listener of ours is an error. Not when the process
+    /// serves only as an endpoint picker (`--epp-pool`), where another proxy owns the Gateways.
+    pub listeners_required: bool,
 }
 
 /// Build a snapshot from `objects`. `previous` donates runtime state (endpoint counters, strategy

@@ -37,6 +37,7 @@ fn build_with(objects: &ObjectSet, registry: &Registry) -> (Snapshot, Vec<Config
         registry,
         default_request_timeout: Some(Duration::from_secs(3600)),
         picker: &epp::ClientSettings::default(),
+        listeners_required: true,
     };
     build(objects, &options, None)
 }
@@ -315,6 +316,7 @@ fn duplicates_are_errors_and_rebuilds_keep_endpoint_state() {
         registry: &registry,
         default_request_timeout: None,
         picker: &epp::ClientSettings::default(),
+        listeners_required: true,
     };
     let (second, _) = build(&objects, &options, Some(&first));
     let a = &first.pools.values().next().unwrap();

@@ -70,3 +70,27 @@ fn errors_name_object_field_value_and_reason_and_fail_the_run() {
     );
     assert!(text.contains("2 error(s)"), "{text}");
 }
+
+#[test]
+fn an_endpoint_picker_alone_needs_no_gateway_but_a_proxy_does() {
+    let dir = std::env::temp_dir().join(format!("igw-cli-epp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = std::fs::read_to_string(manifest_dir(
+        "manifests/examples/current/inference-pool.yaml",
+    ))
+    .unwrap();
+    std::fs::write(dir.join("pool.yaml"), pool).unwrap();
+    let config = dir.to_str().unwrap();
+    let (proxy_ok, proxy_text) = validate(&["--config", config]);
+    let (picker_ok, picker_text) =
+        validate(&["--config", config, "--epp-pool", "default/vllm-qwen-pool"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!proxy_ok, "{proxy_text}");
+    assert!(proxy_text.contains("error: configuration"), "{proxy_text}");
+    assert!(picker_ok, "{picker_text}");
+    assert!(
+        picker_text.contains("warning: configuration")
+            && picker_text.contains("no GatewayClass names this controller"),
+        "{picker_text}"
+    );
+}

@@ -30,35 +30,13 @@ OUT=docs/benchmarks/epp.md
 cargo build --release -p inference-gateway --bin inference-gateway >&2
 tools="$(./scripts/build-epp-tools.sh)"
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
+bench_start
 
-body_file="$work/body.json"
-python3 - "$body_file" <<'PY'
-import json, sys
-prompt = ("Summarise the following travel notes for a weekend in Hangzhou. " * 20)[:900]
-json.dump({"model": "/model/qwen", "prompt": prompt, "max_tokens": 128, "temperature": 0}, open(sys.argv[1], "w"))
-PY
-cat > "$work/post.lua" <<EOF
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = io.open("$body_file", "r")
-wrk.body = f:read("*a")
-f:close()
-EOF
-
-reply='{"id":"cmpl-bench","object":"text_completion","created":1,"model":"/model/qwen","choices":[{"index":0,"text":" West Lake at dawn, Longjing tea in the hills, and an evening on the Grand Canal.","logprobs":null,"finish_reason":"length","stop_reason":null}],"usage":{"prompt_tokens":210,"total_tokens":338,"completion_tokens":128}}'
-listen=""
 endpoints=""
 pods=""
 for i in 2 3 4 5 6; do
-  listen+="    listen 127.0.0.$i:$BACKEND_PORT reuseport;"$'\n'
   endpoints+="${endpoints:+,}127.0.0.$i:$BACKEND_PORT"
   pods+="---
 apiVersion: v1
@@ -67,23 +45,7 @@ metadata: {name: sim-$i, labels: {app: sim}}
 status: {podIP: 127.0.0.$i, conditions: [{type: Ready, status: \"True\"}]}
 "
 done
-mkdir -p "$work/backend"
-cat > "$work/backend/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/backend/nginx.pid;
-error_log $work/backend/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_buffer_size 64k;
-  server {
-$listen
-    default_type application/json;
-    location / { return 200 '$reply'; }
-  }
-}
-EOF
+bench_backend_conf "$work/backend" "$BACKEND_PORT"
 nginx -c "$work/backend/nginx.conf" -g 'daemon off;' & pids+=($!)
 
 # The pools: `builtin` (no picker), `gie` and `ours` (each routed by one external picker).
@@ -163,9 +125,6 @@ for target in "${targets[@]}"; do
   [ "$code" = 200 ] || { echo "/$target answered $code"; cat "$work"/*.log; exit 1; } >&2
 done
 
-to_ms() { # wrk prints 512.00us, 1.20ms, 1.01s
-  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
-}
 run() { # connections seconds target -> "rps p50 p99 errors"
   local out
   out=$(wrk -t1 -c"$1" -d"$2s" --latency -s "$work/post.lua" "http://127.0.0.1:$GW_LLM/$3/v1/completions")

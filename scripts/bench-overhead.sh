@@ -27,53 +27,16 @@ OUT=docs/benchmarks/overhead.md
 ./scripts/setup.sh nginx-light wrk
 cargo build --release -p inference-gateway --bin inference-gateway --example bare_proxy >&2
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
+bench_start
 
-body_file="$work/body.json"
-python3 - "$body_file" <<'PY'
-import json, sys
-prompt = ("Summarise the following travel notes for a weekend in Hangzhou. " * 20)[:900]
-json.dump({"model": "/model/qwen", "prompt": prompt, "max_tokens": 128, "temperature": 0}, open(sys.argv[1], "w"))
-PY
-cat > "$work/post.lua" <<EOF
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = io.open("$body_file", "r")
-wrk.body = f:read("*a")
-f:close()
-EOF
-
-reply='{"id":"cmpl-bench","object":"text_completion","created":1,"model":"/model/qwen","choices":[{"index":0,"text":" West Lake at dawn, Longjing tea in the hills, and an evening on the Grand Canal.","logprobs":null,"finish_reason":"length","stop_reason":null}],"usage":{"prompt_tokens":210,"total_tokens":338,"completion_tokens":128}}'
-listen=""
 upstream=""
 for i in 2 3 4 5 6; do
-  listen+="    listen 127.0.0.$i:$BACKEND_PORT reuseport;"$'\n'
   upstream+="    server 127.0.0.$i:$BACKEND_PORT;"$'\n'
 done
-mkdir -p "$work/backend" "$work/proxy"
-cat > "$work/backend/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/backend/nginx.pid;
-error_log $work/backend/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_buffer_size 64k;
-  server {
-$listen
-    default_type application/json;
-    location / { return 200 '$reply'; }
-  }
-}
-EOF
+bench_backend_conf "$work/backend" "$BACKEND_PORT"
+mkdir -p "$work/proxy"
 cat > "$work/proxy/nginx.conf" <<EOF
 worker_processes 1;
 pid $work/proxy/nginx.pid;
@@ -138,9 +101,6 @@ names=(direct nginx pingora-bare gateway-plain gateway-inference)
 targets=("127.0.0.2:$BACKEND_PORT" "127.0.0.1:$NGINX_PORT" "127.0.0.1:$BARE" "127.0.0.1:$GW_HTTP" "127.0.0.1:$GW_LLM")
 results="$work/results.tsv"
 : > "$results"
-to_ms() { # wrk prints 512.00us, 1.20ms, 1.01s
-  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
-}
 for i in "${!targets[@]}"; do # warm-up: connection pools, caches
   wrk -t1 -c"$CONNECTIONS" -d2s -s "$work/post.lua" "http://${targets[$i]}/v1/completions" >/dev/null
 done

@@ -31,16 +31,57 @@ fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
+/// `manifest` with the picker Service `picker` (port 9002) whose one Pod is the picker at `epp`.
+fn with_picker(manifest: Manifest, epp: SocketAddr) -> Manifest {
+    manifest
+        .with(
+            Pod::new("picker-0", epp.ip())
+                .label("app", "picker")
+                .container("epp", "static-epp", epp.port()),
+        )
+        .with(
+            Service::new("picker")
+                .selector("app", "picker")
+                .port(9002, epp.port()),
+        )
+}
+
+/// The pods labelled `app: sim` at `addresses`.
+fn sim_pods(addresses: impl IntoIterator<Item = IpAddr>) -> Vec<Pod> {
+    addresses
+        .into_iter()
+        .enumerate()
+        .map(|(i, ip)| Pod::new(&format!("sim-{i}"), ip).label("app", "sim"))
+        .collect()
+}
+
+/// A gateway whose `llm` listener reaches one v1 pool (`app: sim` pods on `port`) routed by the
+/// picker at `epp` (`FailClose`); the listener's base URL.
+async fn one_pool_gateway(port: u16, pods: Vec<Pod>, epp: SocketAddr) -> (Gateway, String) {
+    let (http_port, llm_port) = (free_port(), free_port());
+    let manifest = Manifest::test_gateway(http_port, llm_port)
+        .with_all(pods)
+        .with(
+            InferencePool::v1("pool", port)
+                .selector("app", "sim")
+                .picker("picker", 9002, "FailClose"),
+        )
+        .with(
+            HttpRoute::new("llm")
+                .on(k8s::TEST_GATEWAY, "llm")
+                .to(BackendRef::pool_v1("pool")),
+        );
+    let manifest = with_picker(manifest, epp);
+    let gateway = Gateway::start(gateway_binary(), &manifest.render(), &[]).await;
+    (gateway, format!("http://127.0.0.1:{llm_port}"))
+}
+
 async fn setup(first: u8, epp_flags: &[&str]) -> Setup {
     let (port, backends) = start_backends(first, 3).await;
     let pool_list: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
     let epp = StaticEpp::start(&pool_list.join(","), epp_flags);
-    let epp_ip = epp.ext_proc.ip();
     let (http_port, llm_port) = (free_port(), free_port());
-    let pods = backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| Pod::new(&format!("sim-{i}"), b.addr.ip()).label("app", "sim"));
+    let pods = sim_pods(backends.iter().map(|b| b.addr.ip()));
     let pool = |name: &str, service: &str, mode: &str| {
         InferencePool::v1(name, port)
             .selector("app", "sim")
@@ -53,22 +94,13 @@ async fn setup(first: u8, epp_flags: &[&str]) -> Setup {
     };
     let manifest = Manifest::test_gateway(http_port, llm_port)
         .with_all(pods)
-        .with(
-            Pod::new("picker-0", epp_ip)
-                .label("app", "picker")
-                .container("epp", "static-epp", epp.ext_proc.port()),
-        )
-        .with(
-            Service::new("picker")
-                .selector("app", "picker")
-                .port(9002, epp.ext_proc.port()),
-        )
         .with(pool("closed", "picker", "FailClose"))
         .with(pool("open", "picker", "FailOpen"))
         .with(pool("broken", "no-such-picker", "FailClose"))
         .with(route("/fail-close", "closed"))
         .with(route("/fail-open", "open"))
         .with(route("/missing", "broken"));
+    let manifest = with_picker(manifest, epp.ext_proc);
     let gateway = Gateway::start(
         gateway_binary(),
         &manifest.render(),
@@ -154,39 +186,13 @@ async fn the_picker_chooses_the_endpoint_and_learns_which_one_served() {
 async fn the_fallback_list_is_tried_in_order_when_the_destination_is_down() {
     let (port, live) = start_backends(160, 1).await;
     let dead = SocketAddr::new(ip(161), port);
-    let pods = [
-        Pod::new("live", live[0].addr.ip()).label("app", "sim"),
-        Pod::new("dead", dead.ip()).label("app", "sim"),
-    ];
     let epp = StaticEpp::start(&format!("{},{dead}", live[0].addr), &[]);
-    let (http_port, llm_port) = (free_port(), free_port());
-    let manifest = Manifest::test_gateway(http_port, llm_port)
-        .with_all(pods)
-        .with(
-            Pod::new("picker-0", epp.ext_proc.ip())
-                .label("app", "picker")
-                .container("epp", "static-epp", epp.ext_proc.port()),
-        )
-        .with(
-            Service::new("picker")
-                .selector("app", "picker")
-                .port(9002, epp.ext_proc.port()),
-        )
-        .with(
-            InferencePool::v1("pool", port)
-                .selector("app", "sim")
-                .picker("picker", 9002, "FailClose"),
-        )
-        .with(
-            HttpRoute::new("llm")
-                .on(k8s::TEST_GATEWAY, "llm")
-                .to(BackendRef::pool_v1("pool")),
-        );
-    let _gateway = Gateway::start(gateway_binary(), &manifest.render(), &[]).await;
+    let pods = sim_pods([live[0].addr.ip(), dead.ip()]);
+    let (_gateway, llm) = one_pool_gateway(port, pods, epp.ext_proc).await;
     let selection = format!("{dead},{}", live[0].addr);
     let response = Stream::open(
         &client(),
-        &format!("http://127.0.0.1:{llm_port}/v1/chat/completions"),
+        &format!("{llm}/v1/chat/completions"),
         &[("test-epp-endpoint-selection", &selection)],
         CHAT,
     )
@@ -212,36 +218,9 @@ async fn the_subset_hint_keeps_the_picker_inside_the_pool() {
     let outsider = SocketAddr::new(ip(168), port);
     let list = format!("{outsider},{},{}", backends[0].addr, backends[1].addr);
     let epp = StaticEpp::start(&list, &[]);
-    let (http_port, llm_port) = (free_port(), free_port());
-    let manifest = Manifest::test_gateway(http_port, llm_port)
-        .with_all(
-            backends
-                .iter()
-                .enumerate()
-                .map(|(i, b)| Pod::new(&format!("sim-{i}"), b.addr.ip()).label("app", "sim")),
-        )
-        .with(
-            Pod::new("picker-0", epp.ext_proc.ip())
-                .label("app", "picker")
-                .container("epp", "static-epp", epp.ext_proc.port()),
-        )
-        .with(
-            Service::new("picker")
-                .selector("app", "picker")
-                .port(9002, epp.ext_proc.port()),
-        )
-        .with(
-            InferencePool::v1("pool", port)
-                .selector("app", "sim")
-                .picker("picker", 9002, "FailClose"),
-        )
-        .with(
-            HttpRoute::new("llm")
-                .on(k8s::TEST_GATEWAY, "llm")
-                .to(BackendRef::pool_v1("pool")),
-        );
-    let _gateway = Gateway::start(gateway_binary(), &manifest.render(), &[]).await;
-    let url = format!("http://127.0.0.1:{llm_port}/v1/chat/completions");
+    let pods = sim_pods(backends.iter().map(|b| b.addr.ip()));
+    let (_gateway, llm) = one_pool_gateway(port, pods, epp.ext_proc).await;
+    let url = format!("{llm}/v1/chat/completions");
     // Without a selection header the picker takes its first candidate inside the hint.
     let response = Stream::open(&client(), &url, &[], CHAT).await;
     assert_eq!(response.status, 200);
@@ -372,12 +351,7 @@ async fn picker_gateway(first: u8) -> (Vec<Backend>, Gateway, SocketAddr) {
     let (http_port, llm_port) = (free_port(), free_port());
     let rewrite = "apiVersion: llm-d.ai/v1alpha2\nkind: InferenceModelRewrite\nmetadata: {name: alias}\nspec:\n  poolRef: {name: pool}\n  rules:\n  - matches: [{model: {value: friendly}}]\n    targets: [{modelRewrite: m-v2}]\n";
     let manifest = Manifest::test_gateway(http_port, llm_port)
-        .with_all(
-            backends
-                .iter()
-                .enumerate()
-                .map(|(i, b)| Pod::new(&format!("sim-{i}"), b.addr.ip()).label("app", "sim")),
-        )
+        .with_all(sim_pods(backends.iter().map(|b| b.addr.ip())))
         .with(InferencePool::v1("pool", port).selector("app", "sim"))
         .with(testkit::k8s::InferenceModel::new("m", "m", "pool"))
         .with(

@@ -21,8 +21,34 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Reference to the InferencePool of an InferenceModel, InferenceObjective or
+/// InferenceModelRewrite, in the referrer's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct PoolObjectReference {
+    /// API group of the pool. When unset: `inference.networking.x-k8s.io` for an InferenceModel,
+    /// `inference.networking.k8s.io` for an InferenceObjective or InferenceModelRewrite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Kind, `InferencePool` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Pool name, in the referrer's namespace.
+    pub name: String,
+}
+
+/// Status of an object whose only condition is `Accepted` (InferenceModel, InferenceObjective,
+/// InferenceModelRewrite).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct AcceptedStatus {
+    /// `Accepted` (reasons `Accepted`, `Pending`, and for an InferenceModel `ModelNameInUse`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
 /// `inference.networking.x-k8s.io/v1alpha2`: the seed's API version.
 pub mod v1alpha2 {
+    pub use super::AcceptedStatus as InferenceModelStatus;
+    pub use super::PoolObjectReference;
     use super::*;
 
     /// Spec of a v1alpha2 `InferencePool`.
@@ -123,27 +149,6 @@ pub mod v1alpha2 {
         /// Relative weight, 1..=1,000,000; set on all targets or on none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub weight: Option<i32>,
-    }
-
-    /// Reference from an `InferenceModel` to its pool.
-    #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-    pub struct PoolObjectReference {
-        /// API group, `inference.networking.x-k8s.io` by default.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub group: Option<String>,
-        /// Kind, `InferencePool` by default.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub kind: Option<String>,
-        /// Pool name, in the model's namespace.
-        pub name: String,
-    }
-
-    /// Status of an `InferenceModel`.
-    #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-    pub struct InferenceModelStatus {
-        /// `Accepted` (reasons `Accepted`, `ModelNameInUse`, `Pending`).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        pub conditions: Vec<Condition>,
     }
 }
 
@@ -254,6 +259,8 @@ pub mod v1 {
 
 /// The parts `InferenceObjective` and `InferenceModelRewrite` share in both of their API groups.
 pub mod apix {
+    pub use super::AcceptedStatus as ApixStatus;
+    pub use super::PoolObjectReference as PoolRef;
     use super::*;
 
     /// The `llm-d.ai` API group, preferred when both groups hold an object of the same name.
@@ -278,19 +285,6 @@ pub mod apix {
                 ApixGroup::XK8s => XK8S_GROUP,
             }
         }
-    }
-
-    /// Reference to the pool an objective or a rewrite applies to, in the referrer's namespace.
-    #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-    pub struct PoolRef {
-        /// API group, `inference.networking.k8s.io` by default.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub group: Option<String>,
-        /// Kind, `InferencePool` by default.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub kind: Option<String>,
-        /// Pool name.
-        pub name: String,
     }
 
     /// One rewrite rule: which requests it matches and the weighted models it sends them with.
@@ -331,14 +325,6 @@ pub mod apix {
         /// Relative weight, 1..=1,000,000; set on all targets of a rule or on none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub weight: Option<i32>,
-    }
-
-    /// Status of an objective or a rewrite: an `Accepted` condition.
-    #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-    pub struct ApixStatus {
-        /// `Accepted` (reasons `Accepted`, `Pending`).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        pub conditions: Vec<Condition>,
     }
 
     /// The spec of an `InferenceObjective`, whichever group it came from.

@@ -14,6 +14,8 @@ fuzz_target!(|data: &[u8]| {
         controller_name: "inference-gateway.dev/controller",
         registry: &registry,
         default_request_timeout: None,
+        picker: &gateway::epp::ClientSettings::default(),
+        listeners_required: true,
     };
     let _ = build(&objects, &options, None);
 });

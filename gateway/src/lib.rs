@@ -25,5 +25,6 @@ pub mod state;
 
 pub use cli::Args;
 /// The strategy contract, re-exported so a plugin binary needs one dependency.
+pub use epp;
 pub use plugins;
 pub use server::GatewayBuilder;

@@ -295,7 +295,11 @@ async fn every_rule_of_the_shipped_role_is_needed_and_the_full_role_is_enough() 
 
     let mut unused = Vec::new();
     for grant in grants(&documents) {
-        forget_writes(&cluster).await;
+        // A write is made only when the status or the Lease is not already as the gateway wants
+        // it; reads happen at every start.
+        if !matches!(grant.verb.as_str(), "list" | "watch") {
+            forget_writes(&cluster).await;
+        }
         cluster.apply(&yaml(&without(&documents, &grant))).await;
         let refused_before = refusals(&cluster).len();
         let gateway = KubeGateway::start(&cluster, &token, "reduced-role", false).await;

@@ -91,12 +91,8 @@ fn parts(request: &PickerRequest) -> Parts {
         }
     }
     let hints = ClientHints::read(&headers);
-    for name in headers::CONTROL {
+    for name in headers::removed_from_clients() {
         headers.remove(name);
-    }
-    for hint in headers::CLIENT_HINTS {
-        headers.remove(hint.name);
-        headers.remove(hint.alias);
     }
     let request_id = headers
         .get(headers::REQUEST_ID)

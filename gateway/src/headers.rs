@@ -57,8 +57,8 @@ pub const FAIRNESS_ID: ClientHint = ClientHint {
     alias: "x-gateway-inference-fairness-id",
 };
 
-/// The model name to send upstream instead of the requested one (an InferenceModel's target
-/// models, when it has some, win).
+/// The model name to send upstream instead of the requested one (an InferenceModelRewrite rule or
+/// an InferenceModel's target models, when one applies, win).
 pub const MODEL_NAME_REWRITE: ClientHint = ClientHint {
     name: "x-llm-d-model-name-rewrite",
     alias: "x-gateway-model-name-rewrite",
@@ -66,6 +66,16 @@ pub const MODEL_NAME_REWRITE: ClientHint = ClientHint {
 
 /// Every client hint.
 pub const CLIENT_HINTS: [ClientHint; 3] = [OBJECTIVE, FAIRNESS_ID, MODEL_NAME_REWRITE];
+
+/// Every header a client's request loses on arrival: the control headers and both names of every
+/// client hint (read first, into [`ClientHints`]).
+pub fn removed_from_clients() -> impl Iterator<Item = &'static str> {
+    CONTROL.into_iter().chain(
+        CLIENT_HINTS
+            .into_iter()
+            .flat_map(|hint| [hint.name, hint.alias]),
+    )
+}
 
 /// The prefixes every control header and client hint starts with, so a request without any is
 /// recognised in one pass over its header names.

@@ -212,7 +212,7 @@ async fn the_fallback_list_is_tried_in_order_when_the_destination_is_down() {
 
 #[tokio::test]
 async fn the_subset_hint_keeps_the_picker_inside_the_pool() {
-    // The picker knows a fourth endpoint the pool does not have (no Pod): the gateway's subset
+    // The picker knows a third endpoint the pool does not have (no Pod): the gateway's subset
     // hint leaves it out of the picker's candidates.
     let (port, backends) = start_backends(165, 2).await;
     let outsider = SocketAddr::new(ip(168), port);

@@ -32,7 +32,7 @@ use crate::error::PickError;
 use crate::wire;
 
 /// How the client talks to a picker.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientSettings {
     /// Bound on each exchange: [`PickerClient::pick`] from the first byte sent to the body having
     /// come back, and [`ServedReport::served`] from sending the response headers to the stream's end.

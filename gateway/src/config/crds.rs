@@ -178,7 +178,8 @@ pub mod v1 {
         /// `http` (the default) or `kubernetes.io/h2c`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub app_protocol: Option<String>,
-        /// The endpoint picker. This gateway picks endpoints itself and only records it.
+        /// The endpoint picker: a core Service the gateway asks over ext_proc where each request
+        /// goes (without one, the gateway's built-in strategy picks).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub endpoint_picker_ref: Option<EndpointPickerRef>,
     }

@@ -23,10 +23,7 @@ pub fn prepare(header: &mut RequestHeader, request_id: &str) -> pingora::Result<
     let mut hints = ClientHints::default();
     if steered {
         hints = ClientHints::read(&header.headers);
-        let names = headers::CLIENT_HINTS
-            .iter()
-            .flat_map(|hint| [hint.name, hint.alias]);
-        for name in headers::CONTROL.into_iter().chain(names) {
+        for name in headers::removed_from_clients() {
             header.remove_header(name);
         }
     }

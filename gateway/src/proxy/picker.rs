@@ -179,7 +179,8 @@ pub async fn consult(
 /// Answer the picker's immediate response as it wrote it (status, headers, body), with a
 /// `content-length` of its body.
 pub async fn refuse(session: &mut Session, immediate: &Immediate) -> pingora::Result<()> {
-    let status = if (100..=999).contains(&immediate.status) {
+    // A final response needs a final status; anything else from the picker is its failure.
+    let status = if (200..=599).contains(&immediate.status) {
         immediate.status
     } else {
         500

@@ -107,12 +107,6 @@ impl ModelEntry {
             targets: WeightedTargets::new(targets),
         }
     }
-
-    /// The model to send upstream: a weighted random target, or the requested name when the entry
-    /// has no targets.
-    pub fn draw(&self) -> &str {
-        self.targets.draw().unwrap_or(&self.model_name)
-    }
 }
 
 /// One `InferenceModelRewrite` rule as the request path applies it.
@@ -204,15 +198,15 @@ mod tests {
     }
 
     #[test]
-    fn no_targets_keep_the_requested_name() {
-        assert_eq!(entry(&[]).draw(), "m");
+    fn no_targets_draw_nothing_so_the_requested_name_is_sent() {
+        assert_eq!(entry(&[]).targets.draw(), None);
     }
 
     #[test]
     fn draws_follow_weights() {
         let e = entry(&[("v1", 90), ("v2", 10)]);
         let n = 10_000;
-        let v2 = (0..n).filter(|_| e.draw() == "v2").count();
+        let v2 = (0..n).filter(|_| e.targets.draw() == Some("v2")).count();
         let share = v2 as f64 / n as f64;
         // 10% expected; the standard deviation of the share is 0.3%, so 2 points is > 6 sigma.
         assert!((share - 0.10).abs() < 0.02, "v2 share {share}");

@@ -64,10 +64,7 @@ impl PickerBinding {
     /// Whether `self` talks to the same endpoints with the same settings as `other` (so `other`'s
     /// clients can be kept).
     pub fn same_target(&self, other: &PickerBinding) -> bool {
-        self.endpoints == other.endpoints
-            && self.settings.deadline == other.settings.deadline
-            && self.settings.connect_timeout == other.settings.connect_timeout
-            && self.settings.max_message_bytes == other.settings.max_message_bytes
+        self.endpoints == other.endpoints && self.settings == other.settings
     }
 
     /// `self`, keeping the clients of `previous` (already connected) when both talk to the same
@@ -100,11 +97,6 @@ impl PickerBinding {
                     cell.get_or_init(|| PickerClient::for_addr(*address, self.settings.clone()));
                 (*address, client)
             })
-    }
-
-    /// The deadline of each exchange with the picker.
-    pub fn deadline(&self) -> std::time::Duration {
-        self.settings.deadline
     }
 }
 

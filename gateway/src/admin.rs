@@ -192,6 +192,8 @@ fn pools_json(snapshot: &Snapshot) -> Vec<Value> {
                         "address": e.id.address().to_string(),
                         "in_flight": e.in_flight(),
                         "in_flight_tokens": e.in_flight_tokens(),
+                        "in_flight_prefill": e.in_flight_prefill(),
+                        "in_flight_prefill_tokens": e.in_flight_prefill_tokens(),
                         "dispatched_total": e.dispatched_total(),
                         "engine": e.engine,
                         "metrics": scraped.as_ref().map(|s| json!({

@@ -180,7 +180,11 @@ impl Picker for GatewayPicker {
                         candidate.endpoint.id.name(),
                     ])
                     .inc();
-                held = Some(candidate.endpoint.dispatch(candidate.tokens));
+                held = Some(
+                    candidate
+                        .endpoint
+                        .dispatch(candidate.tokens, candidate.prefill_tokens),
+                );
             }
             destinations.push(address);
             if destinations.len() == DESTINATIONS {

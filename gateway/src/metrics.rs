@@ -158,6 +158,9 @@ pub struct GatewayMetrics {
     pub sheds: IntCounterVec,
     /// Inference requests in flight per endpoint (computed at scrape time).
     pub endpoint_in_flight: prometheus::GaugeVec,
+    /// Prompt tokens of requests in flight per endpoint that have not produced their first token
+    /// (the prefill work the cost model waits for; computed at scrape time).
+    pub endpoint_prefill_tokens: prometheus::GaugeVec,
     /// Configuration reloads by result (`applied`, `rejected`).
     pub config_reloads: IntCounterVec,
     /// Generation of the snapshot being served.
@@ -364,6 +367,11 @@ impl GatewayMetrics {
                 "Inference requests in flight per endpoint.",
                 &["pool", "endpoint"],
             ),
+            endpoint_prefill_tokens: gauge_vec(
+                "gateway_endpoint_in_flight_prefill_tokens",
+                "Prompt tokens the gateway expects each endpoint to prefill for requests that have not produced their first token.",
+                &["pool", "endpoint"],
+            ),
             config_reloads: counter_vec(
                 "gateway_config_reloads_total",
                 "Configuration reloads by result.",
@@ -418,6 +426,7 @@ impl GatewayMetrics {
             &self.pool_ready,
             &self.scrape_age,
             &self.endpoint_in_flight,
+            &self.endpoint_prefill_tokens,
             &self.prefix_index_size,
         ] {
             gauge.reset();
@@ -445,6 +454,9 @@ impl GatewayMetrics {
                 self.endpoint_in_flight
                     .with_label_values(&[qualified.as_str(), endpoint_name])
                     .set(f64::from(endpoint.in_flight()));
+                self.endpoint_prefill_tokens
+                    .with_label_values(&[qualified.as_str(), endpoint_name])
+                    .set(endpoint.in_flight_prefill_tokens() as f64);
                 if let Some(scraped) = endpoint.metrics() {
                     let age = now.saturating_duration_since(scraped.at).as_secs_f64();
                     self.scrape_age
@@ -527,6 +539,7 @@ impl GatewayMetrics {
             Box::new(self.scrape_age.clone()),
             Box::new(self.sheds.clone()),
             Box::new(self.endpoint_in_flight.clone()),
+            Box::new(self.endpoint_prefill_tokens.clone()),
             Box::new(self.config_reloads.clone()),
             Box::new(self.snapshot_generation.clone()),
             Box::new(self.connections_open.clone()),

@@ -61,6 +61,8 @@ impl Fixture {
                 metrics_age: Some(Duration::from_millis(20)),
                 in_flight: (i % 5) as u32,
                 in_flight_tokens: 0,
+                in_flight_prefill: 0,
+                in_flight_prefill_tokens: 0,
                 dispatched_since_scrape: (i % 3) as u32,
             })
             .collect()

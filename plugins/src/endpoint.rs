@@ -143,6 +143,13 @@ pub struct EndpointView<'a> {
     pub in_flight: u32,
     /// Estimated prompt tokens of those requests.
     pub in_flight_tokens: u64,
+    /// Of the requests in flight, those whose first token has not arrived yet: their prefill is
+    /// still queued or running on the endpoint.
+    pub in_flight_prefill: u32,
+    /// The prompt tokens those requests are expected to prefill: each one's uncached estimate
+    /// when its strategy gave one ([`crate::Candidates::with_prefill_tokens`]), else its whole
+    /// prompt. Released at each request's first token, or at its end on every other path.
+    pub in_flight_prefill_tokens: u64,
     /// Requests this gateway dispatched to the endpoint after `metrics` were scraped: the part of
     /// the load the scraped numbers cannot know about yet.
     pub dispatched_since_scrape: u32,

@@ -16,6 +16,8 @@
 //! pool annotations under [`STRATEGY_PARAM_PREFIX`]. A third-party crate registers its own factory and the
 //! gateway treats it exactly like a built-in one.
 
+pub mod cost;
+pub mod cost_ranking;
 pub mod endpoint;
 pub mod load;
 pub mod load_scoring;
@@ -31,8 +33,8 @@ pub use endpoint::{EndpointId, EndpointMetrics, EndpointView, LoraState, PoolVie
 pub use registry::{Registry, RegistryError, StrategyConfig, StrategyFactory};
 pub use request::{Criticality, RequestView};
 pub use strategy::{
-    Candidates, Completion, ConfigError, Inputs, NoEndpoint, Outcome, Resolved, Strategy,
-    StrategyStats,
+    Candidates, Completion, ConfigError, DispatchedLoad, Inputs, NoEndpoint, Outcome, Resolved,
+    Strategy, StrategyStats,
 };
 
 /// Pool annotation that names the routing strategy (ACK's key, kept for compatibility).
@@ -64,6 +66,8 @@ pub(crate) mod testing {
                 metrics_age: None,
                 in_flight: 0,
                 in_flight_tokens: 0,
+                in_flight_prefill: 0,
+                in_flight_prefill_tokens: 0,
                 dispatched_since_scrape: 0,
             })
             .collect();

@@ -175,6 +175,8 @@ mod tests {
             metrics_age: metrics.map(|_| Duration::from_millis(age_ms)),
             in_flight: 3,
             in_flight_tokens: 0,
+            in_flight_prefill: 0,
+            in_flight_prefill_tokens: 0,
             dispatched_since_scrape: since,
         }
     }

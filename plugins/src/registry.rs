@@ -218,13 +218,13 @@ mod tests {
     /// the keys of its debug state, and for the two without state, how it orders a pool of 16.
     fn identify(strategy: &dyn Strategy) -> &'static str {
         let state = strategy.debug_state();
-        if state.get("index").is_some() {
-            return "PREFIX_CACHE";
-        }
         if state.get("pending_ttl_ms").is_some() {
             return "LORA_AFFINITY";
         }
-        if state.get("scorers").is_some() {
+        if state.get("affinity_threshold").is_some() {
+            return "PREFIX_CACHE";
+        }
+        if state.get("cost_model").is_some() {
             return "DEFAULT";
         }
         let (_ids, views) = pool_of(16);

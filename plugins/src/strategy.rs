@@ -35,14 +35,18 @@ impl Inputs {
     pub const PROMPT: Inputs = Inputs { prompt: true };
 }
 
-/// Endpoints in preference order, as indexes into [`PoolView::endpoints`].
+/// Endpoints in preference order, as indexes into [`PoolView::endpoints`], and optionally the
+/// prefill each endpoint would do for the request.
 ///
 /// A strategy builds them freely: construction does no checking, so it costs nothing on the pick
 /// path. The gateway turns them into endpoints with [`Candidates::resolve`], which drops indexes
 /// outside the pool and repeated ones; whatever a strategy returns, the gateway neither panics nor
 /// allocates beyond the pool's size.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Candidates(Vec<usize>);
+pub struct Candidates {
+    order: Vec<usize>,
+    prefill_tokens: Option<Vec<u32>>,
+}
 
 /// [`Candidates`] checked against a pool: what the gateway dials, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,38 +58,61 @@ pub struct Resolved {
     /// exports as `gateway_strategy_invalid_candidates_total`. Repeats of valid indexes are
     /// dropped without counting.
     pub dropped: usize,
+    /// The strategy's prefill estimate per pool index ([`Candidates::with_prefill_tokens`]), as
+    /// given, when it gave one. The gateway counts an index's figure, at most the prompt's
+    /// estimated size, and the whole prompt for an index without one.
+    pub prefill_tokens: Option<Vec<u32>>,
 }
 
 impl Candidates {
     /// Candidates in the given order, as given (see [`Candidates::resolve`] for what the gateway
     /// keeps).
     pub fn new(order: Vec<usize>) -> Self {
-        Candidates(order)
+        Candidates {
+            order,
+            prefill_tokens: None,
+        }
     }
 
     /// Every endpoint of a pool of `len`, starting at `first` and wrapping around.
     pub fn rotation(first: usize, len: usize) -> Self {
-        Candidates((0..len).map(|k| (first + k) % len).collect())
+        Self::new((0..len).map(|k| (first + k) % len).collect())
+    }
+
+    /// The same candidates with the strategy's estimate of the prompt tokens each endpoint would
+    /// have to prefill (the prompt minus what it has cached), indexed like
+    /// [`PoolView::endpoints`]. The gateway counts the chosen endpoint's figure as in-flight
+    /// prefill work ([`crate::EndpointView::in_flight_prefill_tokens`]) until the first token
+    /// arrives; without an estimate it counts the whole prompt. Figures above the prompt's size
+    /// count as the prompt's size.
+    pub fn with_prefill_tokens(mut self, per_endpoint: Vec<u32>) -> Self {
+        self.prefill_tokens = Some(per_endpoint);
+        self
     }
 
     /// The indexes, best first, as the strategy returned them.
     pub fn as_slice(&self) -> &[usize] {
-        &self.0
+        &self.order
+    }
+
+    /// The prefill estimate per pool index, when the strategy gave one.
+    pub fn prefill_tokens(&self) -> Option<&[u32]> {
+        self.prefill_tokens.as_deref()
     }
 
     /// The best candidate, if any.
     pub fn first(&self) -> Option<usize> {
-        self.0.first().copied()
+        self.order.first().copied()
     }
 
     /// Number of candidates.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.order.len()
     }
 
     /// Whether there is no candidate.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.order.is_empty()
     }
 
     /// Check the candidates against a pool of `pool_len` endpoints: keep each index below
@@ -93,7 +120,7 @@ impl Candidates {
     /// place with one `pool_len`-sized bitmap, so neither time nor memory depends on the values a
     /// strategy returned.
     pub fn resolve(self, pool_len: usize) -> Resolved {
-        let mut order = self.0;
+        let mut order = self.order;
         let mut seen = vec![false; pool_len];
         let mut dropped = 0;
         order.retain(|&index| match seen.get_mut(index) {
@@ -103,7 +130,11 @@ impl Candidates {
                 false
             }
         });
-        Resolved { order, dropped }
+        Resolved {
+            order,
+            dropped,
+            prefill_tokens: self.prefill_tokens,
+        }
     }
 }
 
@@ -112,7 +143,7 @@ impl IntoIterator for Candidates {
     type IntoIter = std::vec::IntoIter<usize>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        self.order.into_iter()
     }
 }
 
@@ -164,12 +195,47 @@ pub struct Completion<'a> {
     pub status: Option<u16>,
     /// Time to the first response body byte.
     pub time_to_first_byte: Option<Duration>,
+    /// Time to the first token of a streamed answer. `None` when the answer was not streamed (its
+    /// first byte is its last, so it says nothing about the prefill) or no token arrived.
+    pub time_to_first_token: Option<Duration>,
     /// Time from dispatch to the end.
     pub duration: Duration,
     /// Prompt tokens, from the response's `usage` when present, else the gateway's estimate.
     pub prompt_tokens: u32,
     /// Completion tokens from the response's `usage`, when present.
     pub completion_tokens: Option<u32>,
+    /// The prompt tokens counted as this request's prefill work at dispatch
+    /// ([`Resolved::prefill_tokens`]).
+    pub prefill_tokens: u32,
+    /// The endpoint's load when the request was dispatched, not counting the request itself.
+    pub at_dispatch: DispatchedLoad,
+}
+
+/// An endpoint's load as the gateway saw it when it dispatched a request, reported back with the
+/// request's [`Completion`] so a strategy can relate what it observed to the load it predicted
+/// from ([`crate::cost::CostModel::learn`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DispatchedLoad {
+    /// [`EndpointView::in_flight`].
+    pub in_flight: u32,
+    /// [`EndpointView::in_flight_prefill`].
+    pub in_flight_prefill: u32,
+    /// [`EndpointView::in_flight_prefill_tokens`].
+    pub in_flight_prefill_tokens: u64,
+    /// The scraped running batch, when metrics were fresh enough to be read.
+    pub running: Option<u32>,
+}
+
+impl DispatchedLoad {
+    /// The load `view` shows.
+    pub fn of(view: &EndpointView<'_>) -> Self {
+        Self {
+            in_flight: view.in_flight,
+            in_flight_prefill: view.in_flight_prefill,
+            in_flight_prefill_tokens: view.in_flight_prefill_tokens,
+            running: view.metrics.map(|m| m.running),
+        }
+    }
 }
 
 /// Error of a strategy's configuration: which parameter, its value and why it is wrong.
@@ -275,14 +341,16 @@ mod tests {
             c.clone().resolve(201),
             Resolved {
                 order: vec![3, 1, 200, 0],
-                dropped: 0
+                dropped: 0,
+                prefill_tokens: None,
             }
         );
         assert_eq!(
             c.resolve(4),
             Resolved {
                 order: vec![3, 1, 0],
-                dropped: 2
+                dropped: 2,
+                prefill_tokens: None,
             }
         );
     }
@@ -294,16 +362,28 @@ mod tests {
             c.resolve(3),
             Resolved {
                 order: vec![0, 1],
-                dropped: 2
+                dropped: 2,
+                prefill_tokens: None,
             }
         );
         assert_eq!(
             Candidates::new(vec![usize::MAX, 0]).resolve(0),
             Resolved {
                 order: vec![],
-                dropped: 2
+                dropped: 2,
+                prefill_tokens: None,
             }
         );
+    }
+
+    #[test]
+    fn prefill_estimates_pass_through_resolution_by_pool_index() {
+        let resolved = Candidates::new(vec![2, 0, 9])
+            .with_prefill_tokens(vec![100, 7, 40])
+            .resolve(3);
+        assert_eq!(resolved.order, vec![2, 0]);
+        assert_eq!(resolved.prefill_tokens, Some(vec![100, 7, 40]));
+        assert_eq!(Candidates::new(vec![0]).resolve(1).prefill_tokens, None);
     }
 
     proptest! {

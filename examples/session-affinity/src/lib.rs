@@ -212,6 +212,8 @@ mod tests {
                 metrics_age: Some(Duration::ZERO),
                 in_flight: 0,
                 in_flight_tokens: 0,
+                in_flight_prefill: 0,
+                in_flight_prefill_tokens: 0,
                 dispatched_since_scrape: 0,
             })
             .collect()

@@ -110,6 +110,17 @@ impl Exchange {
         }
     }
 
+    /// A response body chunk passed to the client: observe it, and once the first token has
+    /// arrived release the request's prefill work on its endpoint.
+    pub fn on_body(&mut self, chunk: &[u8]) {
+        self.observer.on_body(chunk);
+        if let Some(in_flight) = &mut self.in_flight
+            && self.observer.first_token_seen()
+        {
+            in_flight.first_token();
+        }
+    }
+
     /// The gateway answers `error` itself.
     pub fn answer(&mut self, error: &ClientError) {
         self.status = Some(error.status());

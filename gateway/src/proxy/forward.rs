@@ -347,7 +347,7 @@ impl Forwarder {
             };
             match chunk {
                 Ok(Some(bytes)) => {
-                    exchange.observer.on_body(&bytes);
+                    exchange.on_body(&bytes);
                     if let Err(e) = session.write_response_body(Some(bytes), false).await {
                         tracing::debug!(error = %e, "client went away mid-stream");
                         return client_gone(session, exchange, upstream, answered).await;

@@ -363,7 +363,7 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         if let Some(chunk) = body {
-            ctx.exchange.observer.on_body(chunk);
+            ctx.exchange.on_body(chunk);
         }
         if end_of_stream {
             ctx.exchange.observer.on_end();

@@ -150,11 +150,14 @@ fn completed(info: &InferenceInfo, f: &Finished<'_>) {
         outcome,
         status: (f.status > 0).then_some(f.status),
         time_to_first_byte: observer.time_to_first_byte(),
+        time_to_first_token: observer.time_to_first_token().filter(|_| info.stream),
         duration: f.elapsed,
         prompt_tokens: observer
             .usage()
             .map_or(info.prompt_tokens, |u| u.prompt_tokens),
         completion_tokens: observer.usage().map(|u| u.completion_tokens),
+        prefill_tokens: in_flight.prefill_tokens(),
+        at_dispatch: in_flight.at_dispatch(),
     });
 }
 

@@ -76,6 +76,11 @@ impl ResponseObserver {
             .map(|t| t.duration_since(self.started))
     }
 
+    /// Whether the first token (for a non-streamed answer, its first byte) has passed.
+    pub fn first_token_seen(&self) -> bool {
+        self.scanner.first_token_at().is_some()
+    }
+
     /// Average time per output token after the first: (end − first token) / (tokens − 1).
     pub fn time_per_output_token(&self) -> Option<Duration> {
         let first = self.scanner.first_token_at()?;

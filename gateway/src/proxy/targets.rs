@@ -66,7 +66,7 @@ impl Targets for PoolTargets<'_> {
             .inc();
         Some(Target {
             address: endpoint.id.address(),
-            in_flight: Some(endpoint.dispatch(candidate.tokens)),
+            in_flight: Some(endpoint.dispatch(candidate.tokens, candidate.prefill_tokens)),
         })
     }
 }
@@ -103,7 +103,11 @@ impl Targets for PickedTargets<'_> {
             .inc();
         Some(Target {
             address,
-            in_flight: endpoint.map(|e| e.dispatch(self.picked.tokens)),
+            // A picker gives no cache estimate: the whole prompt counts as prefill work.
+            in_flight: endpoint.map(|e| {
+                let prefill = u32::try_from(self.picked.tokens).unwrap_or(u32::MAX);
+                e.dispatch(self.picked.tokens, prefill)
+            }),
         })
     }
 

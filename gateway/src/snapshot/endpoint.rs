@@ -10,7 +10,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use plugins::{EndpointId, EndpointMetrics, EndpointView};
+use plugins::{DispatchedLoad, EndpointId, EndpointMetrics, EndpointView};
 
 use crate::engine::Engine;
 
@@ -68,6 +68,8 @@ pub struct Endpoint {
     pub engine: Engine,
     in_flight: AtomicU32,
     in_flight_tokens: AtomicU64,
+    in_flight_prefill: AtomicU32,
+    in_flight_prefill_tokens: AtomicU64,
     dispatched_total: AtomicU64,
     dispatched_since_scrape: AtomicU32,
     metrics: ArcSwapOption<ScrapedMetrics>,
@@ -84,6 +86,8 @@ impl Endpoint {
             engine,
             in_flight: AtomicU32::new(0),
             in_flight_tokens: AtomicU64::new(0),
+            in_flight_prefill: AtomicU32::new(0),
+            in_flight_prefill_tokens: AtomicU64::new(0),
             dispatched_total: AtomicU64::new(0),
             dispatched_since_scrape: AtomicU32::new(0),
             metrics: ArcSwapOption::empty(),
@@ -149,6 +153,16 @@ impl Endpoint {
         self.in_flight_tokens.load(Ordering::Relaxed)
     }
 
+    /// Requests in flight here whose first token has not arrived.
+    pub fn in_flight_prefill(&self) -> u32 {
+        self.in_flight_prefill.load(Ordering::Relaxed)
+    }
+
+    /// The prompt tokens those requests are expected to prefill.
+    pub fn in_flight_prefill_tokens(&self) -> u64 {
+        self.in_flight_prefill_tokens.load(Ordering::Relaxed)
+    }
+
     /// Requests ever dispatched here.
     pub fn dispatched_total(&self) -> u64 {
         self.dispatched_total.load(Ordering::Relaxed)
@@ -170,24 +184,42 @@ impl Endpoint {
         self.dispatched_since_scrape.store(0, Ordering::Relaxed);
     }
 
-    /// Count a request as in flight here until the returned guard is dropped.
-    pub fn dispatch(self: &Arc<Self>, tokens: u64) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// Count a request as in flight here until the returned guard is dropped: `tokens` estimated
+    /// prompt tokens, of which `prefill_tokens` are expected to be prefilled here (the rest
+    /// cached) and count as prefill work until [`InFlight::first_token`].
+    pub fn dispatch(self: &Arc<Self>, tokens: u64, prefill_tokens: u32) -> InFlight {
+        let at_dispatch = DispatchedLoad {
+            in_flight: self.in_flight.fetch_add(1, Ordering::Relaxed),
+            in_flight_prefill: self.in_flight_prefill.fetch_add(1, Ordering::Relaxed),
+            in_flight_prefill_tokens: self
+                .in_flight_prefill_tokens
+                .fetch_add(u64::from(prefill_tokens), Ordering::Relaxed),
+            running: self.metrics.load().as_ref().map(|s| s.metrics.running),
+        };
         self.in_flight_tokens.fetch_add(tokens, Ordering::Relaxed);
         self.dispatched_total.fetch_add(1, Ordering::Relaxed);
         self.dispatched_since_scrape.fetch_add(1, Ordering::Relaxed);
         InFlight {
             endpoint: Arc::clone(self),
             tokens,
+            prefill_tokens,
+            prefilling: true,
+            at_dispatch,
         }
     }
 }
 
 /// A request counted in flight on an endpoint; dropping it releases the count, on every path.
+///
+/// Its prefill work is released at its first token ([`InFlight::first_token`]) or, when no token
+/// came (a failure, an abort, a retry on another endpoint, a non-streamed answer), when it drops.
 #[derive(Debug)]
 pub struct InFlight {
     endpoint: Arc<Endpoint>,
     tokens: u64,
+    prefill_tokens: u32,
+    prefilling: bool,
+    at_dispatch: DispatchedLoad,
 }
 
 impl InFlight {
@@ -195,10 +227,33 @@ impl InFlight {
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
     }
+
+    /// The prompt tokens counted as this request's prefill.
+    pub fn prefill_tokens(&self) -> u32 {
+        self.prefill_tokens
+    }
+
+    /// The endpoint's load just before this request was counted.
+    pub fn at_dispatch(&self) -> DispatchedLoad {
+        self.at_dispatch
+    }
+
+    /// The request's first token arrived: its prefill is done. Later calls do nothing.
+    pub fn first_token(&mut self) {
+        if std::mem::replace(&mut self.prefilling, false) {
+            self.endpoint
+                .in_flight_prefill
+                .fetch_sub(1, Ordering::Relaxed);
+            self.endpoint
+                .in_flight_prefill_tokens
+                .fetch_sub(u64::from(self.prefill_tokens), Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.first_token();
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.endpoint
             .in_flight_tokens
@@ -226,6 +281,10 @@ pub struct EndpointSample {
     pub in_flight: u32,
     /// Estimated prompt tokens in flight.
     pub in_flight_tokens: u64,
+    /// Requests in flight before their first token.
+    pub in_flight_prefill: u32,
+    /// Prefill tokens of those requests.
+    pub in_flight_prefill_tokens: u64,
     /// Requests dispatched since the scrape.
     pub dispatched_since_scrape: u32,
 }
@@ -237,6 +296,8 @@ impl EndpointSample {
             metrics: endpoint.metrics(),
             in_flight: endpoint.in_flight(),
             in_flight_tokens: endpoint.in_flight_tokens(),
+            in_flight_prefill: endpoint.in_flight_prefill(),
+            in_flight_prefill_tokens: endpoint.in_flight_prefill_tokens(),
             dispatched_since_scrape: endpoint.dispatched_since_scrape(),
         }
     }
@@ -252,6 +313,8 @@ impl EndpointSample {
                 .map(|s| now.saturating_duration_since(s.at)),
             in_flight: self.in_flight,
             in_flight_tokens: self.in_flight_tokens,
+            in_flight_prefill: self.in_flight_prefill,
+            in_flight_prefill_tokens: self.in_flight_prefill_tokens,
             dispatched_since_scrape: self.dispatched_since_scrape,
         }
     }
@@ -321,8 +384,8 @@ mod tests {
             EndpointId::new("127.0.0.1:1".parse().unwrap(), "e"),
             Engine::Vllm,
         ));
-        let a = endpoint.dispatch(100);
-        let b = endpoint.dispatch(50);
+        let a = endpoint.dispatch(100, 100);
+        let b = endpoint.dispatch(50, 50);
         assert_eq!(
             (endpoint.in_flight(), endpoint.in_flight_tokens()),
             (2, 150)
@@ -338,5 +401,98 @@ mod tests {
             at: Instant::now(),
         });
         assert_eq!(endpoint.dispatched_since_scrape(), 0);
+    }
+
+    #[test]
+    fn prefill_is_released_at_the_first_token_and_the_rest_at_the_end() {
+        let endpoint = Arc::new(Endpoint::new(
+            EndpointId::new("127.0.0.1:1".parse().unwrap(), "e"),
+            Engine::Vllm,
+        ));
+        let mut a = endpoint.dispatch(1000, 200);
+        let b = endpoint.dispatch(500, 500);
+        assert_eq!(
+            b.at_dispatch(),
+            DispatchedLoad {
+                in_flight: 1,
+                in_flight_prefill: 1,
+                in_flight_prefill_tokens: 200,
+                running: None,
+            }
+        );
+        assert_eq!(
+            (
+                endpoint.in_flight_prefill(),
+                endpoint.in_flight_prefill_tokens()
+            ),
+            (2, 700)
+        );
+        a.first_token();
+        a.first_token();
+        assert_eq!(
+            (
+                endpoint.in_flight_prefill(),
+                endpoint.in_flight_prefill_tokens()
+            ),
+            (1, 500),
+            "once"
+        );
+        assert_eq!(endpoint.in_flight(), 2, "still decoding");
+        drop(b);
+        assert_eq!(
+            (
+                endpoint.in_flight_prefill(),
+                endpoint.in_flight_prefill_tokens()
+            ),
+            (0, 0),
+            "no first token: released at the end"
+        );
+        drop(a);
+        assert_eq!((endpoint.in_flight(), endpoint.in_flight_tokens()), (0, 0));
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of dispatches, first tokens and ends, the endpoint's counters are
+        /// the sums over the requests still held, and zero once every guard is gone.
+        #[test]
+        fn credit_and_release_balance(
+            ops in proptest::collection::vec((0u8..3, 0usize..8, 1u32..5000), 1..200),
+        ) {
+            let endpoint = Arc::new(Endpoint::new(
+                EndpointId::new("127.0.0.1:1".parse().unwrap(), "e"),
+                Engine::Vllm,
+            ));
+            let mut held: Vec<(InFlight, bool)> = Vec::new();
+            for (op, which, tokens) in ops {
+                match op {
+                    0 => held.push((endpoint.dispatch(u64::from(tokens) * 2, tokens), true)),
+                    1 if !held.is_empty() => {
+                        let i = which % held.len();
+                        held[i].0.first_token();
+                        held[i].1 = false;
+                    }
+                    _ if !held.is_empty() => {
+                        held.swap_remove(which % held.len());
+                    }
+                    _ => {}
+                }
+                let prefilling = held.iter().filter(|(_, p)| *p);
+                proptest::prop_assert_eq!(endpoint.in_flight() as usize, held.len());
+                proptest::prop_assert_eq!(endpoint.in_flight_prefill() as usize, prefilling.clone().count());
+                proptest::prop_assert_eq!(
+                    endpoint.in_flight_prefill_tokens(),
+                    prefilling.map(|(g, _)| u64::from(g.prefill_tokens())).sum::<u64>()
+                );
+                proptest::prop_assert_eq!(
+                    endpoint.in_flight_tokens(),
+                    held.iter().map(|(g, _)| u64::from(g.prefill_tokens()) * 2).sum::<u64>()
+                );
+            }
+            held.clear();
+            proptest::prop_assert_eq!(
+                (endpoint.in_flight(), endpoint.in_flight_tokens(), endpoint.in_flight_prefill(), endpoint.in_flight_prefill_tokens()),
+                (0, 0, 0, 0)
+            );
+        }
     }
 }

@@ -1,43 +1,41 @@
-//! `DEFAULT`: load-aware routing on queue length, KV-cache usage and in-flight requests, with LoRA
-//! residency as a tie-breaker for adapter requests.
+//! `DEFAULT`: each request goes where its predicted time to first token is lowest.
 //!
-//! Every endpoint gets `queue-weight × queue score + kv-weight × KV score + in-flight-weight ×
-//! in-flight score + lora-weight × LoRA score`, and the highest total wins; exact ties are broken
-//! at random. Scores are those of [`crate::scorers`]:
+//! Per endpoint, the latency cost model ([`crate::cost`]) predicts the time to first token: the
+//! prefill work already in flight there (credited when this gateway dispatches, released at each
+//! request's first token, corrected by the scraped queue), this request's own prefill (its prompt
+//! minus what the endpoint has cached of it, from the blocks this gateway sent there), one engine
+//! step of the batch it joins, and the KV-cache pressure. Prefill rates and step times are learned
+//! per endpoint from completions, so a faster pod takes more.
 //!
-//! - **queue**: the scraped waiting count *plus the requests this gateway dispatched there since
-//!   that scrape*, min-max normalised. Without the correction every request of a burst sees the
-//!   same scrape and lands on the same emptiest endpoint (the herding the Inference Extension,
-//!   Dynamo and SGLang's router all reported).
-//! - **kv-cache**: `1 - kv_cache_usage_perc`. KV usage is what decides whether vLLM must queue
-//!   or preempt; it is the signal the seed's picture shows.
-//! - **in-flight**: the gateway's own in-flight count, min-max normalised. It is exact and never
-//!   stale, so balance survives missing metrics.
-//! - **lora-affinity**: 1 where the adapter runs, 0.8 where a slot is free, 0.6 where it waits.
+//! The endpoint with the lowest prediction wins; predictions within `tie-tolerance` of the best
+//! (plus one engine step) are equally good, and among them the endpoint with the fewest requests in
+//! flight goes first, at random among equals: at light load this is round-robin's even spread,
+//! under load it is the shortest predicted wait. Endpoints whose metrics are missing or older than
+//! `stale-after-ms` are ranked after every fresh one (a silent endpoint is not an empty one). The
+//! rest of the pool follows by prediction, for failover.
 //!
-//! Endpoints whose metrics are missing or older than `stale-after-ms` score 0 on queue and KV: they
-//! are used last, never first (a silent endpoint is not an empty one).
+//! Why not weighted scores: the earlier weighted queue/KV/in-flight scores, min-max normalised,
+//! turned a one-request difference into a whole point and chased differences between scrapes;
+//! measured, they trailed round-robin on uniform requests. Predictions in seconds compare a
+//! queued prefill with a cached prefix on one scale.
 //!
-//! | Parameter | Default | Why |
-//! |---|---|---|
-//! | `queue-weight` | 2 | The Inference Extension's default; waiting requests are direct TTFT |
-//! | `kv-weight` | 2 | Same as the Extension; KV usage predicts preemption and queueing |
-//! | `in-flight-weight` | 1 | Breaks ties between scrapes and keeps balancing without metrics |
-//! | `lora-weight` | 1 | Enough to prefer a resident adapter among equally loaded endpoints |
-//! | `stale-after-ms` | 200 | Four missed scrapes at the default 50 ms interval |
+//! Parameters: those of [`crate::cost_ranking`] (the cost model's priors, `stale-after-ms`,
+//! `tie-tolerance`, the prefix index's `block-bytes`, `max-blocks`, `index-capacity`).
 
-use crate::endpoint::PoolView;
+use crate::cost_ranking::CostRanking;
+use crate::endpoint::{EndpointId, EndpointView, PoolView};
 use crate::load::LoadConfig;
-use crate::load_scoring::LoadScoring;
 use crate::params::Params;
 use crate::registry::StrategyConfig;
 use crate::request::RequestView;
-use crate::strategy::{Candidates, ConfigError, NoEndpoint, Strategy};
+use crate::strategy::{
+    Candidates, Completion, ConfigError, Inputs, NoEndpoint, Strategy, StrategyStats,
+};
 
-/// The load-aware default strategy.
+/// The default strategy: lowest predicted time to first token.
 #[derive(Debug)]
 pub struct DefaultStrategy {
-    scoring: LoadScoring,
+    ranking: CostRanking,
 }
 
 impl DefaultStrategy {
@@ -47,15 +45,24 @@ impl DefaultStrategy {
     /// Build from parameters (see the module documentation).
     pub fn from_config(config: &StrategyConfig) -> Result<Self, ConfigError> {
         let mut params = Params::new(Self::NAME, config);
-        let scoring = LoadScoring::from_params(&mut params)?;
+        let ranking = CostRanking::from_params(&mut params)?;
         params.finish()?;
-        Ok(Self { scoring })
+        Ok(Self { ranking })
+    }
+
+    /// The shared ranking state (for tests and benches).
+    pub fn ranking(&self) -> &CostRanking {
+        &self.ranking
     }
 }
 
 impl Strategy for DefaultStrategy {
+    fn inputs(&self) -> Inputs {
+        Inputs::PROMPT
+    }
+
     fn load_config(&self) -> LoadConfig {
-        self.scoring.load
+        self.ranking.load
     }
 
     fn pick(
@@ -63,14 +70,30 @@ impl Strategy for DefaultStrategy {
         request: &RequestView<'_>,
         pool: &PoolView<'_>,
     ) -> Result<Candidates, NoEndpoint> {
-        Ok(self.scoring.score(request, pool)?.ranked())
+        let ranked = self.ranking.rank(request, pool)?;
+        Ok(ranked.candidates(ranked.spread_best()))
+    }
+
+    fn on_dispatched(&self, request: &RequestView<'_>, endpoint: &EndpointView<'_>) {
+        self.ranking.on_dispatched(request, endpoint);
+    }
+
+    fn on_completed(&self, completion: &Completion<'_>) {
+        self.ranking.on_completed(completion);
+    }
+
+    fn on_endpoints_changed(&self, endpoints: &[EndpointId]) {
+        self.ranking.on_endpoints_changed(endpoints);
+    }
+
+    fn stats(&self) -> StrategyStats {
+        StrategyStats {
+            indexed_blocks: Some(self.ranking.cache.index.stats().blocks as u64),
+        }
     }
 
     fn debug_state(&self) -> serde_json::Value {
-        serde_json::json!({
-            "scorers": self.scoring.scorers.describe(),
-            "stale_after_ms": self.scoring.load.stale_after.as_millis() as u64,
-        })
+        self.ranking.debug_state()
     }
 }
 
@@ -80,48 +103,50 @@ mod tests {
     use crate::endpoint::EndpointMetrics;
     use crate::testing::{pool_of, request, with_metrics};
 
+    fn strategy() -> DefaultStrategy {
+        DefaultStrategy::from_config(&StrategyConfig::new()).unwrap()
+    }
+
+    fn pick(strategy: &DefaultStrategy, views: &[EndpointView<'_>]) -> Vec<usize> {
+        let headers = http::HeaderMap::new();
+        let pool = PoolView {
+            name: "p",
+            endpoints: views,
+        };
+        strategy
+            .pick(&request(&headers), &pool)
+            .unwrap()
+            .as_slice()
+            .to_vec()
+    }
+
     #[test]
-    fn picks_the_least_loaded_endpoint_and_counts_recent_dispatches() {
+    fn picks_the_shortest_predicted_wait_and_counts_prefill_in_flight() {
         let (_ids, mut views) = pool_of(3);
         let metrics = [
             EndpointMetrics {
-                waiting: 3,
                 kv_usage: 0.6,
                 ..Default::default()
             },
             EndpointMetrics {
-                waiting: 0,
                 kv_usage: 0.2,
                 ..Default::default()
             },
             EndpointMetrics {
-                waiting: 1,
                 kv_usage: 0.3,
                 ..Default::default()
             },
         ];
         with_metrics(&mut views, &metrics);
-        let headers = http::HeaderMap::new();
-        let strategy = DefaultStrategy::from_config(&StrategyConfig::new()).unwrap();
-        let pool = PoolView {
-            name: "p",
-            endpoints: &views,
-        };
-        assert_eq!(
-            strategy.pick(&request(&headers), &pool).unwrap().as_slice(),
-            &[1, 2, 0]
-        );
-        // Five requests went to endpoint 1 since the scrape: it is no longer the emptiest.
-        views[1].dispatched_since_scrape = 5;
+        // KV pressure: 0.225 s, 0.0375 s, 0.064 s; within 10% + a step of each other only 1 and 2.
+        let s = strategy();
+        let first = pick(&s, &views)[0];
+        assert!(first == 1 || first == 2, "{first}");
+        // Endpoint 1 has 5,000 tokens of prefill in flight (1 s at the prior rate): endpoint 2.
         views[1].in_flight = 5;
-        let pool = PoolView {
-            name: "p",
-            endpoints: &views,
-        };
-        assert_eq!(
-            strategy.pick(&request(&headers), &pool).unwrap().first(),
-            Some(2)
-        );
+        views[1].in_flight_prefill = 5;
+        views[1].in_flight_prefill_tokens = 5000;
+        assert_eq!(pick(&s, &views), vec![2, 0, 1]);
     }
 
     #[test]
@@ -137,44 +162,43 @@ mod tests {
         ];
         with_metrics(&mut views, &metrics);
         views[0].metrics_age = Some(std::time::Duration::from_secs(5));
-        let headers = http::HeaderMap::new();
-        let strategy = DefaultStrategy::from_config(&StrategyConfig::new()).unwrap();
-        let pool = PoolView {
-            name: "p",
-            endpoints: &views,
-        };
-        assert_eq!(
-            strategy.pick(&request(&headers), &pool).unwrap().as_slice(),
-            &[1, 0]
-        );
+        assert_eq!(pick(&strategy(), &views), vec![1, 0]);
     }
 
     #[test]
-    fn without_metrics_in_flight_balances() {
+    fn without_metrics_prefill_in_flight_balances() {
         let (_ids, mut views) = pool_of(3);
-        views[0].in_flight = 4;
-        views[1].in_flight = 1;
-        views[2].in_flight = 2;
-        let headers = http::HeaderMap::new();
-        let strategy = DefaultStrategy::from_config(&StrategyConfig::new()).unwrap();
-        let pool = PoolView {
-            name: "p",
-            endpoints: &views,
-        };
-        assert_eq!(
-            strategy.pick(&request(&headers), &pool).unwrap().as_slice(),
-            &[1, 2, 0]
-        );
+        for (view, tokens) in views.iter_mut().zip([4000, 1000, 2500]) {
+            view.in_flight = 1;
+            view.in_flight_prefill = 1;
+            view.in_flight_prefill_tokens = tokens;
+        }
+        assert_eq!(pick(&strategy(), &views), vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn idle_pools_spread_like_round_robin() {
+        let (_ids, mut views) = pool_of(4);
+        with_metrics(&mut views, &vec![EndpointMetrics::default(); 4]);
+        let s = strategy();
+        let mut counts = [0u32; 4];
+        for _ in 0..40 {
+            let first = pick(&s, &views)[0];
+            counts[first] += 1;
+            // The request runs there: one more in flight, past its first token.
+            views[first].in_flight += 1;
+        }
+        assert_eq!(counts, [10; 4]);
     }
 
     #[test]
     fn parameters_are_validated() {
-        let config: StrategyConfig = [("kv-weight".to_owned(), "-1".to_owned())].into();
+        let config: StrategyConfig = [("tie-tolerance".to_owned(), "-1".to_owned())].into();
         assert_eq!(
             DefaultStrategy::from_config(&config).unwrap_err().reason,
-            "must be between 0 and 100"
+            "must be between 0 and 10"
         );
-        let config: StrategyConfig = [("prefix-weight".to_owned(), "3".to_owned())].into();
+        let config: StrategyConfig = [("queue-weight".to_owned(), "3".to_owned())].into();
         assert!(
             DefaultStrategy::from_config(&config)
                 .unwrap_err()

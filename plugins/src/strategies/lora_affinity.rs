@@ -1,31 +1,29 @@
-//! `LORA_AFFINITY`: adapter requests go where the adapter is already loaded, then where it can be
-//! loaded without evicting another, and only then anywhere; load decides within each tier.
+//! `LORA_AFFINITY`: adapter requests go where the adapter is loaded, unless the queue there costs
+//! more than loading it elsewhere.
 //!
-//! Every endpoint gets a residency tier for the request's target model:
+//! Every endpoint gets the latency cost model's predicted time to first token ([`crate::cost`],
+//! as DEFAULT) plus what the adapter would cost there, by residency tier:
 //!
-//! | Tier | Meaning |
-//! |---|---|
-//! | 0 | the adapter has running requests there, or this gateway sent it there in the last `pending-ttl-ms` (it is loading) |
-//! | 1 | the adapter has waiting requests there |
-//! | 2 | a slot is free: fewer distinct adapters running or pending than `max_lora` |
-//! | 3 | every slot is taken by other adapters |
+//! | Tier | Meaning | Added cost |
+//! |---|---|---|
+//! | 0 | the adapter has running requests there, or this gateway sent it there in the last `pending-ttl-ms` (it is loading) | none |
+//! | 1 | the adapter has waiting requests there | `adapter-load-ms` |
+//! | 2 | a slot is free: fewer distinct adapters running or pending than `max_lora` | `adapter-load-ms` |
+//! | 3 | every slot is taken by other adapters | `adapter-load-ms` + the mean decode time of a request (learned), the wait for a slot to free |
 //!
-//! The best tier that has an endpoint inside the load window (see
-//! [`crate::load::LoadWindow`]) wins, and the best-scoring (DEFAULT scores) endpoint of that tier
-//! inside the window goes first. If no endpoint of tiers 0-2 is inside the window, the best tier
-//! 0-2 endpoint outside it is still preferred over tier 3: an endpoint never takes more distinct
-//! adapters than its `max_lora` while another endpoint has room, because swapping adapters in and
-//! out of a full batch costs every request on it. The "sent it there" memory closes the gap
-//! between dispatch and the next scrape, when the adapter is loading but not yet reported.
+//! The lowest total wins, ties spread as in DEFAULT: an adapter load is weighed against the queue
+//! it would avoid, so a resident adapter keeps its requests until its endpoint's queue is longer
+//! than a load, and an endpoint takes an adapter beyond its `max_lora` only when every endpoint
+//! with room is a slot's wait busier. The "sent it there" memory closes the gap between dispatch
+//! and the next scrape, when the adapter is loading but not yet reported.
 //!
-//! Requests for a base model (a name an endpoint reports as its `model_name`) are ranked by DEFAULT
-//! scores alone.
+//! Requests for a base model (a name an endpoint reports as its `model_name`) have no adapter
+//! cost: they are ranked as DEFAULT ranks them.
 //!
 //! | Parameter | Default | Why |
 //! |---|---|---|
-//! | DEFAULT's weights and `stale-after-ms` | as DEFAULT, except `lora-weight` 0 | load order within a tier; tiers replace the LoRA score |
-//! | `window-requests` | 8 | as PREFIX_CACHE: a few more sequences cost less than an adapter swap |
-//! | `window-ratio` | 0.5 | the window grows with load |
+//! | [`crate::cost_ranking`]'s | as DEFAULT | predictions |
+//! | `adapter-load-ms` | 100 | Loading a LoRA adapter from disk takes about 100 ms on vLLM (7 ms from its CPU cache); the larger figure, since the gateway cannot see the CPU cache |
 //! | `pending-ttl-ms` | 2000 | An adapter load takes about 100 ms cold; two seconds covers it and many scrapes, then the scraped state is the truth again |
 
 use std::collections::HashMap;
@@ -34,20 +32,22 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::cost_ranking::CostRanking;
 use crate::endpoint::{EndpointId, EndpointView, PoolView};
-use crate::load::{LoadConfig, LoadWindow};
-use crate::load_scoring::LoadScoring;
+use crate::load::LoadConfig;
 use crate::params::Params;
 use crate::registry::StrategyConfig;
 use crate::request::RequestView;
 use crate::scorers::is_base_model;
-use crate::strategy::{Candidates, ConfigError, NoEndpoint, Strategy};
+use crate::strategy::{
+    Candidates, Completion, ConfigError, Inputs, NoEndpoint, Strategy, StrategyStats,
+};
 
 /// The adapter-affinity strategy.
 #[derive(Debug)]
 pub struct LoraAffinity {
-    scoring: LoadScoring,
-    window: LoadWindow,
+    ranking: CostRanking,
+    adapter_load: f64,
     pending_ttl: Duration,
     /// Adapters this gateway recently sent to each endpoint.
     pending: Mutex<HashMap<SocketAddr, Vec<(String, Instant)>>>,
@@ -59,18 +59,14 @@ impl LoraAffinity {
 
     /// Build from parameters (see the module documentation).
     pub fn from_config(config: &StrategyConfig) -> Result<Self, ConfigError> {
-        let mut config = config.clone();
-        config
-            .entry("lora-weight".into())
-            .or_insert_with(|| "0".into());
-        let mut params = Params::new(Self::NAME, &config);
-        let scoring = LoadScoring::from_params(&mut params)?;
-        let window = LoadWindow::from_params(&mut params)?;
+        let mut params = Params::new(Self::NAME, config);
+        let ranking = CostRanking::from_params(&mut params)?;
+        let adapter_load = params.f64("adapter-load-ms", 100.0, 0.0..=600_000.0)? / 1e3;
         let pending_ttl = params.millis("pending-ttl-ms", Duration::from_secs(2), 1..=600_000)?;
         params.finish()?;
         Ok(Self {
-            scoring,
-            window,
+            ranking,
+            adapter_load,
             pending_ttl,
             pending: Mutex::new(HashMap::new()),
         })
@@ -107,8 +103,12 @@ impl LoraAffinity {
 }
 
 impl Strategy for LoraAffinity {
+    fn inputs(&self) -> Inputs {
+        Inputs::PROMPT
+    }
+
     fn load_config(&self) -> LoadConfig {
-        self.scoring.load
+        self.ranking.load
     }
 
     fn pick(
@@ -116,43 +116,36 @@ impl Strategy for LoraAffinity {
         request: &RequestView<'_>,
         pool: &PoolView<'_>,
     ) -> Result<Candidates, NoEndpoint> {
-        let scored = self.scoring.score(request, pool)?;
+        let mut ranked = self.ranking.rank(request, pool)?;
         let adapter = request.target_model;
-        if is_base_model(pool, adapter) {
-            return Ok(scored.ranked());
+        if !is_base_model(pool, adapter) {
+            let now = Instant::now();
+            let tiers: Vec<u8> = {
+                let mut pending = self.pending.lock();
+                pool.endpoints
+                    .iter()
+                    .map(|e| {
+                        let list = pending.entry(e.id.address()).or_default();
+                        list.retain(|(_, at)| now.duration_since(*at) < self.pending_ttl);
+                        self.tier(e, adapter, list)
+                    })
+                    .collect()
+            };
+            let slot_wait = self.ranking.model.mean_decode_seconds();
+            for (i, tier) in tiers.into_iter().enumerate() {
+                let cost = match tier {
+                    0 => 0.0,
+                    1 | 2 => self.adapter_load,
+                    _ => self.adapter_load + slot_wait,
+                };
+                ranked.add_cost(i, cost);
+            }
         }
-        let now = Instant::now();
-        let tiers: Vec<u8> = {
-            let mut pending = self.pending.lock();
-            pool.endpoints
-                .iter()
-                .map(|e| {
-                    let list = pending.entry(e.id.address()).or_default();
-                    list.retain(|(_, at)| now.duration_since(*at) < self.pending_ttl);
-                    self.tier(e, adapter, list)
-                })
-                .collect()
-        };
-        let in_window = scored.window_members(&self.window);
-        let best_tier = (0..pool.len())
-            .filter(|&i| in_window[i] && tiers[i] < 3)
-            .map(|i| tiers[i])
-            .min()
-            .or_else(|| tiers.iter().copied().filter(|&t| t < 3).min())
-            .unwrap_or(3);
-        let mut order: Vec<usize> = scored.ranked().into_iter().collect();
-        // Stable sort: the winning tier inside the window first, then by tier; DEFAULT order within.
-        order.sort_by_key(|&i| {
-            (
-                !(tiers[i] == best_tier && in_window[i]),
-                tiers[i] != best_tier,
-                tiers[i],
-            )
-        });
-        Ok(Candidates::new(order))
+        Ok(ranked.candidates(ranked.spread_best()))
     }
 
     fn on_dispatched(&self, request: &RequestView<'_>, endpoint: &EndpointView<'_>) {
+        self.ranking.on_dispatched(request, endpoint);
         let adapter = request.target_model;
         if endpoint.metrics.and_then(|m| m.model_name.as_deref()) == Some(adapter) {
             return;
@@ -163,7 +156,12 @@ impl Strategy for LoraAffinity {
         list.push((adapter.to_owned(), Instant::now()));
     }
 
+    fn on_completed(&self, completion: &Completion<'_>) {
+        self.ranking.on_completed(completion);
+    }
+
     fn on_endpoints_changed(&self, endpoints: &[EndpointId]) {
+        self.ranking.on_endpoints_changed(endpoints);
         let keep: std::collections::HashSet<SocketAddr> =
             endpoints.iter().map(EndpointId::address).collect();
         self.pending
@@ -171,14 +169,19 @@ impl Strategy for LoraAffinity {
             .retain(|address, _| keep.contains(address));
     }
 
+    fn stats(&self) -> StrategyStats {
+        StrategyStats {
+            indexed_blocks: Some(self.ranking.cache.index.stats().blocks as u64),
+        }
+    }
+
     fn debug_state(&self) -> serde_json::Value {
         let pending: usize = self.pending.lock().values().map(Vec::len).sum();
-        serde_json::json!({
-            "scorers": self.scoring.scorers.describe(),
-            "window": self.window,
-            "pending_ttl_ms": self.pending_ttl.as_millis() as u64,
-            "pending_adapters": pending,
-        })
+        let mut state = self.ranking.debug_state();
+        state["adapter_load_ms"] = (self.adapter_load * 1e3).into();
+        state["pending_ttl_ms"] = (self.pending_ttl.as_millis() as u64).into();
+        state["pending_adapters"] = pending.into();
+        state
     }
 }
 
@@ -191,6 +194,7 @@ mod tests {
     fn lora(running: &[&str], waiting: &[&str], waiting_requests: u32) -> EndpointMetrics {
         EndpointMetrics {
             waiting: waiting_requests,
+            running: 8,
             kv_usage: 0.2,
             model_name: Some("base".into()),
             lora: Some(LoraState {
@@ -213,8 +217,8 @@ mod tests {
             &mut views,
             &[
                 lora(&["x", "y"], &[], 0),
-                lora(&["x"], &[], 1),
-                lora(&["a", "x"], &[], 2),
+                lora(&["x"], &[], 0),
+                lora(&["a", "x"], &[], 0),
             ],
         );
         let headers = http::HeaderMap::new();
@@ -234,12 +238,12 @@ mod tests {
     }
 
     #[test]
-    fn residency_yields_to_the_window_but_never_overfills_slots() {
+    fn residency_yields_to_a_queue_longer_than_a_load_but_not_to_a_full_endpoint() {
         let (_ids, mut views) = pool_of(3);
         with_metrics(
             &mut views,
             &[
-                lora(&["a"], &[], 40),
+                lora(&["a"], &[], 4),
                 lora(&["x"], &[], 0),
                 lora(&["x", "y"], &[], 0),
             ],
@@ -247,17 +251,21 @@ mod tests {
         let headers = http::HeaderMap::new();
         let mut req = request(&headers);
         req.target_model = "a";
+        req.prompt_tokens = 1000;
         let pool = PoolView {
             name: "p",
             endpoints: &views,
         };
-        // Endpoint 0 has the adapter but 40 queued: endpoint 1's free slot is inside the window.
+        // Endpoint 0 has the adapter but 4 requests queued behind a batch of 8 (3 s to admit them
+        // at the prior 6 s mean decode time): loading it into endpoint 1's free slot (100 ms) is
+        // cheaper.
         assert_eq!(strategy().pick(&req, &pool).unwrap().as_slice(), &[1, 0, 2]);
-        // With no free slot inside the window, the resident endpoint still beats a full one.
+        // Without a free slot anywhere else, waiting 3 s beats waiting for a slot to free (the
+        // mean decode time, 6 s).
         with_metrics(
             &mut views,
             &[
-                lora(&["a"], &[], 40),
+                lora(&["a"], &[], 4),
                 lora(&["x", "z"], &[], 0),
                 lora(&["x", "y"], &[], 0),
             ],
@@ -300,6 +308,7 @@ mod tests {
         let headers = http::HeaderMap::new();
         let mut req = request(&headers);
         req.target_model = "base";
+        req.prompt_tokens = 1000;
         let pool = PoolView {
             name: "p",
             endpoints: &views,

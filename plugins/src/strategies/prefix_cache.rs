@@ -1,59 +1,58 @@
-//! `PREFIX_CACHE`: requests that share a prompt prefix go where that prefix is cached, without
-//! overloading anyone.
+//! `PREFIX_CACHE`: requests that share a prompt prefix go where that prefix is cached, for as long
+//! as waiting there costs less than a penalty more than the best alternative.
 //!
 //! The algorithm, per request:
 //!
 //! 1. Hash the prompt (the gateway renders chat messages as stable `role: text` lines) into
-//!    chained 64-byte blocks seeded by the target model ([`crate::prefix::PrefixHasher`]).
-//! 2. Compute the **load window**: endpoints whose running plus queued requests are within
-//!    `window-requests` (or `window-ratio` of the minimum, whichever is larger) of the least-loaded
-//!    endpoint, and under the KV threshold while any endpoint is ([`crate::load::LoadWindow`]).
-//!    Affinity and balance are one decision: affinity is honoured inside the window and never
-//!    outside it, so a hot prefix spreads to a second endpoint instead of piling onto one, and
-//!    is never dropped just because load is a little uneven.
-//! 3. Inside the window, the endpoint with the longest cached prefix wins (at least
-//!    `min-match-blocks` blocks); equal matches go to the better DEFAULT load score.
-//! 4. A **cold** prompt (no match worth having in the window) is placed by rendezvous hashing of
-//!    its first block over the window. Every gateway replica computes the same placement without
-//!    talking to the others, so the same document lands on the same endpoint whichever replica
-//!    receives it; distinct documents spread uniformly.
-//! 5. The rest of the pool follows in DEFAULT order, for failover.
+//!    chained 64-byte blocks seeded by the target model ([`crate::prefix::PrefixHasher`]) and look
+//!    up how many leading blocks each endpoint has been sent ([`crate::prefix::PrefixIndex`]).
+//! 2. Predict the time to first token on every endpoint with the latency cost model
+//!    ([`crate::cost`]): prefill work in flight there, this request's uncached prefill (so a
+//!    cached prefix already counts in seconds saved), one engine step, KV pressure.
+//! 3. **Affinity**: the endpoint with the longest match, when the match covers at least
+//!    `affinity-threshold` of the prompt's blocks (and `min-match-blocks`), goes first while its
+//!    predicted TTFT is within `affinity-penalty-ms` of the best endpoint's. Beyond that the
+//!    sticky endpoint is loaded enough that a second copy of the prefix is cheaper: new sessions
+//!    behind one shared system prompt spread once their group's endpoint has a queue, instead of
+//!    herding onto it.
+//! 4. **Placement**: otherwise (a cold prompt, a weak match, a loaded sticky endpoint) the prompt
+//!    is placed by rendezvous hashing of its first block over the endpoints whose predictions are
+//!    near the best ([`crate::cost_ranking::RankedPool::is_near_best`]). Every gateway replica that
+//!    sees the same state computes the same placement without talking to the others, so the same
+//!    document lands on the same endpoint whichever replica receives it; distinct documents spread
+//!    uniformly.
+//! 5. The rest of the pool follows by prediction, for failover.
 //!
-//! After dispatch the prompt's blocks are recorded for the chosen endpoint in a
-//! [`crate::prefix::PrefixIndex`] whose per-endpoint capacity follows the endpoint's reported KV
-//! cache (`num_gpu_blocks × block_size` tokens, about four bytes a token), so the index forgets
-//! roughly when vLLM evicts; endpoints that leave the pool are forgotten at once.
+//! After dispatch the prompt's blocks are recorded for the chosen endpoint in the index, whose
+//! per-endpoint capacity follows the endpoint's reported KV cache (`num_gpu_blocks × block_size`
+//! tokens, about four bytes a token), so the index forgets roughly when vLLM evicts; endpoints
+//! that leave the pool are forgotten at once.
 //!
 //! | Parameter | Default | Why |
 //! |---|---|---|
-//! | DEFAULT's `queue-weight`, `kv-weight`, `in-flight-weight`, `lora-weight`, `stale-after-ms` | as DEFAULT | ranking of equal matches, of cold prompts outside the window, and of failover order |
-//! | `window-requests` | 8 | Eight more sequences raise a decode step by a few percent (decode is memory-bound), while missing a cached prefix costs its whole prefill |
-//! | `window-ratio` | 0.5 | At high load the window grows with it: 50% more than the least-loaded endpoint |
+//! | [`crate::cost_ranking`]'s (cost model priors, `stale-after-ms`, `tie-tolerance`, `block-bytes`, `max-blocks`, `index-capacity`) | as DEFAULT | predictions and the index |
+//! | `affinity-threshold` | 0.8 | llm-d's prefix-affinity filter threshold: a match of most of the prompt is worth keeping; a short shared opening is priced by the cost model alone |
+//! | `affinity-penalty-ms` | 100 | The extra predicted wait accepted to keep a group's prefix in one cache rather than two; small next to what a miss costs (a 6k-token prefill is over a second on an A10) |
 //! | `min-match-blocks` | 4 | About 64 tokens: shorter shared openings ("You are a helpful assistant") save nothing |
-//! | `block-bytes` | 64 | One 16-token vLLM block at about four bytes a token |
-//! | `max-blocks` | 1024 | 64 KiB of prompt, about 16k tokens, hashed at most |
-//! | `index-capacity` | 31250 | Blocks per endpoint when it does not report its KV size: the Inference Extension's figure for an 80 GB GPU |
 
+use crate::cost_ranking::CostRanking;
 use crate::endpoint::{EndpointId, EndpointView, PoolView};
-use crate::load::{LoadConfig, LoadWindow};
-use crate::load_scoring::LoadScoring;
+use crate::load::LoadConfig;
 use crate::params::Params;
-use crate::prefix::{PrefixHasher, PrefixIndex};
+use crate::prefix::PrefixIndex;
 use crate::registry::StrategyConfig;
 use crate::request::RequestView;
-use crate::strategy::{Candidates, ConfigError, Inputs, NoEndpoint, Strategy, StrategyStats};
-
-/// Bytes of prompt text per token, for sizing the index from the KV cache.
-const BYTES_PER_TOKEN: u64 = 4;
+use crate::strategy::{
+    Candidates, Completion, ConfigError, Inputs, NoEndpoint, Strategy, StrategyStats,
+};
 
 /// The prefix-affinity strategy.
 #[derive(Debug)]
 pub struct PrefixCache {
-    scoring: LoadScoring,
-    window: LoadWindow,
+    ranking: CostRanking,
+    affinity_threshold: f64,
+    affinity_penalty: f64,
     min_match_blocks: usize,
-    hasher: PrefixHasher,
-    index: PrefixIndex,
 }
 
 impl PrefixCache {
@@ -63,32 +62,22 @@ impl PrefixCache {
     /// Build from parameters (see the module documentation).
     pub fn from_config(config: &StrategyConfig) -> Result<Self, ConfigError> {
         let mut params = Params::new(Self::NAME, config);
-        let scoring = LoadScoring::from_params(&mut params)?;
-        let window = LoadWindow::from_params(&mut params)?;
+        let ranking = CostRanking::from_params(&mut params)?;
+        let affinity_threshold = params.f64("affinity-threshold", 0.8, 0.0..=1.0)?;
+        let affinity_penalty = params.f64("affinity-penalty-ms", 100.0, 0.0..=600_000.0)? / 1e3;
         let min_match_blocks = params.usize("min-match-blocks", 4, 1..=1_000_000)?;
-        let hasher = PrefixHasher {
-            block_bytes: params.usize("block-bytes", 64, 1..=65_536)?,
-            max_blocks: params.usize("max-blocks", 1024, 1..=1_000_000)?,
-        };
-        let capacity = params.usize("index-capacity", 31_250, 1..=100_000_000)?;
         params.finish()?;
         Ok(Self {
-            scoring,
-            window,
+            ranking,
+            affinity_threshold,
+            affinity_penalty,
             min_match_blocks,
-            hasher,
-            index: PrefixIndex::new(capacity),
         })
     }
 
     /// The index (for tests and benches).
     pub fn index(&self) -> &PrefixIndex {
-        &self.index
-    }
-
-    fn capacity_blocks(&self, endpoint: &EndpointView<'_>) -> Option<usize> {
-        let tokens = endpoint.metrics?.kv_capacity_tokens()?;
-        usize::try_from(tokens * BYTES_PER_TOKEN / self.hasher.block_bytes as u64).ok()
+        &self.ranking.cache.index
     }
 }
 
@@ -98,7 +87,7 @@ impl Strategy for PrefixCache {
     }
 
     fn load_config(&self) -> LoadConfig {
-        self.scoring.load
+        self.ranking.load
     }
 
     fn pick(
@@ -106,56 +95,61 @@ impl Strategy for PrefixCache {
         request: &RequestView<'_>,
         pool: &PoolView<'_>,
     ) -> Result<Candidates, NoEndpoint> {
-        let scored = self.scoring.score(request, pool)?;
+        let ranked = self.ranking.rank(request, pool)?;
         let Some(prompt) = request.prompt else {
-            return Ok(scored.ranked());
+            return Ok(ranked.candidates(ranked.spread_best()));
         };
-        let hashes = self.hasher.hashes(request.target_model, prompt);
-        let matches = self.index.match_lengths(&hashes, pool.endpoints);
-        let in_window = scored.window_members(&self.window);
-        let totals = &scored.totals;
-        let best = (0..pool.len())
-            .filter(|&i| in_window[i] && matches[i] >= self.min_match_blocks)
+        let best = &ranked.predictions[ranked.best()];
+        let matches = &ranked.matched_blocks;
+        let sticky = (0..pool.len())
+            .filter(|&i| matches[i] >= self.min_match_blocks)
+            .filter(|&i| matches[i] as f64 >= self.affinity_threshold * ranked.prompt_blocks as f64)
             .max_by(|&a, &b| {
                 matches[a]
                     .cmp(&matches[b])
-                    .then(totals[a].total_cmp(&totals[b]))
+                    .then(ranked.predictions[b].cmp_cost(&ranked.predictions[a]))
+            })
+            .filter(|&i| {
+                let p = &ranked.predictions[i];
+                p.stale == best.stale && p.ttft() <= best.ttft() + self.affinity_penalty
             });
-        let first = best.or_else(|| {
-            let key = self.hasher.placement_key(request.target_model, prompt);
-            scored.place(key, &in_window)
+        let first = sticky.unwrap_or_else(|| {
+            let key = self
+                .ranking
+                .cache
+                .hasher
+                .placement_key(request.target_model, prompt);
+            ranked
+                .place(key, &ranked.near_best())
+                .unwrap_or_else(|| ranked.best())
         });
-        Ok(scored.first_then_ranked(first))
+        Ok(ranked.candidates(first))
     }
 
     fn on_dispatched(&self, request: &RequestView<'_>, endpoint: &EndpointView<'_>) {
-        if let Some(prompt) = request.prompt {
-            let hashes = self.hasher.hashes(request.target_model, prompt);
-            self.index
-                .record(endpoint.id, &hashes, self.capacity_blocks(endpoint));
-        }
+        self.ranking.on_dispatched(request, endpoint);
+    }
+
+    fn on_completed(&self, completion: &Completion<'_>) {
+        self.ranking.on_completed(completion);
     }
 
     fn on_endpoints_changed(&self, endpoints: &[EndpointId]) {
-        self.index.retain(endpoints);
+        self.ranking.on_endpoints_changed(endpoints);
     }
 
     fn stats(&self) -> StrategyStats {
         StrategyStats {
-            indexed_blocks: Some(self.index.stats().blocks as u64),
+            indexed_blocks: Some(self.index().stats().blocks as u64),
         }
     }
 
     fn debug_state(&self) -> serde_json::Value {
-        serde_json::json!({
-            "scorers": self.scoring.scorers.describe(),
-            "window": self.window,
-            "min_match_blocks": self.min_match_blocks,
-            "block_bytes": self.hasher.block_bytes,
-            "max_blocks": self.hasher.max_blocks,
-            "stale_after_ms": self.scoring.load.stale_after.as_millis() as u64,
-            "index": self.index.stats(),
-        })
+        let mut state = self.ranking.debug_state();
+        state["affinity_threshold"] = self.affinity_threshold.into();
+        state["affinity_penalty_ms"] = (self.affinity_penalty * 1e3).into();
+        state["min_match_blocks"] = self.min_match_blocks.into();
+        state
     }
 }
 
@@ -185,7 +179,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cached_prefix_wins_inside_the_window() {
+    fn a_cached_prefix_wins_until_its_wait_exceeds_the_penalty() {
         let (_ids, mut views) = pool_of(4);
         with_metrics(&mut views, &idle(4));
         let s = strategy();
@@ -193,29 +187,68 @@ mod tests {
         let doc = document(1);
         let mut req = request(&headers);
         req.prompt = Some(&doc);
+        req.prompt_tokens = doc.len() as u32 / 4;
         let pool = PoolView {
             name: "p",
             endpoints: &views,
         };
         let first = s.pick(&req, &pool).unwrap().first().unwrap();
         s.on_dispatched(&req, &views[first]);
-        // A follow-up sharing the document goes to the same endpoint, even with more load there.
+        // A follow-up sharing the document goes to the same endpoint, even with some prefill in
+        // flight there: 300 tokens (60 ms at the prior rate) against 270 saved tokens and the
+        // 100 ms penalty.
         let follow = format!("{doc} and then a question");
         req.prompt = Some(&follow);
-        views[first].dispatched_since_scrape = 3;
-        views[first].in_flight = 3;
+        req.prompt_tokens = follow.len() as u32 / 4;
+        views[first].in_flight = 1;
+        views[first].in_flight_prefill = 1;
+        views[first].in_flight_prefill_tokens = 300;
         let pool = PoolView {
             name: "p",
             endpoints: &views,
         };
-        assert_eq!(s.pick(&req, &pool).unwrap().first(), Some(first));
-        // Outside the window (far more loaded than the rest) it does not.
-        views[first].dispatched_since_scrape = 20;
+        let picked = s.pick(&req, &pool).unwrap();
+        assert_eq!(picked.first(), Some(first));
+        // The gateway is told the follow-up's uncached part there: the document's 17 blocks of
+        // 64 bytes (16 tokens each) are cached.
+        assert_eq!(
+            picked.prefill_tokens().unwrap()[first],
+            req.prompt_tokens - 17 * 16
+        );
+        // With 5,000 tokens of prefill ahead (a second) it goes elsewhere.
+        views[first].in_flight_prefill_tokens = 5000;
         let pool = PoolView {
             name: "p",
             endpoints: &views,
         };
         assert_ne!(s.pick(&req, &pool).unwrap().first(), Some(first));
+    }
+
+    #[test]
+    fn a_shared_opening_below_the_threshold_gets_no_penalty_slack() {
+        let (_ids, mut views) = pool_of(2);
+        with_metrics(&mut views, &idle(2));
+        let s = strategy();
+        let headers = http::HeaderMap::new();
+        let system = document(3);
+        let mut req = request(&headers);
+        req.prompt = Some(&system);
+        req.prompt_tokens = system.len() as u32 / 4;
+        s.on_dispatched(&req, &views[0]);
+        // A long new question behind the same system prompt: 16 of 64 blocks match on endpoint 0,
+        // which has 700 tokens in flight; its saving (256 tokens) does not cover that, and a 25%
+        // match gets no affinity slack: endpoint 1.
+        let question = format!("{system}{}", "q".repeat(64 * 48));
+        req.prompt = Some(&question);
+        req.prompt_tokens = question.len() as u32 / 4;
+        views[0].in_flight = 1;
+        views[0].in_flight_prefill = 1;
+        views[0].in_flight_prefill_tokens = 700;
+        let pool = PoolView {
+            name: "p",
+            endpoints: &views,
+        };
+        assert_eq!(s.pick(&req, &pool).unwrap().first(), Some(1));
     }
 
     #[test]

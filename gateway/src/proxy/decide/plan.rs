@@ -277,6 +277,8 @@ pub struct Dispatch {
     pub(super) order: std::vec::IntoIter<usize>,
     /// Estimated prompt tokens, counted in flight on the endpoint that takes the request.
     pub(super) tokens: u64,
+    /// The strategy's estimate of the prompt tokens each endpoint would prefill, by index.
+    pub(super) prefill_tokens: Option<Vec<u32>>,
 }
 
 /// The next endpoint of a [`Dispatch`].
@@ -290,6 +292,9 @@ pub struct Candidate<'a> {
     pub view: Option<EndpointView<'a>>,
     /// Estimated prompt tokens of the request, to count in flight.
     pub tokens: u64,
+    /// The prompt tokens this endpoint is expected to prefill (the strategy's estimate, else all
+    /// of them), to count as prefill work until the first token.
+    pub prefill_tokens: u32,
 }
 
 impl Dispatch {
@@ -305,6 +310,15 @@ impl Dispatch {
                 .get(index)
                 .map(|sample| sample.view(endpoint, self.sampled_at)),
             tokens: self.tokens,
+            prefill_tokens: self
+                .prefill_tokens
+                .as_ref()
+                .and_then(|estimates| estimates.get(index))
+                .map_or(self.tokens, |&estimate| {
+                    u64::from(estimate).min(self.tokens)
+                })
+                .try_into()
+                .unwrap_or(u32::MAX),
         })
     }
 }

@@ -61,6 +61,7 @@ pub fn decide_builtin(pool: Arc<Pool>, head: &Head<'_>, body: Bytes) -> Decision
             sampled_at: Instant::now(),
             order: order.into_iter(),
             tokens: 0,
+            prefill_tokens: None,
         };
         return forward(None, dispatch, body);
     }
@@ -250,6 +251,7 @@ fn pick(mut info: InferenceInfo, head: &Head<'_>, body: Bytes) -> Decision {
                 sampled_at,
                 order: resolved.order.into_iter(),
                 tokens: u64::from(info.prompt_tokens),
+                prefill_tokens: resolved.prefill_tokens,
             };
             forward(Some(info), dispatch, body)
         }

@@ -1,0 +1,364 @@
+//! The skeleton the built-in strategies share: per pick, what each endpoint has cached of the
+//! prompt, the predicted time to first token there ([`crate::cost::CostModel`]), and the steps
+//! built on them: the best endpoint with ties spread, the near-best set, deterministic placement
+//! inside it, and candidates that carry each endpoint's prefill estimate to the gateway.
+//!
+//! A strategy keeps its own decision (which endpoint deserves to go first) and leaves the rest
+//! here, so the built-ins rank failover order, treat stale metrics and count prefill work the same
+//! way. The learned state (rates, the prefix index) is updated from the strategy's hooks
+//! ([`CostRanking::on_dispatched`], [`CostRanking::on_completed`],
+//! [`CostRanking::on_endpoints_changed`]).
+//!
+//! | Parameter | Default | Why |
+//! |---|---|---|
+//! | the cost model's (`prefill-tokens-per-second`, `decode-step-ms`, `decode-step-per-sequence-ms`, `kv-pressure-ms`, `learning-samples`) | see [`crate::cost`] | priors and learning speed |
+//! | `stale-after-ms` | 200 | Four missed scrapes at the default 50 ms interval: older metrics are not trusted |
+//! | `tie-tolerance` | 0.1 | Predictions within 10% (plus one engine step) of the best are equally good: the rates behind them are estimates, and chasing smaller differences herds requests between scrapes |
+//! | `block-bytes` | 64 | One 16-token vLLM block at about four bytes a token |
+//! | `max-blocks` | 1024 | 64 KiB of prompt, about 16k tokens, hashed at most |
+//! | `index-capacity` | 31250 | Blocks per endpoint when it does not report its KV size: the Inference Extension's figure for an 80 GB GPU |
+
+use crate::cost::{CostModel, CostParams, Prediction};
+use crate::endpoint::{EndpointId, EndpointView, PoolView};
+use crate::load::{Load, LoadConfig, loads};
+use crate::params::Params;
+use crate::prefix::{PrefixHasher, PrefixIndex, rendezvous};
+use crate::request::RequestView;
+use crate::strategy::{Candidates, Completion, ConfigError, NoEndpoint};
+
+/// Bytes of prompt text per token, for turning cached blocks into tokens and sizing the index from
+/// the KV cache.
+pub const BYTES_PER_TOKEN: u64 = 4;
+
+/// What each endpoint is likely to have cached of a prompt: the blocks this gateway sent it,
+/// bounded like its KV cache.
+#[derive(Debug)]
+pub struct CacheEstimate {
+    /// How prompts are cut into blocks.
+    pub hasher: PrefixHasher,
+    /// Which endpoint has seen which blocks.
+    pub index: PrefixIndex,
+}
+
+impl CacheEstimate {
+    /// Read `block-bytes`, `max-blocks` and `index-capacity` from `params`.
+    pub fn from_params(params: &mut Params<'_>) -> Result<Self, ConfigError> {
+        let hasher = PrefixHasher {
+            block_bytes: params.usize("block-bytes", 64, 1..=65_536)?,
+            max_blocks: params.usize("max-blocks", 1024, 1..=1_000_000)?,
+        };
+        let capacity = params.usize("index-capacity", 31_250, 1..=100_000_000)?;
+        Ok(Self {
+            hasher,
+            index: PrefixIndex::new(capacity),
+        })
+    }
+
+    /// The endpoint's index capacity in blocks, from its KV cache size when it reports one.
+    pub fn capacity_blocks(&self, endpoint: &EndpointView<'_>) -> Option<usize> {
+        let tokens = endpoint.metrics?.kv_capacity_tokens()?;
+        usize::try_from(tokens * BYTES_PER_TOKEN / self.hasher.block_bytes as u64).ok()
+    }
+
+    /// Tokens that `blocks` matched blocks stand for, at most `prompt_tokens`.
+    pub fn cached_tokens(&self, blocks: usize, prompt_tokens: u32) -> u32 {
+        let tokens = blocks as u64 * self.hasher.block_bytes as u64 / BYTES_PER_TOKEN;
+        u32::try_from(tokens).unwrap_or(u32::MAX).min(prompt_tokens)
+    }
+
+    /// Record that `endpoint` received `request`'s prompt.
+    pub fn record(&self, request: &RequestView<'_>, endpoint: &EndpointView<'_>) {
+        if let Some(prompt) = request.prompt {
+            let hashes = self.hasher.hashes(request.target_model, prompt);
+            self.index
+                .record(endpoint.id, &hashes, self.capacity_blocks(endpoint));
+        }
+    }
+}
+
+/// The shared state and settings of a cost-ranked strategy.
+#[derive(Debug)]
+pub struct CostRanking {
+    /// The latency cost model.
+    pub model: CostModel,
+    /// Cached-prefix estimates.
+    pub cache: CacheEstimate,
+    /// Staleness and saturation thresholds.
+    pub load: LoadConfig,
+    /// Relative tolerance within which predictions count as equal.
+    pub tie_tolerance: f64,
+}
+
+impl CostRanking {
+    /// Read the parameters of the module table from `params`.
+    pub fn from_params(params: &mut Params<'_>) -> Result<Self, ConfigError> {
+        let model = CostModel::new(CostParams::from_params(params)?);
+        let defaults = LoadConfig::default();
+        let stale_after = params.millis("stale-after-ms", defaults.stale_after, 1..=600_000)?;
+        let tie_tolerance = params.f64("tie-tolerance", 0.1, 0.0..=10.0)?;
+        let cache = CacheEstimate::from_params(params)?;
+        Ok(Self {
+            model,
+            cache,
+            load: LoadConfig {
+                stale_after,
+                ..defaults
+            },
+            tie_tolerance,
+        })
+    }
+
+    /// Predictions for every endpoint of `pool` for `request`; [`NoEndpoint::NoneReady`] when the
+    /// pool is empty. Hashes the prompt once when the request carries one.
+    pub fn rank<'p>(
+        &'p self,
+        request: &RequestView<'_>,
+        pool: &'p PoolView<'p>,
+    ) -> Result<RankedPool<'p>, NoEndpoint> {
+        if pool.is_empty() {
+            return Err(NoEndpoint::NoneReady);
+        }
+        let loads = loads(pool, &self.load);
+        let (matched_blocks, prompt_blocks) = match request.prompt {
+            Some(prompt) => {
+                let hashes = self.cache.hasher.hashes(request.target_model, prompt);
+                (
+                    self.cache.index.match_lengths(&hashes, pool.endpoints),
+                    hashes.len(),
+                )
+            }
+            None => (vec![0; pool.len()], 0),
+        };
+        let uncached: Vec<u32> = matched_blocks
+            .iter()
+            .map(|&blocks| {
+                request.prompt_tokens - self.cache.cached_tokens(blocks, request.prompt_tokens)
+            })
+            .collect();
+        let predictions = self.model.predict(pool.endpoints, &loads, &uncached);
+        Ok(RankedPool {
+            pool,
+            tie_tolerance: self.tie_tolerance,
+            loads,
+            matched_blocks,
+            prompt_blocks,
+            uncached,
+            predictions,
+        })
+    }
+
+    /// Record the prompt's blocks for the endpoint it was sent to.
+    pub fn on_dispatched(&self, request: &RequestView<'_>, endpoint: &EndpointView<'_>) {
+        self.cache.record(request, endpoint);
+    }
+
+    /// Learn from a finished request.
+    pub fn on_completed(&self, completion: &Completion<'_>) {
+        self.model.learn(completion);
+    }
+
+    /// Forget endpoints that left.
+    pub fn on_endpoints_changed(&self, endpoints: &[EndpointId]) {
+        self.cache.index.retain(endpoints);
+        self.model.retain(endpoints);
+    }
+
+    /// Settings and learned figures, for `/debug/snapshot`.
+    pub fn debug_state(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cost_model": self.model.debug_state(),
+            "stale_after_ms": self.load.stale_after.as_millis() as u64,
+            "tie_tolerance": self.tie_tolerance,
+            "block_bytes": self.cache.hasher.block_bytes,
+            "max_blocks": self.cache.hasher.max_blocks,
+            "index": self.cache.index.stats(),
+        })
+    }
+}
+
+/// One pick's view of a non-empty pool: load, cached prefixes and predictions per endpoint, in
+/// pool order ([`CostRanking::rank`]).
+#[derive(Debug)]
+pub struct RankedPool<'p> {
+    pool: &'p PoolView<'p>,
+    tie_tolerance: f64,
+    /// Load estimate per endpoint.
+    pub loads: Vec<Load>,
+    /// Leading prompt blocks each endpoint has seen.
+    pub matched_blocks: Vec<usize>,
+    /// Blocks the prompt was cut into (0 without a prompt).
+    pub prompt_blocks: usize,
+    /// Prompt tokens each endpoint would have to prefill.
+    pub uncached: Vec<u32>,
+    /// Predicted time to first token per endpoint.
+    pub predictions: Vec<Prediction>,
+}
+
+impl RankedPool<'_> {
+    /// Add a strategy's own cost (seconds) to endpoint `i`'s prediction ([`Prediction::extra`]).
+    pub fn add_cost(&mut self, i: usize, seconds: f64) {
+        self.predictions[i].extra += seconds;
+    }
+
+    /// The endpoint with the lowest predicted cost (fresh before stale), first of equals.
+    pub fn best(&self) -> usize {
+        (0..self.predictions.len())
+            .min_by(|&a, &b| self.predictions[a].cmp_cost(&self.predictions[b]))
+            .unwrap_or(0)
+    }
+
+    /// Whether endpoint `i`'s prediction is as good as the best's: as fresh, and a predicted TTFT
+    /// within `tie-tolerance` of the best plus one engine step.
+    pub fn is_near_best(&self, i: usize) -> bool {
+        let best = &self.predictions[self.best()];
+        let p = &self.predictions[i];
+        p.stale == best.stale && p.ttft() <= best.ttft() * (1.0 + self.tie_tolerance) + best.step
+    }
+
+    /// [`RankedPool::is_near_best`] for every endpoint.
+    pub fn near_best(&self) -> Vec<bool> {
+        (0..self.predictions.len())
+            .map(|i| self.is_near_best(i))
+            .collect()
+    }
+
+    /// The near-best endpoint with the fewest requests in flight, random among equals: equally
+    /// good predictions are spread, not sent to the first endpoint in address order.
+    pub fn spread_best(&self) -> usize {
+        let near = self.near_best();
+        let fewest = (0..near.len())
+            .filter(|&i| near[i])
+            .map(|i| self.pool.endpoints[i].in_flight)
+            .min()
+            .unwrap_or(0);
+        let tied: Vec<usize> = (0..near.len())
+            .filter(|&i| near[i] && self.pool.endpoints[i].in_flight == fewest)
+            .collect();
+        match tied.len() {
+            0 => self.best(),
+            1 => tied[0],
+            n => tied[fastrand::usize(..n)],
+        }
+    }
+
+    /// The endpoint among `members` that rendezvous hashing of `key` places first: every replica
+    /// that sees the same members computes the same placement. `None` when no endpoint is a
+    /// member.
+    pub fn place(&self, key: u64, members: &[bool]) -> Option<usize> {
+        let in_members = self
+            .pool
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| members[*i]);
+        rendezvous(key, in_members.map(|(i, e)| (i, e.id)))
+    }
+
+    /// `first`, then every other endpoint by predicted cost (random among equals), with each
+    /// endpoint's prefill estimate for the gateway's in-flight accounting.
+    pub fn candidates(&self, first: usize) -> Candidates {
+        let mut order: Vec<usize> = (0..self.predictions.len()).collect();
+        fastrand::shuffle(&mut order);
+        order.sort_by(|&a, &b| self.predictions[a].cmp_cost(&self.predictions[b]));
+        if let Some(position) = order.iter().position(|&i| i == first) {
+            order[..=position].rotate_right(1);
+        }
+        Candidates::new(order).with_prefill_tokens(self.uncached.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::EndpointMetrics;
+    use crate::registry::StrategyConfig;
+    use crate::testing::{pool_of, request, with_metrics};
+
+    fn ranking() -> CostRanking {
+        CostRanking::from_params(&mut Params::new("T", &StrategyConfig::new())).unwrap()
+    }
+
+    #[test]
+    fn an_empty_pool_has_no_endpoint() {
+        let headers = http::HeaderMap::new();
+        let pool = PoolView {
+            name: "p",
+            endpoints: &[],
+        };
+        assert_eq!(
+            ranking().rank(&request(&headers), &pool).err(),
+            Some(NoEndpoint::NoneReady)
+        );
+    }
+
+    #[test]
+    fn cached_blocks_lower_the_prefill_of_their_endpoint() {
+        let (_ids, mut views) = pool_of(3);
+        with_metrics(
+            &mut views,
+            &[
+                EndpointMetrics::default(),
+                EndpointMetrics::default(),
+                EndpointMetrics::default(),
+            ],
+        );
+        let ranking = ranking();
+        let headers = http::HeaderMap::new();
+        let prompt = "x".repeat(64 * 100);
+        let mut req = request(&headers);
+        req.prompt = Some(&prompt);
+        req.prompt_tokens = 1600;
+        ranking.on_dispatched(&req, &views[1]);
+        let pool = PoolView {
+            name: "p",
+            endpoints: &views,
+        };
+        let ranked = ranking.rank(&req, &pool).unwrap();
+        assert_eq!(ranked.matched_blocks, vec![0, 100, 0]);
+        // 100 blocks of 64 bytes are 1600 tokens: all of it cached.
+        assert_eq!(ranked.uncached, vec![1600, 0, 1600]);
+        assert_eq!(ranked.best(), 1);
+        let candidates = ranked.candidates(1);
+        assert_eq!(candidates.first(), Some(1));
+        assert_eq!(candidates.prefill_tokens(), Some(&[1600, 0, 1600][..]));
+    }
+
+    #[test]
+    fn equal_predictions_spread_by_in_flight_then_at_random() {
+        let (_ids, mut views) = pool_of(4);
+        with_metrics(&mut views, &vec![EndpointMetrics::default(); 4]);
+        views[0].in_flight = 2;
+        views[2].in_flight = 2;
+        let ranking = ranking();
+        let headers = http::HeaderMap::new();
+        let pool = PoolView {
+            name: "p",
+            endpoints: &views,
+        };
+        let ranked = ranking.rank(&request(&headers), &pool).unwrap();
+        assert!(ranked.near_best().iter().all(|&near| near));
+        let mut seen = [0usize; 4];
+        for _ in 0..400 {
+            seen[ranked.spread_best()] += 1;
+        }
+        assert_eq!((seen[0], seen[2]), (0, 0), "{seen:?}");
+        assert!(seen[1] > 100 && seen[3] > 100, "{seen:?}");
+    }
+
+    #[test]
+    fn stale_endpoints_are_never_near_a_fresh_best() {
+        let (_ids, mut views) = pool_of(2);
+        with_metrics(&mut views, &vec![EndpointMetrics::default(); 2]);
+        views[0].metrics_age = Some(std::time::Duration::from_secs(9));
+        let ranking = ranking();
+        let headers = http::HeaderMap::new();
+        let pool = PoolView {
+            name: "p",
+            endpoints: &views,
+        };
+        let ranked = ranking.rank(&request(&headers), &pool).unwrap();
+        assert_eq!(ranked.best(), 1);
+        assert_eq!(ranked.near_best(), vec![false, true]);
+        assert_eq!(ranked.candidates(1).as_slice(), &[1, 0]);
+    }
+}

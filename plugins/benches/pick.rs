@@ -1,6 +1,8 @@
 //! Pick latency of the built-in strategies at 8, 64 and 512 endpoints with 1k- and 32k-token
-//! prompts, prompt hashing included. Criterion measures the means; after it, a plain loop of
-//! single picks prints p50/p99/max per case, which is what the request path feels.
+//! prompts, prompt hashing and the cost model's predictions included (each strategy has learned
+//! one completion per endpoint). Criterion measures the means; after it, a plain loop of single
+//! picks prints p50/p99/max per case, which is what the request path feels, and the cost model's
+//! prediction alone.
 //!
 //! `cargo bench -p inference-gateway-plugins --bench pick`
 
@@ -9,9 +11,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
+use plugins::cost::{CostModel, CostParams};
+use plugins::load::{LoadConfig, loads};
 use plugins::{
-    EndpointId, EndpointMetrics, EndpointView, LoraState, PoolView, Registry, RequestView,
-    StrategyConfig,
+    Completion, DispatchedLoad, EndpointId, EndpointMetrics, EndpointView, LoraState, Outcome,
+    PoolView, Registry, RequestView, Strategy, StrategyConfig,
 };
 
 const ENDPOINTS: [usize; 3] = [8, 64, 512];
@@ -61,8 +65,8 @@ impl Fixture {
                 metrics_age: Some(Duration::from_millis(20)),
                 in_flight: (i % 5) as u32,
                 in_flight_tokens: 0,
-                in_flight_prefill: 0,
-                in_flight_prefill_tokens: 0,
+                in_flight_prefill: (i % 3) as u32,
+                in_flight_prefill_tokens: (i % 3) as u64 * 1_000,
                 dispatched_since_scrape: (i % 3) as u32,
             })
             .collect()
@@ -96,6 +100,30 @@ fn request<'a>(prompt: &'a str, headers: &'a http::HeaderMap, target: &'a str) -
     }
 }
 
+/// A streamed completion on every endpoint, so the cost model has learned state for each.
+fn teach(strategy: &dyn Strategy, views: &[EndpointView<'_>]) {
+    for (i, view) in views.iter().enumerate() {
+        strategy.on_completed(&Completion {
+            endpoint: view.id,
+            target_model: "base",
+            outcome: Outcome::Completed,
+            status: Some(200),
+            time_to_first_byte: Some(Duration::from_millis(200 + i as u64)),
+            time_to_first_token: Some(Duration::from_millis(200 + i as u64)),
+            duration: Duration::from_secs(3),
+            prompt_tokens: 1_000,
+            completion_tokens: Some(128),
+            prefill_tokens: 1_000,
+            at_dispatch: DispatchedLoad {
+                in_flight: 3,
+                in_flight_prefill: 1,
+                in_flight_prefill_tokens: 500,
+                running: Some(20 + (i % 13) as u32),
+            },
+        });
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let registry = Registry::with_builtins();
     let headers = http::HeaderMap::new();
@@ -112,6 +140,7 @@ fn benches(c: &mut Criterion) {
                 let strategy = registry
                     .build(strategy_name, &StrategyConfig::new())
                     .unwrap();
+                teach(&*strategy, &views);
                 // Warm the prefix index: earlier requests with the same document on a few endpoints.
                 for variant in 0..16 {
                     let text = prompt(tokens, variant);
@@ -153,6 +182,7 @@ fn percentiles() {
                 let strategy = registry
                     .build(strategy_name, &StrategyConfig::new())
                     .unwrap();
+                teach(&*strategy, &views);
                 let prompts: Vec<String> = (0..64).map(|v| prompt(tokens, v)).collect();
                 let mut samples = Vec::with_capacity(10_000);
                 for i in 0..10_000 {
@@ -176,9 +206,43 @@ fn percentiles() {
     }
 }
 
+/// The cost model's prediction alone (no hashing): what every built-in pays on top of the
+/// prefix lookup.
+fn cost_model_percentiles() {
+    for &n in &ENDPOINTS {
+        let fixture = Fixture::new(n);
+        let views = fixture.views();
+        let model = CostModel::new(CostParams::default());
+        let uncached: Vec<u32> = (0..n).map(|i| 1_000 + (i % 4) as u32 * 500).collect();
+        let config = LoadConfig::default();
+        let pool = PoolView {
+            name: "bench",
+            endpoints: &views,
+        };
+        let mut samples = Vec::with_capacity(10_000);
+        for _ in 0..10_000 {
+            let start = Instant::now();
+            let loads = loads(&pool, &config);
+            black_box(model.predict(&views, &loads, &uncached));
+            samples.push(start.elapsed());
+        }
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+        println!(
+            "{:<15} {n:>9} {:>8} {:>10.1} {:>10.1} {:>10.1}",
+            "cost model",
+            "-",
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
+    }
+}
+
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     benches(&mut criterion);
     criterion.final_summary();
     percentiles();
+    cost_model_percentiles();
 }

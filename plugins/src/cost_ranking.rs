@@ -222,17 +222,24 @@ impl RankedPool<'_> {
             .collect()
     }
 
-    /// The near-best endpoint with the fewest requests in flight, random among equals: equally
-    /// good predictions are spread, not sent to the first endpoint in address order.
+    /// The near-best endpoint that is cheapest on the measured terms (KV pressure, the step of its
+    /// batch and a strategy's own cost), then with the fewest requests in flight, at random among
+    /// equals: equally good predictions are spread, not sent to the first endpoint in address
+    /// order. The rate-based terms are left to the tolerance because the rates are estimates; KV
+    /// usage and batch size are read, so they break the tie, which evens out KV usage across
+    /// endpoints.
     pub fn spread_best(&self) -> usize {
         let near = self.near_best();
-        let fewest = (0..near.len())
+        let key = |i: usize| {
+            let p = &self.predictions[i];
+            (p.kv + p.step + p.extra, self.pool.endpoints[i].in_flight)
+        };
+        let lowest = (0..near.len())
             .filter(|&i| near[i])
-            .map(|i| self.pool.endpoints[i].in_flight)
-            .min()
-            .unwrap_or(0);
+            .map(key)
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let tied: Vec<usize> = (0..near.len())
-            .filter(|&i| near[i] && self.pool.endpoints[i].in_flight == fewest)
+            .filter(|&i| near[i] && Some(key(i)) == lowest)
             .collect();
         match tied.len() {
             0 => self.best(),
@@ -324,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn equal_predictions_spread_by_in_flight_then_at_random() {
+    fn equal_predictions_spread_by_batch_then_at_random() {
         let (_ids, mut views) = pool_of(4);
         with_metrics(&mut views, &vec![EndpointMetrics::default(); 4]);
         views[0].in_flight = 2;
@@ -343,6 +350,27 @@ mod tests {
         }
         assert_eq!((seen[0], seen[2]), (0, 0), "{seen:?}");
         assert!(seen[1] > 100 && seen[3] > 100, "{seen:?}");
+    }
+
+    #[test]
+    fn among_near_best_the_lower_kv_usage_goes_first() {
+        let (_ids, mut views) = pool_of(3);
+        let metrics = [0.30, 0.25, 0.35].map(|kv_usage| EndpointMetrics {
+            kv_usage,
+            ..Default::default()
+        });
+        with_metrics(&mut views, &metrics);
+        let ranking = ranking();
+        let headers = http::HeaderMap::new();
+        let mut req = request(&headers);
+        req.prompt_tokens = 2000;
+        let pool = PoolView {
+            name: "p",
+            endpoints: &views,
+        };
+        let ranked = ranking.rank(&req, &pool).unwrap();
+        assert!(ranked.near_best().iter().all(|&near| near));
+        assert_eq!(ranked.spread_best(), 1);
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub use strategy::{
 pub const ROUTING_STRATEGY_ANNOTATION: &str = "inference.networking.x-k8s.io/routing-strategy";
 
 /// Pool annotations whose key starts with this prefix are strategy parameters: the rest of the key is
-/// the parameter name, for example `strategy.inference-gateway.dev/queue-weight: "2"`.
+/// the parameter name, for example `strategy.inference-gateway.dev/tie-tolerance: "0.2"`.
 pub const STRATEGY_PARAM_PREFIX: &str = "strategy.inference-gateway.dev/";
 
 #[cfg(test)]

@@ -8,9 +8,10 @@
 //! per endpoint from completions, so a faster pod takes more.
 //!
 //! The endpoint with the lowest prediction wins; predictions within `tie-tolerance` of the best
-//! (plus one engine step) are equally good, and among them the endpoint with the fewest requests in
-//! flight goes first, at random among equals: at light load this is round-robin's even spread,
-//! under load it is the shortest predicted wait. Endpoints whose metrics are missing or older than
+//! (plus one engine step) are equally good, and among them the endpoint with the lowest measured
+//! terms (KV pressure and the step of its batch) goes first, then the one with the fewest requests
+//! in flight, at random among equals: at light load this is round-robin's even spread (and evens
+//! out KV usage), under load it is the shortest predicted wait. Endpoints whose metrics are missing or older than
 //! `stale-after-ms` are ranked after every fresh one (a silent endpoint is not an empty one). The
 //! rest of the pool follows by prediction, for failover.
 //!

@@ -1,5 +1,6 @@
 //! `compare --scenario NAME`: run a scenario through the plain route and each strategy on fresh
-//! stacks and write `docs/benchmarks/NAME.md`, its data and plots. Wiring only; the work is in
+//! stacks and write `docs/benchmarks/NAME.md`, its data and plots. `compare --table FILE...`:
+//! print one table of several scenarios' data files. Wiring only; the work is in
 //! `loadtest::compare`. Interrupting (Ctrl-C, SIGTERM) stops every child process before exiting.
 
 use std::path::PathBuf;
@@ -8,27 +9,42 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use loadtest::bench::result::timestamp_utc;
-use loadtest::compare::report::{ReportContext, results_table, servers_table, targets};
+use loadtest::compare::fleet_up::POD_HOSTS;
+use loadtest::compare::report::{ReportContext, results_table, servers_table};
 use loadtest::compare::scenario::{Route, Scenario, ScenarioName};
-use loadtest::compare::{ComparePlan, run_all, write_report};
+use loadtest::compare::sweep::stage_tables;
+use loadtest::compare::targets::targets;
+use loadtest::compare::{ComparePlan, run_all, table, write_report};
 use loadtest::procs::sibling_binary;
+use loadtest::sim::profile::{PROFILES, Profile};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "compare",
-    about = "Run a scenario through the plain route (8080) and the inference route (8081) per strategy, on fresh simulators and gateway, and write docs/benchmarks/NAME.md"
+    about = "Run a scenario through the plain route (8080) and the inference route (8081) per strategy, on fresh simulators and gateway, and write docs/benchmarks/NAME.md; or print one table of several scenarios' data files (--table)"
 )]
 struct Args {
-    #[arg(long, value_enum)]
-    scenario: ScenarioName,
+    #[arg(long, value_enum, required_unless_present = "table")]
+    scenario: Option<ScenarioName>,
+    /// Print one Markdown table of TTFT p50/p90/p99 per scenario and route, with ratios to the
+    /// plain route's and its run-to-run spread, from these data files (docs/benchmarks/data/*.json),
+    /// and exit.
+    #[arg(long, num_args = 1.., value_name = "DATA_JSON", conflicts_with = "scenario")]
+    table: Vec<PathBuf>,
     /// Routes, comma-separated: `plain` (port 8080) and strategy names for port 8081
-    /// (DEFAULT, PREFIX_CACHE, LORA_AFFINITY, ROUND_ROBIN, RANDOM). Default: the scenario's.
+    /// (DEFAULT, PREFIX_CACHE, LORA_AFFINITY, ROUND_ROBIN, RANDOM). A route named twice runs twice
+    /// (`plain,plain,DEFAULT` measures round-robin's run-to-run noise). Default: the scenario's.
     #[arg(long, value_delimiter = ',')]
     routes: Vec<String>,
     /// The scenario's size (seed: prompts; prefix: prompts per group; multi-turn: sessions;
-    /// lora: requests). Default: the scenario's.
+    /// lora, uniform, heterogeneous: requests; optimized-baseline: simulated seconds per stage).
+    /// Default: the scenario's.
     #[arg(long, alias = "num-prompts")]
     size: Option<usize>,
+    /// The staircase of a scenario that has one (optimized-baseline): Poisson rates in requests
+    /// per simulated second, comma-separated, one stage each. Default: the scenario's.
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
     /// Simulator speed-up. Default: the scenario's.
     #[arg(long)]
     time_scale: Option<f64>,
@@ -38,8 +54,14 @@ struct Args {
     full: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value = "a10-qwen2.5-7b")]
-    profile: String,
+    /// Every simulator's profile. Default: the scenario's mix (heterogeneous), else
+    /// a10-qwen2.5-7b.
+    #[arg(long, conflicts_with = "profiles")]
+    profile: Option<String>,
+    /// One profile per simulator in pod order (127.0.0.2 first), comma-separated, e.g.
+    /// `a10-qwen2.5-7b,a10-qwen2.5-7b,a10-qwen2.5-7b,l20-qwen2.5-7b,l20-qwen2.5-7b`.
+    #[arg(long, value_delimiter = ',')]
+    profiles: Vec<String>,
     /// Where NAME.md, data/ and the plots go.
     #[arg(long, default_value = "docs/benchmarks")]
     out: PathBuf,
@@ -71,15 +93,56 @@ fn git(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
-fn plan(args: &Args) -> anyhow::Result<ComparePlan> {
-    let scenario = Scenario::get(args.scenario);
-    let full = args.full && args.scenario == ScenarioName::Seed;
+/// `--profiles`, else `--profile`, else the scenario's mix, else the A10 profile; checked.
+fn profiles(args: &Args, scenario: &Scenario) -> anyhow::Result<Vec<String>> {
+    let profiles = if !args.profiles.is_empty() {
+        anyhow::ensure!(
+            args.profiles.len() == POD_HOSTS.len() || args.profiles.len() == 1,
+            "--profiles={}: give one profile per simulator ({}) or one for all",
+            args.profiles.join(","),
+            POD_HOSTS.len()
+        );
+        args.profiles.clone()
+    } else if let Some(profile) = &args.profile {
+        vec![profile.clone()]
+    } else if !scenario.default_profiles.is_empty() {
+        scenario.default_profiles.clone()
+    } else {
+        vec!["a10-qwen2.5-7b".to_string()]
+    };
+    for profile in &profiles {
+        anyhow::ensure!(
+            Profile::by_name(profile).is_some(),
+            "--profiles/--profile: unknown profile {profile:?} (known: {})",
+            PROFILES.map(|p| p.name).join(", ")
+        );
+    }
+    Ok(profiles)
+}
+
+fn plan(args: &Args, name: ScenarioName) -> anyhow::Result<ComparePlan> {
+    let mut scenario = Scenario::get(name);
+    let full = args.full && name == ScenarioName::Seed;
     let routes = if args.routes.is_empty() {
         scenario.default_routes.clone()
     } else {
         args.routes.iter().map(|r| Route::parse(r)).collect()
     };
+    if !args.rates.is_empty() {
+        anyhow::ensure!(
+            !scenario.sweep_rates.is_empty(),
+            "--rates: the {} scenario has no rate staircase (only optimized-baseline has)",
+            name.file_stem()
+        );
+        anyhow::ensure!(
+            args.rates.iter().all(|r| r.is_finite() && *r > 0.0),
+            "--rates={:?}: every rate must be a positive number",
+            args.rates
+        );
+        scenario.sweep_rates = args.rates.clone();
+    }
     Ok(ComparePlan {
+        profiles: profiles(args, &scenario)?,
         size: args
             .size
             .unwrap_or(if full { 3000 } else { scenario.default_size }),
@@ -90,7 +153,6 @@ fn plan(args: &Args) -> anyhow::Result<ComparePlan> {
         }),
         routes,
         seed: args.seed,
-        profile: args.profile.clone(),
         sim_binary: match &args.sim_binary {
             Some(path) => path.clone(),
             None => sibling_binary("vllm-sim").context("locating vllm-sim")?,
@@ -121,8 +183,20 @@ async fn interrupted() {
     }
 }
 
+fn print_table(files: &[PathBuf]) -> anyhow::Result<()> {
+    let scenarios = files
+        .iter()
+        .map(|path| table::read(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    print!("{}", table::markdown(&scenarios));
+    Ok(())
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
-    let plan = plan(&args)?;
+    let Some(name) = args.scenario else {
+        return print_table(&args.table);
+    };
+    let plan = plan(&args, name)?;
     for binary in [&plan.sim_binary, &plan.gateway_binary] {
         anyhow::ensure!(
             binary.exists(),
@@ -149,7 +223,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let written = write_report(&plan, &runs, &args.out, &context, args.font.as_deref())?;
     println!("{}", results_table(&runs));
     println!("{}", servers_table(&runs));
-    println!("{}", targets(plan.scenario.name, &runs));
+    if runs.iter().any(|r| !r.stages.is_empty()) {
+        println!("{}", stage_tables(&runs));
+    }
+    println!("{}", targets(&plan, &runs));
     for path in written {
         eprintln!("wrote {}", path.display());
     }

@@ -15,8 +15,9 @@ use clap::Parser;
 use loadtest::bench::result::timestamp_utc;
 use loadtest::client::StreamClient;
 use loadtest::compare::fleet_up::{ADMIN_ADDR, POD_HOSTS, POD_PORT};
-use loadtest::compare::report::{ReportContext, results_table, servers_table, targets};
+use loadtest::compare::report::{ReportContext, results_table, servers_table};
 use loadtest::compare::scenario::{Scenario, ScenarioName};
+use loadtest::compare::targets::targets;
 use loadtest::compare::{ComparePlan, run_all, write_report};
 use loadtest::procs::{Processes, ensure_free, seed_sim_command, sibling_binary};
 
@@ -166,7 +167,7 @@ async fn compare(args: &Args) -> anyhow::Result<()> {
         size: scenario.default_size,
         time_scale: scenario.default_time_scale,
         seed: 0,
-        profile: "a10-qwen2.5-7b".into(),
+        profiles: vec!["a10-qwen2.5-7b".into()],
         sim_binary: sibling_binary("vllm-sim")?,
         gateway_binary: sibling_binary("inference-gateway")?,
         manifests: args.manifests.clone(),
@@ -190,7 +191,7 @@ async fn compare(args: &Args) -> anyhow::Result<()> {
     let written = write_report(&plan, &runs, &args.out, &context, None)?;
     println!("\n{}", results_table(&runs));
     println!("{}", servers_table(&runs));
-    println!("{}", targets(ScenarioName::Seed, &runs));
+    println!("{}", targets(&plan, &runs));
     println!(
         "Report and plots: {}",
         written

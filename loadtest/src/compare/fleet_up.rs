@@ -1,6 +1,7 @@
 //! Bringing up the local stack for one run: five fresh `vllm-sim` processes on 127.0.0.2–6:8000
-//! (the Pods of `manifests/examples/local/`) and a fresh `inference-gateway` on a scratch copy of
-//! that configuration with the InferencePool's routing strategy set, each waited on until ready.
+//! (the Pods of `manifests/examples/local/`), each with its own hardware profile or all with one,
+//! and a fresh `inference-gateway` on a scratch copy of that configuration with the
+//! InferencePool's routing strategy set, each waited on until ready.
 //!
 //! Fresh processes per run mean no KV cache, prefix index or adapter residency carries over from
 //! one route to the next. The ports are checked first: a leftover process answering on them would
@@ -67,7 +68,9 @@ pub struct StackPlan {
     pub gateway_binary: PathBuf,
     /// `manifests/examples/local/`.
     pub manifests: PathBuf,
-    pub profile: String,
+    /// The simulators' `--profile`, one per entry of [`POD_HOSTS`] in order; a single entry
+    /// applies to all of them.
+    pub profiles: Vec<String>,
     pub time_scale: f64,
     pub seed: u64,
     /// Adapters the simulators register (empty: the seed's two).
@@ -78,6 +81,21 @@ pub struct StackPlan {
     pub strategy: Option<String>,
     /// Where configs and logs go.
     pub scratch: PathBuf,
+}
+
+impl StackPlan {
+    /// The profile of the simulator at `index` in [`POD_HOSTS`].
+    pub fn profile_for(&self, index: usize) -> &str {
+        profile_for(&self.profiles, index)
+    }
+}
+
+/// The profile of simulator `index` given one profile per simulator or one for all.
+pub fn profile_for(profiles: &[String], index: usize) -> &str {
+    match profiles {
+        [one] => one,
+        many => many.get(index).map_or("", String::as_str),
+    }
 }
 
 /// Inserts the strategy annotation into the InferencePool named [`POOL_NAME`].
@@ -177,7 +195,7 @@ pub async fn start_stack(plan: &StackPlan) -> Result<Stack, StackError> {
             &plan.sim_binary,
             host,
             POD_PORT,
-            &plan.profile,
+            plan.profile_for(index),
             plan.time_scale,
             plan.seed + index as u64,
             &plan.lora_modules,
@@ -247,7 +265,7 @@ mod tests {
             sim_binary: PathBuf::new(),
             gateway_binary: PathBuf::new(),
             manifests,
-            profile: String::new(),
+            profiles: vec![String::new()],
             time_scale: 1.0,
             seed: 0,
             lora_modules: Vec::new(),
@@ -260,5 +278,14 @@ mod tests {
         assert!(pool.contains("routing-strategy: \"LORA_AFFINITY\""));
         let extra = std::fs::read_to_string(dir.path().join("extra-models.yaml")).unwrap();
         assert!(extra.contains("modelName: adapter-1"));
+    }
+
+    #[test]
+    fn one_profile_applies_to_every_simulator_and_a_list_per_simulator() {
+        let one = vec!["a10-qwen2.5-7b".to_string()];
+        assert_eq!(profile_for(&one, 4), "a10-qwen2.5-7b");
+        let mix: Vec<String> = ["a", "a", "a", "l", "l"].map(String::from).to_vec();
+        assert_eq!(profile_for(&mix, 0), "a");
+        assert_eq!(profile_for(&mix, 3), "l");
     }
 }

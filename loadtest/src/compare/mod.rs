@@ -1,22 +1,32 @@
 //! `compare`: one scenario's workload through the plain route (8080) and through the inference
 //! route (8081) with each strategy asked for, each run on a fresh stack, then a report.
 //!
-//! Per route: start five fresh simulators and a fresh gateway on a scratch copy of
-//! `manifests/examples/local/` with the strategy annotation set ([`fleet_up`]), run the workload
-//! in-process with the simulators' `/metrics` scraped ([`crate::bench::observed`]), measure every
-//! process's CPU time over the run, stop everything. Then [`report`] writes
-//! `docs/benchmarks/NAME.md` with the tables and [`plot`] the KV-usage and TTFT pictures.
+//! Per route: start five fresh simulators (one profile for all, or one each) and a fresh gateway
+//! on a scratch copy of `manifests/examples/local/` with the strategy annotation set
+//! ([`fleet_up`]), run the workload in-process with the simulators' `/metrics` scraped
+//! ([`crate::bench::observed`]), measure every process's CPU time over the run, stop everything.
+//! A scenario with a rate staircase runs its stages back to back in that one run and cuts the
+//! figures per stage afterwards ([`sweep`]). A route asked for twice runs twice, each on its own
+//! stack, and is reported as `… (run 2)`. Then [`report`] writes `docs/benchmarks/NAME.md` with
+//! the tables and [`plot`] the pictures; [`table`] reads several scenarios' data files back into
+//! one table.
 
+pub mod capacity;
 pub mod fleet_up;
+pub mod llm_d;
 pub mod plot;
 pub mod report;
 pub mod scenario;
+pub mod sweep;
+pub mod table;
+pub mod targets;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use self::fleet_up::{INFERENCE_PORT, PLAIN_PORT, StackError, StackPlan, start_stack};
 use self::scenario::{Route, Scenario};
+use self::sweep::{StageResult, stage_results};
 use crate::bench::dataset::DatasetError;
 use crate::bench::observed::{ObservedRun, run_observed};
 use crate::bench::prefix_bound::DEFAULT_BLOCK_SIZE;
@@ -59,7 +69,8 @@ pub struct ComparePlan {
     pub size: usize,
     pub time_scale: f64,
     pub seed: u64,
-    pub profile: String,
+    /// Each simulator's profile in pod order, or one for all five.
+    pub profiles: Vec<String>,
     pub sim_binary: PathBuf,
     pub gateway_binary: PathBuf,
     pub manifests: PathBuf,
@@ -93,10 +104,44 @@ impl CpuUse {
 #[derive(Debug, Clone)]
 pub struct RouteRun {
     pub route: Route,
+    /// 1 for a route's first run in the plan, 2 for its second, …
+    pub repeat: usize,
     pub summary: BenchSummary,
     pub observed: ObservedRun,
     pub cpu: CpuUse,
     pub requests: usize,
+    /// Per stage of a rate staircase (empty without one).
+    pub stages: Vec<StageResult>,
+}
+
+impl RouteRun {
+    /// `8080 plain`, or `8080 plain (run 2)` for a repeat.
+    pub fn short(&self) -> String {
+        with_repeat(self.route.short(), self.repeat)
+    }
+
+    /// `8080 plain (Service round-robin)`, or with ` (run 2)` for a repeat.
+    pub fn label(&self) -> String {
+        with_repeat(self.route.label(), self.repeat)
+    }
+}
+
+/// Appends ` (run N)` from the second run of a route on.
+pub fn with_repeat(text: String, repeat: usize) -> String {
+    if repeat > 1 {
+        format!("{text} (run {repeat})")
+    } else {
+        text
+    }
+}
+
+/// For each route of a plan, how many times it has come up so far (1 the first time).
+pub fn repeat_numbers(routes: &[Route]) -> Vec<usize> {
+    routes
+        .iter()
+        .enumerate()
+        .map(|(i, route)| routes[..=i].iter().filter(|r| *r == route).count())
+        .collect()
 }
 
 /// The statistics every report shows.
@@ -114,8 +159,12 @@ fn cpu_now(pids: &[u32]) -> Vec<f64> {
         .collect()
 }
 
-/// Runs the scenario through one route on a fresh stack.
-pub async fn run_route(plan: &ComparePlan, route: &Route) -> Result<RouteRun, CompareError> {
+/// Runs the scenario through one route on a fresh stack; `repeat` numbers the route's runs.
+pub async fn run_route(
+    plan: &ComparePlan,
+    route: &Route,
+    repeat: usize,
+) -> Result<RouteRun, CompareError> {
     let scratch = tempfile::Builder::new()
         .prefix("igw-compare-")
         .tempdir()
@@ -125,7 +174,7 @@ pub async fn run_route(plan: &ComparePlan, route: &Route) -> Result<RouteRun, Co
         sim_binary: plan.sim_binary.clone(),
         gateway_binary: plan.gateway_binary.clone(),
         manifests: plan.manifests.clone(),
-        profile: plan.profile.clone(),
+        profiles: plan.profiles.clone(),
         time_scale: plan.time_scale,
         seed: plan.seed,
         lora_modules: scenario.lora_modules.clone(),
@@ -140,6 +189,11 @@ pub async fn run_route(plan: &ComparePlan, route: &Route) -> Result<RouteRun, Co
     let workload = scenario.workload(plan.size, plan.seed)?;
     let requests = workload.num_requests();
     let sending = &scenario.sending;
+    let sweep = scenario.sweep(plan.size);
+    // A staircase's sessions carry their send times; its settings report the mean rate.
+    let request_rate = sweep.as_ref().map_or(sending.request_rate, |s| {
+        s.total_requests() as f64 / (s.stage_seconds * s.rates.len() as f64)
+    });
     let port = match route {
         Route::Plain => PLAIN_PORT,
         Route::Inference(_) => INFERENCE_PORT,
@@ -208,15 +262,23 @@ pub async fn run_route(plan: &ComparePlan, route: &Route) -> Result<RouteRun, Co
     };
     let settings = RunSettings {
         backend: sending.backend.name().to_string(),
-        label: Some(route.short()),
+        label: Some(with_repeat(route.short(), repeat)),
         model_id: sending.model_id.clone(),
         tokenizer_id: sending.model_id.clone(),
         num_prompts: requests,
-        request_rate: sending.request_rate,
+        request_rate,
         burstiness: 1.0,
         max_concurrency: sending.max_concurrency,
         time_scale: plan.time_scale,
     };
+    let stages = sweep.map_or_else(Vec::new, |sweep| {
+        stage_results(
+            &sweep,
+            &observed.output.records,
+            &settings,
+            &summary_options(),
+        )
+    });
     let summary = summarize(
         &observed.output.records,
         observed.output.duration,
@@ -225,24 +287,26 @@ pub async fn run_route(plan: &ComparePlan, route: &Route) -> Result<RouteRun, Co
     );
     Ok(RouteRun {
         route: route.clone(),
+        repeat,
         summary,
         observed,
         cpu,
         requests,
+        stages,
     })
 }
 
 /// Runs every route of `plan` in turn, reporting progress on stderr.
 pub async fn run_all(plan: &ComparePlan) -> Result<Vec<RouteRun>, CompareError> {
     let mut runs = Vec::with_capacity(plan.routes.len());
-    for route in &plan.routes {
+    for (route, repeat) in plan.routes.iter().zip(repeat_numbers(&plan.routes)) {
         eprintln!(
             "{}: {} through {} (fresh simulators and gateway)",
             plan.scenario.name.file_stem(),
             plan.scenario.title,
-            route.label()
+            with_repeat(route.label(), repeat)
         );
-        let run = run_route(plan, route).await?;
+        let run = run_route(plan, route, repeat).await?;
         eprintln!(
             "  {} ok, {} failed, {:.1} simulated s, TTFT p50/p90/p99 {:.0}/{:.0}/{:.0} ms, KV spread {:.3}, prefix hits {:.1}%, adapter loads {}",
             run.summary.completed,
@@ -255,6 +319,19 @@ pub async fn run_all(plan: &ComparePlan) -> Result<Vec<RouteRun>, CompareError> 
             run.observed.servers.prefix_hit_rate * 100.0,
             run.observed.servers.lora_gpu_loads
         );
+        for stage in &run.stages {
+            eprintln!(
+                "    stage {} req/s: {} sent, {} failed, {:.0} output tok/s, TTFT p50/p90 {:.0}/{:.0} ms, ITL mean/p90 {:.1}/{:.1} ms",
+                stage.rate,
+                stage.requests,
+                stage.summary.failed,
+                stage.output_tokens_per_second,
+                stage.summary.ttft.percentile(50.0),
+                stage.ttft_p90(),
+                stage.summary.itl.mean,
+                stage.summary.itl.percentile(90.0),
+            );
+        }
         runs.push(run);
     }
     Ok(runs)
@@ -295,5 +372,25 @@ pub fn write_report(
     ];
     plot::register_font(font)?;
     written.extend(plot::write_plots(dir, stem, runs, plan.time_scale)?);
+    if runs.iter().any(|r| !r.stages.is_empty()) {
+        written.extend(plot::write_sweep_plots(dir, stem, runs)?);
+    }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_routes_are_numbered_and_labelled_apart() {
+        let routes: Vec<Route> = ["plain", "DEFAULT", "plain", "8080", "default"]
+            .iter()
+            .map(|r| Route::parse(r))
+            .collect();
+        assert_eq!(repeat_numbers(&routes), [1, 1, 2, 3, 2]);
+        assert_eq!(with_repeat(Route::Plain.short(), 1), "8080 plain");
+        assert_eq!(with_repeat(Route::Plain.short(), 2), "8080 plain (run 2)");
+        assert_eq!(with_repeat(routes[4].label(), 2), "8081 DEFAULT (run 2)");
+    }
 }

@@ -1,5 +1,6 @@
 //! The report's pictures, as PNG and SVG: KV-cache usage per endpoint over time, one panel per
-//! route side by side (the seed's Grafana picture), and the TTFT distribution of every route.
+//! route side by side (the seed's Grafana picture), the TTFT distribution of every route, and for
+//! a rate staircase the curves per route of output tokens/s and TTFT p90 against the offered rate.
 //!
 //! Text is rendered with `ab_glyph` from a TrueType font registered at run time (DejaVu Sans from
 //! Debian's `fonts-dejavu-core` unless `--font` names another), so no system font library is
@@ -12,6 +13,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::RouteRun;
+use super::sweep::SUSTAINED_TTFT_P90_MS;
 
 /// Where DejaVu Sans usually lives.
 pub const FONT_CANDIDATES: [&str; 3] = [
@@ -80,7 +82,7 @@ fn kv_panels(runs: &[RouteRun], time_scale: f64) -> Vec<KvPanel> {
         .map(|run| {
             let (from, to) = run.observed.window;
             KvPanel {
-                title: run.route.label(),
+                title: run.label(),
                 hosts: run
                     .observed
                     .endpoints
@@ -208,7 +210,7 @@ fn draw_ttft<DB: DrawingBackend>(
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(3)))
             .map_err(draw_error(path))?
-            .label(run.route.label())
+            .label(run.label())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
             });
@@ -266,4 +268,157 @@ pub fn write_plots(
     )?;
     written.push(path);
     Ok(written)
+}
+
+/// One route's curve: (offered rate, value) per stage.
+type Curve = (String, Vec<(f64, f64)>);
+
+fn sweep_curves(runs: &[RouteRun], read: impl Fn(&super::sweep::StageResult) -> f64) -> Vec<Curve> {
+    runs.iter()
+        .filter(|r| !r.stages.is_empty())
+        .map(|run| {
+            (
+                run.label(),
+                run.stages.iter().map(|s| (s.rate, read(s))).collect(),
+            )
+        })
+        .collect()
+}
+
+fn draw_sweep<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    runs: &[RouteRun],
+    path: &Path,
+) -> Result<(), PlotError> {
+    root.fill(&WHITE).map_err(draw_error(path))?;
+    let tokens = sweep_curves(runs, |s| s.output_tokens_per_second);
+    // TTFT in seconds, kept above the log axis' floor when a stage had no successful request.
+    let ttft = sweep_curves(runs, |s| (s.ttft_p90() / 1000.0).max(0.01));
+    let points = || tokens.iter().flat_map(|(_, p)| p.iter());
+    let max_rate = points().map(|p| p.0).fold(0.0f64, f64::max).max(0.1) * 1.05;
+    let max_tokens = points().map(|p| p.1).fold(0.0f64, f64::max).max(1.0) * 1.1;
+    let (low, high) = ttft
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|p| p.1))
+        .fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let low = (low.min(SUSTAINED_TTFT_P90_MS / 1000.0) * 0.7).max(0.01);
+    let high = (high.max(SUSTAINED_TTFT_P90_MS / 1000.0) * 1.5).max(low * 10.0);
+    let areas = root.split_evenly((1, 2));
+
+    let mut chart = ChartBuilder::on(&areas[0])
+        .caption("Output tokens/s per stage", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_rate, 0f64..max_tokens)
+        .map_err(draw_error(path))?;
+    chart
+        .configure_mesh()
+        .x_desc("offered rate (requests per simulated second)")
+        .y_desc("output tokens/s")
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(draw_error(path))?;
+    for (index, (label, points)) in tokens.iter().enumerate() {
+        let color = Palette99::pick(index).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(3),
+            ))
+            .map_err(draw_error(path))?
+            .label(label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+            });
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(draw_error(path))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(draw_error(path))?;
+
+    let mut chart = ChartBuilder::on(&areas[1])
+        .caption("TTFT p90 per stage", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            0f64..max_rate,
+            (low..high).log_scale().with_key_points(
+                // 1-2-5 steps, so a range within one decade still gets labels.
+                [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0]
+                    .iter()
+                    .flat_map(|d| [d * 1.0, d * 2.0, d * 5.0])
+                    .filter(|v| (low..=high).contains(v))
+                    .collect(),
+            ),
+        )
+        .map_err(draw_error(path))?;
+    chart
+        .configure_mesh()
+        .x_desc("offered rate (requests per simulated second)")
+        .y_desc("TTFT p90 (s, log scale)")
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(draw_error(path))?;
+    let limit = SUSTAINED_TTFT_P90_MS / 1000.0;
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(0.0, limit), (max_rate, limit)],
+            8,
+            6,
+            BLACK.stroke_width(1),
+        ))
+        .map_err(draw_error(path))?;
+    for (index, (label, points)) in ttft.iter().enumerate() {
+        let color = Palette99::pick(index).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(3),
+            ))
+            .map_err(draw_error(path))?
+            .label(label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+            });
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(draw_error(path))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(draw_error(path))?;
+    root.present().map_err(draw_error(path))?;
+    Ok(())
+}
+
+/// Writes `STEM-sweep.{png,svg}` (the rate staircase's curves) into `dir`; returns the paths.
+pub fn write_sweep_plots(
+    dir: &Path,
+    stem: &str,
+    runs: &[RouteRun],
+) -> Result<Vec<PathBuf>, PlotError> {
+    let size = (1200, 520);
+    let png = dir.join(format!("{stem}-sweep.png"));
+    draw_sweep(
+        &BitMapBackend::new(&png, size).into_drawing_area(),
+        runs,
+        &png,
+    )?;
+    let svg = dir.join(format!("{stem}-sweep.svg"));
+    draw_sweep(&SVGBackend::new(&svg, size).into_drawing_area(), runs, &svg)?;
+    Ok(vec![png, svg])
 }

@@ -16,29 +16,23 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use super::scenario::{Route, ScenarioName};
+use super::fleet_up::{POD_HOSTS, profile_for};
+use super::sweep::{SUSTAINED_TTFT_P90_MS, stage_tables, stages_json};
+use super::targets::targets;
 use super::{ComparePlan, RouteRun};
 use crate::bench::result::to_json;
 use crate::bench::summary::Metric;
 
-fn pct(value: f64) -> String {
+pub(crate) fn pct(value: f64) -> String {
     format!("{:.1}%", value * 100.0)
 }
 
-fn ms(value: f64) -> String {
+pub(crate) fn ms(value: f64) -> String {
     if value >= 100.0 {
         format!("{value:.0}")
     } else {
         format!("{value:.1}")
     }
-}
-
-fn find<'a>(runs: &'a [RouteRun], route: &Route) -> Option<&'a RouteRun> {
-    runs.iter().find(|r| &r.route == route)
-}
-
-fn strategy(name: &str) -> Route {
-    Route::Inference(name.to_string())
 }
 
 /// Loads per 1,000 requests.
@@ -66,7 +60,7 @@ pub fn results_table(runs: &[RouteRun]) -> String {
         let _ = writeln!(
             out,
             "| {} | {} / {} | {:.1} | {:.2} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            run.route.short(),
+            run.short(),
             s.completed,
             s.failed,
             s.duration,
@@ -97,7 +91,7 @@ pub fn servers_table(runs: &[RouteRun]) -> String {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
-            run.route.short(),
+            run.short(),
             servers.preemptions,
             pct(servers.prefix_hit_rate),
             pct(run.observed.output.bound_hit_rate),
@@ -114,20 +108,33 @@ pub fn servers_table(runs: &[RouteRun]) -> String {
     out
 }
 
-/// KV usage per endpoint: time average and maximum.
-pub fn kv_table(runs: &[RouteRun]) -> String {
+/// An endpoint's column title: its host, and its profile when the pods' profiles differ.
+fn endpoint_title(endpoint: &str, index: usize, profiles: &[String]) -> String {
+    let host = endpoint
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap_or(endpoint);
+    if profiles.len() > 1 {
+        format!("{host} ({})", profile_for(profiles, index))
+    } else {
+        host.to_string()
+    }
+}
+
+/// KV usage per endpoint: time average and maximum. `profiles`: the plan's, for the titles.
+pub fn kv_table(runs: &[RouteRun], profiles: &[String]) -> String {
     let mut out = String::new();
     let Some(first) = runs.first() else {
         return out;
     };
     out.push_str("| route |");
-    for endpoint in &first.observed.endpoints {
-        let host = endpoint
-            .trim_start_matches("http://")
-            .split(':')
-            .next()
-            .unwrap_or(endpoint);
-        let _ = write!(out, " {host} avg / max |");
+    for (index, endpoint) in first.observed.endpoints.iter().enumerate() {
+        let _ = write!(
+            out,
+            " {} avg / max |",
+            endpoint_title(endpoint, index, profiles)
+        );
     }
     out.push_str(" spread | CV |\n|---|");
     for _ in &first.observed.endpoints {
@@ -135,7 +142,7 @@ pub fn kv_table(runs: &[RouteRun]) -> String {
     }
     out.push_str("---:|---:|\n");
     for run in runs {
-        let _ = write!(out, "| {} |", run.route.short());
+        let _ = write!(out, "| {} |", run.short());
         for endpoint in &run.observed.servers.endpoints {
             let _ = write!(
                 out,
@@ -149,6 +156,43 @@ pub fn kv_table(runs: &[RouteRun]) -> String {
             " {:.3} | {:.3} |",
             run.observed.servers.kv_spread, run.observed.servers.kv_cv
         );
+    }
+    out
+}
+
+/// Requests each endpoint finished, and its share of the route's total; preemptions.
+pub fn endpoint_requests_table(runs: &[RouteRun], profiles: &[String]) -> String {
+    let mut out = String::new();
+    let Some(first) = runs.first() else {
+        return out;
+    };
+    out.push_str("| route |");
+    for (index, endpoint) in first.observed.endpoints.iter().enumerate() {
+        let _ = write!(
+            out,
+            " {} requests (share) / preemptions |",
+            endpoint_title(endpoint, index, profiles)
+        );
+    }
+    out.push_str("\n|---|");
+    for _ in &first.observed.endpoints {
+        out.push_str("---:|");
+    }
+    out.push('\n');
+    for run in runs {
+        let endpoints = &run.observed.servers.endpoints;
+        let total: f64 = endpoints.iter().map(|e| e.requests_finished).sum();
+        let _ = write!(out, "| {} |", run.short());
+        for endpoint in endpoints {
+            let _ = write!(
+                out,
+                " {:.0} ({}) / {:.0} |",
+                endpoint.requests_finished,
+                pct(endpoint.requests_finished / total.max(1.0)),
+                endpoint.preemptions
+            );
+        }
+        out.push('\n');
     }
     out
 }
@@ -181,7 +225,7 @@ fn cpu_table(runs: &[RouteRun], time_scale: f64) -> String {
         let _ = writeln!(
             out,
             "| {} | {:.0} | {}% | {:.0}% | {:.0}% | {:.0}% | {} | ≤ {:.4} |",
-            run.route.short(),
+            run.short(),
             cpu.wall,
             each.join(" / "),
             cpu.percent(sims),
@@ -199,105 +243,17 @@ fn cpu_table(runs: &[RouteRun], time_scale: f64) -> String {
     out
 }
 
-fn verdict(ok: bool) -> &'static str {
-    if ok { "met" } else { "not met" }
-}
-
-/// The figures the strategies issue is judged by, computed from the runs present.
-pub fn targets(scenario: ScenarioName, runs: &[RouteRun]) -> String {
-    let mut out = String::new();
-    match scenario {
-        ScenarioName::Seed => {
-            let baseline =
-                find(runs, &strategy("ROUND_ROBIN")).or_else(|| find(runs, &Route::Plain));
-            if let (Some(rr), Some(default)) = (baseline, find(runs, &strategy("DEFAULT"))) {
-                let ratio = default.observed.servers.kv_spread / rr.observed.servers.kv_spread;
-                let loaded_ratio = default.observed.servers.kv_spread_loaded
-                    / rr.observed.servers.kv_spread_loaded;
-                let (p99_default, p99_rr) = (
-                    default.summary.ttft.percentile(99.0),
-                    rr.summary.ttft.percentile(99.0),
-                );
-                let _ = writeln!(
-                    out,
-                    "- KV spread, DEFAULT / round-robin ({}): {:.3} / {:.3} = **{:.2}** (target ≤ 0.5: {}).",
-                    rr.route.short(),
-                    default.observed.servers.kv_spread,
-                    rr.observed.servers.kv_spread,
-                    ratio,
-                    verdict(ratio <= 0.5)
-                );
-                let _ = writeln!(
-                    out,
-                    "- The same over the loaded phase (until the last request was sent, without the drain of the last answers): {:.3} / {:.3} = **{:.2}** (≤ 0.5: {}).",
-                    default.observed.servers.kv_spread_loaded,
-                    rr.observed.servers.kv_spread_loaded,
-                    loaded_ratio,
-                    verdict(loaded_ratio <= 0.5)
-                );
-                let _ = writeln!(
-                    out,
-                    "- p99 TTFT, DEFAULT vs. round-robin: {} ms vs. {} ms (target: no worse: {}).",
-                    ms(p99_default),
-                    ms(p99_rr),
-                    verdict(p99_default <= p99_rr)
-                );
-            }
-        }
-        ScenarioName::Prefix | ScenarioName::MultiTurn => {
-            if let Some(prefix) = find(runs, &strategy("PREFIX_CACHE")) {
-                let share = share_of_best(prefix);
-                let _ = writeln!(
-                    out,
-                    "- PREFIX_CACHE prefix-cache hit rate {} of a best achievable {} = **{}** of the best{}.",
-                    pct(prefix.observed.servers.prefix_hit_rate),
-                    pct(prefix.observed.output.bound_hit_rate),
-                    pct(share),
-                    if scenario == ScenarioName::Prefix {
-                        format!(" (target ≥ 80%: {})", verdict(share >= 0.8))
-                    } else {
-                        String::new()
-                    }
-                );
-                if let Some(default) = find(runs, &strategy("DEFAULT")) {
-                    let ratio = prefix.summary.ttft.percentile(90.0)
-                        / default.summary.ttft.percentile(90.0);
-                    let _ = writeln!(
-                        out,
-                        "- p90 TTFT, PREFIX_CACHE / DEFAULT: {} ms / {} ms = **{:.2}**{}.",
-                        ms(prefix.summary.ttft.percentile(90.0)),
-                        ms(default.summary.ttft.percentile(90.0)),
-                        ratio,
-                        if scenario == ScenarioName::Prefix {
-                            format!(" (target ≤ 0.5: {})", verdict(ratio <= 0.5))
-                        } else {
-                            String::new()
-                        }
-                    );
-                }
-            }
-        }
-        ScenarioName::Lora => {
-            let baseline =
-                find(runs, &strategy("ROUND_ROBIN")).or_else(|| find(runs, &Route::Plain));
-            if let (Some(rr), Some(affinity)) = (baseline, find(runs, &strategy("LORA_AFFINITY"))) {
-                let ratio = loads_per_thousand(affinity) / loads_per_thousand(rr);
-                let _ = writeln!(
-                    out,
-                    "- Adapter loads per 1,000 requests, LORA_AFFINITY / round-robin ({}): {:.1} / {:.1} = **{:.2}** (target ≤ 0.2: {}).",
-                    rr.route.short(),
-                    loads_per_thousand(affinity),
-                    loads_per_thousand(rr),
-                    ratio,
-                    verdict(ratio <= 0.2)
-                );
-            }
-        }
+/// "profile `a10-qwen2.5-7b`" or, for a mix, each pod's.
+fn profiles_text(profiles: &[String]) -> String {
+    if profiles.len() <= 1 {
+        return format!("profile `{}`", profile_for(profiles, 0));
     }
-    if out.is_empty() {
-        out.push_str("- (the routes needed for the target figures were not run)\n");
-    }
-    out
+    let each: Vec<String> = POD_HOSTS
+        .iter()
+        .enumerate()
+        .map(|(i, host)| format!("{host} `{}`", profile_for(profiles, i)))
+        .collect();
+    format!("profiles {}", each.join(", "))
 }
 
 /// Everything needed to write a report besides the runs.
@@ -334,10 +290,10 @@ pub fn markdown(plan: &ComparePlan, runs: &[RouteRun], context: &ReportContext) 
     let _ = writeln!(
         out,
         "- Model servers: five fresh `vllm-sim` processes per route (127.0.0.2–6:8000, the Pods of \
-         `manifests/examples/local/`), profile `{}`, the seed Deployment's flags \
+         `manifests/examples/local/`), {}, the seed Deployment's flags \
          (`--gpu-memory-utilization 0.95 --enforce-eager --enable-lora --max-loras 2 \
          --max-cpu-loras 4`{}), `--time-scale {}`.",
-        plan.profile,
+        profiles_text(&plan.profiles),
         if scenario.lora_modules.is_empty() {
             ", the adapters travel-helper-v1/-v2".to_string()
         } else {
@@ -375,7 +331,9 @@ pub fn markdown(plan: &ComparePlan, runs: &[RouteRun], context: &ReportContext) 
             .map_or("no concurrency limit".to_string(), |c| format!(
                 "max concurrency {c}"
             )),
-        if sending.request_rate.is_finite() {
+        if scenario.sweep(plan.size).is_some() {
+            "Poisson arrivals stage by stage as the workload line says".to_string()
+        } else if sending.request_rate.is_finite() {
             format!("Poisson arrivals at {} requests/s", sending.request_rate)
         } else {
             "all requests queued at once (closed loop)".to_string()
@@ -390,17 +348,45 @@ pub fn markdown(plan: &ComparePlan, runs: &[RouteRun], context: &ReportContext) 
     );
     let _ = writeln!(out, "Why this workload: {}\n", scenario.rationale);
 
-    let _ = writeln!(out, "## Target figures\n\n{}", targets(scenario.name, runs));
+    let _ = writeln!(out, "## Target figures\n\n{}", targets(plan, runs));
+    if runs.iter().any(|r| !r.stages.is_empty()) {
+        let _ = writeln!(
+            out,
+            "## Per stage\n\n\
+             Latencies of the requests sent during the stage; output tok/s: every token received \
+             during the stage's window, whichever stage sent its request, over the window's \
+             length (the drain after the last stage belongs to no stage).\n\n{}",
+            stage_tables(runs)
+        );
+        let _ = writeln!(
+            out,
+            "![Output tokens/s and TTFT p90 per stage rate, per route]({stem}-sweep.png)\n\n\
+             Output tokens/s and TTFT p90 (log scale; the dashed line is the {:.0} s limit of \
+             *sustained*) against each stage's offered rate, one curve per route \
+             ([SVG]({stem}-sweep.svg)).\n",
+            SUSTAINED_TTFT_P90_MS / 1000.0
+        );
+    }
     let _ = writeln!(
         out,
-        "## Latency and throughput (ms unless stated)\n\n{}",
+        "## Latency and throughput{} (ms unless stated)\n\n{}",
+        if runs.iter().any(|r| !r.stages.is_empty()) {
+            ", whole run"
+        } else {
+            ""
+        },
         results_table(runs)
     );
     let _ = writeln!(out, "## Model servers\n\n{}", servers_table(runs));
     let _ = writeln!(
         out,
         "## KV-cache usage per endpoint (time average / maximum)\n\n{}",
-        kv_table(runs)
+        kv_table(runs, &plan.profiles)
+    );
+    let _ = writeln!(
+        out,
+        "## Requests finished per endpoint\n\n{}",
+        endpoint_requests_table(runs, &plan.profiles)
     );
     let _ = writeln!(
         out,
@@ -463,7 +449,9 @@ pub fn data_json(plan: &ComparePlan, runs: &[RouteRun], context: &ReportContext)
                 &run.summary,
                 &context.date,
                 json!({
-                    "route": run.route.label(),
+                    "route": run.label(),
+                    "run": run.repeat,
+                    "stages": if run.stages.is_empty() { Value::Null } else { stages_json(&run.stages) },
                     "servers": run.observed.servers,
                     "best_achievable_prefix_hit_rate": run.observed.output.bound_hit_rate,
                     "adapter_loads_per_1000_requests": loads_per_thousand(run),
@@ -492,6 +480,8 @@ pub fn data_json(plan: &ComparePlan, runs: &[RouteRun], context: &ReportContext)
         "date": context.date,
         "time_scale": plan.time_scale,
         "size": plan.size,
+        "profiles": (0..POD_HOSTS.len()).map(|i| profile_for(&plan.profiles, i)).collect::<Vec<_>>(),
+        "sweep_rates": plan.scenario.sweep(plan.size).map(|s| s.rates),
         "seed": plan.seed,
         "metrics": Metric::ALL.iter().map(|m| m.key()).collect::<Vec<_>>(),
         "routes": routes,

@@ -3,6 +3,11 @@
 //! built on them: the best endpoint with ties spread, the near-best set, deterministic placement
 //! inside it, and candidates that carry each endpoint's prefill estimate to the gateway.
 //!
+//! An adapter request also pays for its adapter where it is not resident ([`adapter_tier`]):
+//! nothing where it runs, `adapter-load-ms` where it waits or a slot is free, and that plus the mean
+//! decode time of a request (the wait for a slot to free) where every slot holds another adapter.
+//! Loading an adapter delays the first token like a queue does, so it is part of the prediction.
+//!
 //! A strategy keeps its own decision (which endpoint deserves to go first) and leaves the rest
 //! here, so the built-ins rank failover order, treat stale metrics and count prefill work the same
 //! way. The learned state (rates, the prefix index) is updated from the strategy's hooks
@@ -12,6 +17,7 @@
 //! | Parameter | Default | Why |
 //! |---|---|---|
 //! | the cost model's (`prefill-tokens-per-second`, `decode-step-ms`, `decode-step-per-sequence-ms`, `kv-pressure-ms`, `learning-samples`) | see [`crate::cost`] | priors and learning speed |
+//! | `adapter-load-ms` | 100 | Loading a LoRA adapter from disk takes about 100 ms on vLLM (7 ms from its CPU cache); the larger figure, since the gateway cannot see the CPU cache |
 //! | `stale-after-ms` | 200 | Four missed scrapes at the default 50 ms interval: older metrics are not trusted |
 //! | `tie-tolerance` | 0.1 | Predictions within 10% (plus one engine step) of the best are equally good: the rates behind them are estimates, and chasing smaller differences herds requests between scrapes |
 //! | `block-bytes` | 64 | One 16-token vLLM block at about four bytes a token |
@@ -24,7 +30,36 @@ use crate::load::{Load, LoadConfig, loads};
 use crate::params::Params;
 use crate::prefix::{PrefixHasher, PrefixIndex, rendezvous};
 use crate::request::RequestView;
+use crate::scorers::is_base_model;
 use crate::strategy::{Candidates, Completion, ConfigError, NoEndpoint};
+
+/// Where an adapter stands on an endpoint, from its scraped LoRA state and the adapters a strategy
+/// recently sent there (`pending`, loading but not yet reported): 0 running or pending there,
+/// 1 waiting there, 2 a slot is free (fewer distinct adapters running or pending than `max_lora`),
+/// 3 every slot is taken by other adapters. An endpoint that reports no LoRA state is tier 2 (0
+/// when the adapter is pending there).
+pub fn adapter_tier(endpoint: &EndpointView<'_>, adapter: &str, pending: &[&str]) -> u8 {
+    let pending_here = |name: &str| pending.contains(&name);
+    let Some(lora) = endpoint.metrics.and_then(|m| m.lora.as_ref()) else {
+        return if pending_here(adapter) { 0 } else { 2 };
+    };
+    if lora.is_running(adapter) || pending_here(adapter) {
+        return 0;
+    }
+    if lora.is_waiting(adapter) {
+        return 1;
+    }
+    let extra = pending
+        .iter()
+        .filter(|a| !lora.is_running(a))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if ((lora.running.len() + extra) as u64) < u64::from(lora.max_loras) {
+        2
+    } else {
+        3
+    }
+}
 
 /// Bytes of prompt text per token, for turning cached blocks into tokens and sizing the index from
 /// the KV cache.
@@ -87,6 +122,8 @@ pub struct CostRanking {
     pub load: LoadConfig,
     /// Relative tolerance within which predictions count as equal.
     pub tie_tolerance: f64,
+    /// Seconds an adapter load costs.
+    pub adapter_load: f64,
 }
 
 impl CostRanking {
@@ -96,6 +133,7 @@ impl CostRanking {
         let defaults = LoadConfig::default();
         let stale_after = params.millis("stale-after-ms", defaults.stale_after, 1..=600_000)?;
         let tie_tolerance = params.f64("tie-tolerance", 0.1, 0.0..=10.0)?;
+        let adapter_load = params.f64("adapter-load-ms", 100.0, 0.0..=600_000.0)? / 1e3;
         let cache = CacheEstimate::from_params(params)?;
         Ok(Self {
             model,
@@ -105,6 +143,7 @@ impl CostRanking {
                 ..defaults
             },
             tie_tolerance,
+            adapter_load,
         })
     }
 
@@ -114,6 +153,17 @@ impl CostRanking {
         &'p self,
         request: &RequestView<'_>,
         pool: &'p PoolView<'p>,
+    ) -> Result<RankedPool<'p>, NoEndpoint> {
+        self.rank_with_pending(request, pool, |_| Vec::new())
+    }
+
+    /// [`CostRanking::rank`], with `pending(i)` the adapters the strategy sent to endpoint `i`
+    /// recently and the scrape may not show yet (see [`adapter_tier`]).
+    pub fn rank_with_pending<'p, 'a>(
+        &'p self,
+        request: &RequestView<'_>,
+        pool: &'p PoolView<'p>,
+        pending: impl Fn(usize) -> Vec<&'a str>,
     ) -> Result<RankedPool<'p>, NoEndpoint> {
         if pool.is_empty() {
             return Err(NoEndpoint::NoneReady);
@@ -135,7 +185,20 @@ impl CostRanking {
                 request.prompt_tokens - self.cache.cached_tokens(blocks, request.prompt_tokens)
             })
             .collect();
-        let predictions = self.model.predict(pool.endpoints, &loads, &uncached);
+        let mut predictions = self.model.predict(pool.endpoints, &loads, &uncached);
+        let adapter = request.target_model;
+        if !is_base_model(pool, adapter) {
+            let slot_wait = self.model.mean_decode_seconds();
+            for (i, (endpoint, prediction)) in
+                pool.endpoints.iter().zip(&mut predictions).enumerate()
+            {
+                prediction.extra += match adapter_tier(endpoint, adapter, &pending(i)) {
+                    0 => 0.0,
+                    1 | 2 => self.adapter_load,
+                    _ => self.adapter_load + slot_wait,
+                };
+            }
+        }
         Ok(RankedPool {
             pool,
             tie_tolerance: self.tie_tolerance,
@@ -169,6 +232,7 @@ impl CostRanking {
             "cost_model": self.model.debug_state(),
             "stale_after_ms": self.load.stale_after.as_millis() as u64,
             "tie_tolerance": self.tie_tolerance,
+            "adapter_load_ms": self.adapter_load * 1e3,
             "block_bytes": self.cache.hasher.block_bytes,
             "max_blocks": self.cache.hasher.max_blocks,
             "index": self.cache.index.stats(),

@@ -193,6 +193,37 @@ mod tests {
     }
 
     #[test]
+    fn an_adapter_goes_where_it_is_loaded_when_queues_are_even() {
+        let (_ids, mut views) = pool_of(3);
+        let lora = |running: &[&str]| EndpointMetrics {
+            model_name: Some("base".into()),
+            lora: Some(crate::LoraState {
+                max_loras: 1,
+                running: running.iter().map(|s| s.to_string()).collect(),
+                waiting: vec![],
+            }),
+            ..Default::default()
+        };
+        with_metrics(&mut views, &[lora(&["x"]), lora(&[]), lora(&["a"])]);
+        let headers = http::HeaderMap::new();
+        let mut req = request(&headers);
+        req.target_model = "a";
+        let pool = PoolView {
+            name: "p",
+            endpoints: &views,
+        };
+        // Resident on 2; a free slot on 1 (one load); 0's only slot holds another adapter.
+        assert_eq!(strategy().pick(&req, &pool).unwrap().as_slice(), &[2, 1, 0]);
+        // Base-model requests pay no adapter cost: the three are equal and share the traffic.
+        req.target_model = "base";
+        let s = strategy();
+        let firsts: std::collections::HashSet<usize> = (0..60)
+            .map(|_| s.pick(&req, &pool).unwrap().first().unwrap())
+            .collect();
+        assert_eq!(firsts.len(), 3, "{firsts:?}");
+    }
+
+    #[test]
     fn parameters_are_validated() {
         let config: StrategyConfig = [("tie-tolerance".to_owned(), "-1".to_owned())].into();
         assert_eq!(

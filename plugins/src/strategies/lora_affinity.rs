@@ -1,29 +1,26 @@
 //! `LORA_AFFINITY`: adapter requests go where the adapter is loaded, unless the queue there costs
-//! more than loading it elsewhere.
+//! more than loading it elsewhere, and adapters just sent somewhere count as loaded there.
 //!
-//! Every endpoint gets the latency cost model's predicted time to first token ([`crate::cost`],
-//! as DEFAULT) plus what the adapter would cost there, by residency tier:
+//! Every endpoint gets the latency cost model's predicted time to first token with the adapter's
+//! cost, as DEFAULT ranks them ([`crate::cost_ranking`]): nothing where the adapter runs,
+//! `adapter-load-ms` where it waits or a slot is free, and that plus the mean decode time of a
+//! request (the wait for a slot to free) where every slot holds another adapter. The lowest total
+//! wins, ties spread: an adapter load is weighed against the queue it would avoid, so a resident
+//! adapter keeps its requests until its endpoint's queue is longer than a load, and an endpoint
+//! takes an adapter beyond its `max_lora` only when every endpoint with room is a slot's wait
+//! busier.
 //!
-//! | Tier | Meaning | Added cost |
-//! |---|---|---|
-//! | 0 | the adapter has running requests there, or this gateway sent it there in the last `pending-ttl-ms` (it is loading) | none |
-//! | 1 | the adapter has waiting requests there | `adapter-load-ms` |
-//! | 2 | a slot is free: fewer distinct adapters running or pending than `max_lora` | `adapter-load-ms` |
-//! | 3 | every slot is taken by other adapters | `adapter-load-ms` + the mean decode time of a request (learned), the wait for a slot to free |
-//!
-//! The lowest total wins, ties spread as in DEFAULT: an adapter load is weighed against the queue
-//! it would avoid, so a resident adapter keeps its requests until its endpoint's queue is longer
-//! than a load, and an endpoint takes an adapter beyond its `max_lora` only when every endpoint
-//! with room is a slot's wait busier. The "sent it there" memory closes the gap between dispatch
-//! and the next scrape, when the adapter is loading but not yet reported.
+//! What LORA_AFFINITY adds to DEFAULT is memory: an adapter this gateway sent to an endpoint in the
+//! last `pending-ttl-ms` counts as running there (and as taking a slot), closing the gap between
+//! dispatch and the next scrape, when the adapter is loading but not yet reported. Without it a
+//! burst of requests for a new adapter, decided on one scrape, loads it on several endpoints.
 //!
 //! Requests for a base model (a name an endpoint reports as its `model_name`) have no adapter
 //! cost: they are ranked as DEFAULT ranks them.
 //!
 //! | Parameter | Default | Why |
 //! |---|---|---|
-//! | [`crate::cost_ranking`]'s | as DEFAULT | predictions |
-//! | `adapter-load-ms` | 100 | Loading a LoRA adapter from disk takes about 100 ms on vLLM (7 ms from its CPU cache); the larger figure, since the gateway cannot see the CPU cache |
+//! | [`crate::cost_ranking`]'s (including `adapter-load-ms`) | as DEFAULT | predictions |
 //! | `pending-ttl-ms` | 2000 | An adapter load takes about 100 ms cold; two seconds covers it and many scrapes, then the scraped state is the truth again |
 
 use std::collections::HashMap;
@@ -38,7 +35,6 @@ use crate::load::LoadConfig;
 use crate::params::Params;
 use crate::registry::StrategyConfig;
 use crate::request::RequestView;
-use crate::scorers::is_base_model;
 use crate::strategy::{
     Candidates, Completion, ConfigError, Inputs, NoEndpoint, Strategy, StrategyStats,
 };
@@ -47,7 +43,6 @@ use crate::strategy::{
 #[derive(Debug)]
 pub struct LoraAffinity {
     ranking: CostRanking,
-    adapter_load: f64,
     pending_ttl: Duration,
     /// Adapters this gateway recently sent to each endpoint.
     pending: Mutex<HashMap<SocketAddr, Vec<(String, Instant)>>>,
@@ -61,44 +56,13 @@ impl LoraAffinity {
     pub fn from_config(config: &StrategyConfig) -> Result<Self, ConfigError> {
         let mut params = Params::new(Self::NAME, config);
         let ranking = CostRanking::from_params(&mut params)?;
-        let adapter_load = params.f64("adapter-load-ms", 100.0, 0.0..=600_000.0)? / 1e3;
         let pending_ttl = params.millis("pending-ttl-ms", Duration::from_secs(2), 1..=600_000)?;
         params.finish()?;
         Ok(Self {
             ranking,
-            adapter_load,
             pending_ttl,
             pending: Mutex::new(HashMap::new()),
         })
-    }
-
-    fn tier(
-        &self,
-        endpoint: &EndpointView<'_>,
-        adapter: &str,
-        pending: &[(String, Instant)],
-    ) -> u8 {
-        let pending_here = |name: &str| pending.iter().any(|(a, _)| a == name);
-        let Some(lora) = endpoint.metrics.and_then(|m| m.lora.as_ref()) else {
-            return if pending_here(adapter) { 0 } else { 2 };
-        };
-        if lora.is_running(adapter) || pending_here(adapter) {
-            return 0;
-        }
-        if lora.is_waiting(adapter) {
-            return 1;
-        }
-        let extra = pending
-            .iter()
-            .filter(|(a, _)| !lora.is_running(a))
-            .map(|(a, _)| a.as_str())
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
-        if ((lora.running.len() + extra) as u64) < u64::from(lora.max_loras) {
-            2
-        } else {
-            3
-        }
     }
 }
 
@@ -116,31 +80,23 @@ impl Strategy for LoraAffinity {
         request: &RequestView<'_>,
         pool: &PoolView<'_>,
     ) -> Result<Candidates, NoEndpoint> {
-        let mut ranked = self.ranking.rank(request, pool)?;
-        let adapter = request.target_model;
-        if !is_base_model(pool, adapter) {
-            let now = Instant::now();
-            let tiers: Vec<u8> = {
-                let mut pending = self.pending.lock();
-                pool.endpoints
-                    .iter()
-                    .map(|e| {
-                        let list = pending.entry(e.id.address()).or_default();
+        let now = Instant::now();
+        let recent: Vec<Vec<String>> = {
+            let mut pending = self.pending.lock();
+            pool.endpoints
+                .iter()
+                .map(|e| match pending.get_mut(&e.id.address()) {
+                    Some(list) => {
                         list.retain(|(_, at)| now.duration_since(*at) < self.pending_ttl);
-                        self.tier(e, adapter, list)
-                    })
-                    .collect()
-            };
-            let slot_wait = self.ranking.model.mean_decode_seconds();
-            for (i, tier) in tiers.into_iter().enumerate() {
-                let cost = match tier {
-                    0 => 0.0,
-                    1 | 2 => self.adapter_load,
-                    _ => self.adapter_load + slot_wait,
-                };
-                ranked.add_cost(i, cost);
-            }
-        }
+                        list.iter().map(|(a, _)| a.clone()).collect()
+                    }
+                    None => Vec::new(),
+                })
+                .collect()
+        };
+        let ranked = self.ranking.rank_with_pending(request, pool, |i| {
+            recent[i].iter().map(String::as_str).collect()
+        })?;
         Ok(ranked.candidates(ranked.spread_best()))
     }
 
@@ -178,7 +134,6 @@ impl Strategy for LoraAffinity {
     fn debug_state(&self) -> serde_json::Value {
         let pending: usize = self.pending.lock().values().map(Vec::len).sum();
         let mut state = self.ranking.debug_state();
-        state["adapter_load_ms"] = (self.adapter_load * 1e3).into();
         state["pending_ttl_ms"] = (self.pending_ttl.as_millis() as u64).into();
         state["pending_adapters"] = pending.into();
         state

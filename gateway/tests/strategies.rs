@@ -259,3 +259,87 @@ async fn sheddable_requests_are_shed_while_metrics_are_stale() {
         String::from_utf8_lossy(&metrics).contains("gateway_sheds_total{pool=\"default/pool\"} 1")
     );
 }
+
+/// The gateway's prefill accounting on real paths: a retry past a dead endpoint, non-streamed
+/// answers, a stream past its first token, a request queued behind it (credited as prefill work
+/// until it hangs up) and the stream's end all leave both endpoints' counters at zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefill_work_is_credited_until_the_first_token_and_released_on_every_path() {
+    // One running slot: a second request waits in the queue, before its first token. Round-robin
+    // (the plain Service's order, with the same accounting) makes sure the dead endpoint is tried.
+    let mut s = setup(150, 2, "ROUND_ROBIN", &["--max-num-seqs", "1"]).await;
+    let dead = s.sims[1].local_addr();
+    s.sims.remove(1).shutdown().await;
+    let live = s.sims[0].local_addr();
+    let client = client();
+    let counters = |snapshot: &serde_json::Value, address| {
+        let e = endpoint(snapshot, address);
+        (
+            e["in_flight"].as_u64().unwrap(),
+            e["in_flight_prefill"].as_u64().unwrap(),
+            e["in_flight_prefill_tokens"].as_u64().unwrap(),
+        )
+    };
+    for _ in 0..4 {
+        let (status, served) = complete(
+            &client,
+            &s.url,
+            r#"{"model":"/model/qwen","prompt":"a short one","max_tokens":3}"#,
+        )
+        .await;
+        assert_eq!((status, served), (200, Some(live)));
+    }
+    let (_, metrics) = get(&format!("http://{}/metrics", s.gateway.admin)).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gateway_upstream_attempts_total{result=\"connect_error\"}")),
+        "a connection to the dead endpoint failed and the request moved on"
+    );
+    let snapshot = s.gateway.snapshot().await;
+    assert_eq!(counters(&snapshot, dead), (0, 0, 0), "the failed attempt");
+    assert_eq!(counters(&snapshot, live), (0, 0, 0), "non-streamed answers");
+
+    let long = r#"{"model":"/model/qwen","prompt":"hold the line","max_tokens":30000,"ignore_eos":true,"stream":true}"#;
+    let mut first = Stream::open(&client, &s.url, &[], long).await;
+    assert_eq!(first.status, 200);
+    first.next_chunk().await.expect("a first token");
+    s.gateway
+        .wait_for_snapshot("the first stream past its first token", |snapshot| {
+            counters(snapshot, live) == (1, 0, 0)
+        })
+        .await;
+    let queued_body = format!(
+        r#"{{"model":"/model/qwen","prompt":"{}","max_tokens":5,"stream":true}}"#,
+        "queued behind it ".repeat(100)
+    );
+    let queued = tokio::spawn({
+        let (client, url) = (client.clone(), s.url.clone());
+        async move {
+            Stream::open(&client, &url, &[], &queued_body)
+                .await
+                .hold()
+                .await
+        }
+    });
+    s.gateway
+        .wait_for_snapshot("the queued request credited as prefill work", |snapshot| {
+            let (in_flight, prefill, tokens) = counters(snapshot, live);
+            in_flight == 2 && prefill == 1 && tokens > 300
+        })
+        .await;
+    queued.abort();
+    s.gateway
+        .wait_for_snapshot(
+            "the queued request's credit released when it hung up",
+            |snapshot| counters(snapshot, live) == (1, 0, 0),
+        )
+        .await;
+    drop(first);
+    s.gateway
+        .wait_for_snapshot("everything released", |snapshot| {
+            counters(snapshot, live) == (0, 0, 0) && counters(snapshot, dead) == (0, 0, 0)
+        })
+        .await;
+}

@@ -1,6 +1,6 @@
 # One command for each job; each installs what it needs first (scripts/setup.sh).
 
-.PHONY: setup build test demo kube-demo validate bench-overhead bench-epp soak lint
+.PHONY: setup build test demo kube-demo validate bench-overhead bench-epp bench-strategies soak lint
 
 setup:
 	./scripts/setup.sh
@@ -35,6 +35,11 @@ bench-overhead: setup
 # the built-in strategy on one route (needs Go for tools/epp).
 bench-epp: setup
 	./scripts/bench-epp.sh
+
+# Every built-in strategy against round-robin on every compare scenario (about 70 minutes):
+# docs/benchmarks/NAME.md per scenario and docs/benchmarks/strategies-table.md.
+bench-strategies: setup
+	./scripts/bench-strategies.sh
 
 soak: setup
 	./scripts/soak.sh

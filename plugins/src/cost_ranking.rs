@@ -38,8 +38,12 @@ use crate::strategy::{Candidates, Completion, ConfigError, NoEndpoint};
 /// 1 waiting there, 2 a slot is free (fewer distinct adapters running or pending than `max_lora`),
 /// 3 every slot is taken by other adapters. An endpoint that reports no LoRA state is tier 2 (0
 /// when the adapter is pending there).
-pub fn adapter_tier(endpoint: &EndpointView<'_>, adapter: &str, pending: &[&str]) -> u8 {
-    let pending_here = |name: &str| pending.contains(&name);
+pub fn adapter_tier<S: AsRef<str>>(
+    endpoint: &EndpointView<'_>,
+    adapter: &str,
+    pending: &[S],
+) -> u8 {
+    let pending_here = |name: &str| pending.iter().any(|p| p.as_ref() == name);
     let Some(lora) = endpoint.metrics.and_then(|m| m.lora.as_ref()) else {
         return if pending_here(adapter) { 0 } else { 2 };
     };
@@ -51,8 +55,9 @@ pub fn adapter_tier(endpoint: &EndpointView<'_>, adapter: &str, pending: &[&str]
     }
     let extra = pending
         .iter()
+        .map(AsRef::as_ref)
         .filter(|a| !lora.is_running(a))
-        .collect::<std::collections::BTreeSet<_>>()
+        .collect::<std::collections::BTreeSet<&str>>()
         .len();
     if ((lora.running.len() + extra) as u64) < u64::from(lora.max_loras) {
         2
@@ -154,16 +159,17 @@ impl CostRanking {
         request: &RequestView<'_>,
         pool: &'p PoolView<'p>,
     ) -> Result<RankedPool<'p>, NoEndpoint> {
-        self.rank_with_pending(request, pool, |_| Vec::new())
+        self.rank_with_pending::<&str>(request, pool, &[])
     }
 
-    /// [`CostRanking::rank`], with `pending(i)` the adapters the strategy sent to endpoint `i`
-    /// recently and the scrape may not show yet (see [`adapter_tier`]).
-    pub fn rank_with_pending<'p, 'a>(
+    /// [`CostRanking::rank`], with `pending[i]` the adapters the strategy sent to endpoint `i`
+    /// recently and the scrape may not show yet (see [`adapter_tier`]); endpoints past the end of
+    /// `pending` have none.
+    pub fn rank_with_pending<'p, S: AsRef<str>>(
         &'p self,
         request: &RequestView<'_>,
         pool: &'p PoolView<'p>,
-        pending: impl Fn(usize) -> Vec<&'a str>,
+        pending: &[Vec<S>],
     ) -> Result<RankedPool<'p>, NoEndpoint> {
         if pool.is_empty() {
             return Err(NoEndpoint::NoneReady);
@@ -192,7 +198,8 @@ impl CostRanking {
             for (i, (endpoint, prediction)) in
                 pool.endpoints.iter().zip(&mut predictions).enumerate()
             {
-                prediction.extra += match adapter_tier(endpoint, adapter, &pending(i)) {
+                let recent = pending.get(i).map_or(&[][..], Vec::as_slice);
+                prediction.extra += match adapter_tier(endpoint, adapter, recent) {
                     0 => 0.0,
                     1 | 2 => self.adapter_load,
                     _ => self.adapter_load + slot_wait,
@@ -274,15 +281,19 @@ impl RankedPool<'_> {
     /// Whether endpoint `i`'s prediction is as good as the best's: as fresh, and a predicted TTFT
     /// within `tie-tolerance` of the best plus one engine step.
     pub fn is_near_best(&self, i: usize) -> bool {
-        let best = &self.predictions[self.best()];
+        self.near(&self.predictions[self.best()], i)
+    }
+
+    fn near(&self, best: &Prediction, i: usize) -> bool {
         let p = &self.predictions[i];
         p.stale == best.stale && p.ttft() <= best.ttft() * (1.0 + self.tie_tolerance) + best.step
     }
 
-    /// [`RankedPool::is_near_best`] for every endpoint.
+    /// [`RankedPool::is_near_best`] for every endpoint (one pass: the best is found once).
     pub fn near_best(&self) -> Vec<bool> {
+        let best = self.predictions[self.best()];
         (0..self.predictions.len())
-            .map(|i| self.is_near_best(i))
+            .map(|i| self.near(&best, i))
             .collect()
     }
 

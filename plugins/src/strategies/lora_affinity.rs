@@ -25,6 +25,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -45,7 +46,7 @@ pub struct LoraAffinity {
     ranking: CostRanking,
     pending_ttl: Duration,
     /// Adapters this gateway recently sent to each endpoint.
-    pending: Mutex<HashMap<SocketAddr, Vec<(String, Instant)>>>,
+    pending: Mutex<HashMap<SocketAddr, Vec<(Arc<str>, Instant)>>>,
 }
 
 impl LoraAffinity {
@@ -81,22 +82,20 @@ impl Strategy for LoraAffinity {
         pool: &PoolView<'_>,
     ) -> Result<Candidates, NoEndpoint> {
         let now = Instant::now();
-        let recent: Vec<Vec<String>> = {
+        let recent: Vec<Vec<Arc<str>>> = {
             let mut pending = self.pending.lock();
             pool.endpoints
                 .iter()
                 .map(|e| match pending.get_mut(&e.id.address()) {
                     Some(list) => {
                         list.retain(|(_, at)| now.duration_since(*at) < self.pending_ttl);
-                        list.iter().map(|(a, _)| a.clone()).collect()
+                        list.iter().map(|(a, _)| Arc::clone(a)).collect()
                     }
                     None => Vec::new(),
                 })
                 .collect()
         };
-        let ranked = self.ranking.rank_with_pending(request, pool, |i| {
-            recent[i].iter().map(String::as_str).collect()
-        })?;
+        let ranked = self.ranking.rank_with_pending(request, pool, &recent)?;
         Ok(ranked.candidates(ranked.spread_best()))
     }
 
@@ -108,8 +107,8 @@ impl Strategy for LoraAffinity {
         }
         let mut pending = self.pending.lock();
         let list = pending.entry(endpoint.id.address()).or_default();
-        list.retain(|(a, _)| a != adapter);
-        list.push((adapter.to_owned(), Instant::now()));
+        list.retain(|(a, _)| &**a != adapter);
+        list.push((Arc::from(adapter), Instant::now()));
     }
 
     fn on_completed(&self, completion: &Completion<'_>) {

@@ -67,6 +67,7 @@ impl Fixture {
                 in_flight_tokens: 0,
                 in_flight_prefill: (i % 3) as u32,
                 in_flight_prefill_tokens: (i % 3) as u64 * 1_000,
+                prefill_elapsed: std::time::Duration::ZERO,
                 dispatched_since_scrape: (i % 3) as u32,
             })
             .collect()
@@ -118,6 +119,7 @@ fn teach(strategy: &dyn Strategy, views: &[EndpointView<'_>]) {
                 in_flight: 3,
                 in_flight_prefill: 1,
                 in_flight_prefill_tokens: 500,
+                prefill_elapsed: Duration::from_millis(40),
                 running: Some(20 + (i % 13) as u32),
             },
         });

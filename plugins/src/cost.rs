@@ -3,18 +3,24 @@
 //! For a request and an endpoint the model predicts
 //!
 //! ```text
-//! TTFT = max((prefill ahead + unseen queue) / prefill rate,  the wait for prefill work already there,
-//!            waiting × decode time / running)               or for the batch to admit the queue
+//! TTFT = max((prefill ahead + unseen queue) / prefill rate    the wait for prefill work already
+//!              − time the oldest prefill has run (≥ a step),  there, less what is done,
+//!            waiting × decode time / running)                 or for the batch to admit the queue
 //!
-//!      + uncached prompt tokens / prefill rate              the request's own prefill
-//!      + step(batch + 1)                                    the engine step that samples its first token
-//!      + λ · k / (1 − k)                                    KV pressure, k = KV-cache usage
+//!      + uncached prompt tokens / prefill rate                the request's own prefill
+//!      + step(batch + 1)                                      the step that samples its first token
+//!      + λ · k / (1 − k)                                      KV pressure, k = KV-cache usage
 //! ```
 //!
 //! - **Prefill ahead** is exact and never stale: the prompt tokens of the requests this gateway
 //!   sent to the endpoint that have not produced their first token
 //!   ([`EndpointView::in_flight_prefill_tokens`]; each counted at its strategy's uncached estimate,
 //!   credited at dispatch and released at the first token or the end, on every path).
+//!   Less the part already done: the oldest of them has been under way for
+//!   [`EndpointView::prefill_elapsed`], so its work is counted down as it runs, and an endpoint
+//!   about to return a first token ranks ahead of one that has just been handed a prompt, as
+//!   round-robin's rotation implicitly does. While any of them is in flight at least one step
+//!   remains, however long it has run.
 //! - **Unseen queue** corrects it with the scrape: waiting requests beyond those of ours the
 //!   scrape can have seen (other gateway replicas' requests, preempted requests that must prefill
 //!   again), each counted at the pool's mean prefill per request.
@@ -389,21 +395,30 @@ impl CostModel {
                     in_flight: view.in_flight,
                     in_flight_prefill: view.in_flight_prefill,
                     in_flight_prefill_tokens: view.in_flight_prefill_tokens,
+                    prefill_elapsed: view.prefill_elapsed,
                     running: metrics.map(|m| m.running),
                 };
                 let kv = metrics.map_or(0.0, |m| {
                     let usage = m.kv_usage.clamp(0.0, MAX_KV_USAGE);
                     self.params.kv_pressure_seconds * usage / (1.0 - usage)
                 });
-                let prefill_wait =
+                let step = rates.step.at(batch(&dispatched) + 1.0);
+                let ahead =
                     (view.in_flight_prefill_tokens as f64 + unseen_tokens) / rates.prefill_rate;
+                // The oldest prefill has run for `prefill_elapsed`: that much of the work ahead
+                // is done. While one is in flight the engine is busy, so at least a step remains.
+                let prefill_wait = if view.in_flight_prefill > 0 {
+                    (ahead - view.prefill_elapsed.as_secs_f64()).max(step)
+                } else {
+                    ahead
+                };
                 let admission_wait = metrics.map_or(0.0, |m| {
                     f64::from(m.waiting) * decode_seconds / f64::from(m.running.max(1))
                 });
                 Prediction {
                     wait: prefill_wait.max(admission_wait),
                     prefill: f64::from(uncached) / rates.prefill_rate,
-                    step: rates.step.at(batch(&dispatched) + 1.0),
+                    step,
                     kv,
                     extra: 0.0,
                     stale: !load.fresh,
@@ -427,6 +442,9 @@ impl CostModel {
         let ttft = ttft.as_secs_f64();
         let work = completion.at_dispatch.in_flight_prefill_tokens as f64
             + f64::from(completion.prefill_tokens);
+        // The prefill ahead had been under way for `prefill_elapsed` when this one was sent: the
+        // engine spent that long on the work too.
+        let busy = ttft + completion.at_dispatch.prefill_elapsed.as_secs_f64();
         let decode = completion
             .completion_tokens
             .filter(|&tokens| tokens >= 2)
@@ -446,8 +464,8 @@ impl CostModel {
             .entry(completion.endpoint.address())
             .or_default();
         if ttft > 0.0 && work > 0.0 {
-            endpoint.prefill.add(work, ttft, decay);
-            state.pool.prefill.add(work, ttft, decay);
+            endpoint.prefill.add(work, busy, decay);
+            state.pool.prefill.add(work, busy, decay);
         }
         let (samples, tokens) = state.prefill_per_request;
         state.prefill_per_request = (
@@ -587,6 +605,37 @@ mod tests {
     }
 
     #[test]
+    fn prefill_already_under_way_is_counted_down_to_at_least_a_step() {
+        let (_ids, mut views) = pool_of(3);
+        with_metrics(
+            &mut views,
+            &[
+                EndpointMetrics::default(),
+                EndpointMetrics::default(),
+                EndpointMetrics::default(),
+            ],
+        );
+        // Each holds one 1000-token prefill (0.2 s at the prior 5000 tokens/s), started 0, 150
+        // and 500 ms ago.
+        for (view, ms) in views.iter_mut().zip([0, 150, 500]) {
+            view.in_flight = 1;
+            view.in_flight_prefill = 1;
+            view.in_flight_prefill_tokens = 1000;
+            view.prefill_elapsed = Duration::from_millis(ms);
+        }
+        let loads: Vec<Load> = views
+            .iter()
+            .map(|v| Load::of(v, &LoadConfig::default()))
+            .collect();
+        let p = model().predict(&views, &loads, &[1000, 1000, 1000]);
+        assert!(close(p[0].wait, 0.2), "{:?}", p[0]);
+        assert!(close(p[1].wait, 0.05), "{:?}", p[1]);
+        // Overdue: the engine is still on it, so one step (batch 0, joining as the 1st) remains.
+        assert!(close(p[2].wait, 0.030 + 0.0002), "{:?}", p[2]);
+        assert!(close(p[2].wait, p[2].step));
+    }
+
+    #[test]
     fn kv_pressure_grows_without_bound_but_stays_finite() {
         let (_ids, mut views) = pool_of(3);
         let metrics = [0.8, 0.95, 1.0].map(|kv_usage| EndpointMetrics {
@@ -616,6 +665,23 @@ mod tests {
                 1500,
                 DispatchedLoad {
                     in_flight_prefill_tokens: 500,
+                    ..Default::default()
+                },
+            ));
+        }
+        let learned = m.rates(ids[0].address()).prefill_rate;
+        assert!((learned - 10_000.0).abs() < 50.0, "{learned}");
+        // Sent while the 500 tokens ahead had already run for 50 ms: the engine spent
+        // 50 + 150 ms on the 2000 tokens, the same 10,000 tokens/s.
+        for _ in 0..200 {
+            m.learn(&completion(
+                &ids[0],
+                150,
+                1500,
+                DispatchedLoad {
+                    in_flight_prefill: 1,
+                    in_flight_prefill_tokens: 500,
+                    prefill_elapsed: Duration::from_millis(50),
                     ..Default::default()
                 },
             ));

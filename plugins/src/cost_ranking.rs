@@ -297,17 +297,22 @@ impl RankedPool<'_> {
             .collect()
     }
 
-    /// The near-best endpoint that is cheapest on the measured terms (KV pressure, the step of its
-    /// batch and a strategy's own cost), then with the fewest requests in flight, at random among
-    /// equals: equally good predictions are spread, not sent to the first endpoint in address
-    /// order. The rate-based terms are left to the tolerance because the rates are estimates; KV
-    /// usage and batch size are read, so they break the tie, which evens out KV usage across
-    /// endpoints.
+    /// The near-best endpoint that is cheapest on the wait and the measured terms (the prefill
+    /// still ahead of it, KV pressure, the step of its batch and a strategy's own cost), then with
+    /// the fewest requests in flight, at random among equals: equally good predictions are
+    /// spread, not sent to the first endpoint in address order. The request's own prefill is left
+    /// to the tolerance because it differs between endpoints only by their estimated rates; the
+    /// work ahead is the gateway's own count, and KV usage and batch size are read, so they break
+    /// the tie: the endpoint closest to finishing its prefill goes first, and KV usage evens out
+    /// across endpoints.
     pub fn spread_best(&self) -> usize {
         let near = self.near_best();
         let key = |i: usize| {
             let p = &self.predictions[i];
-            (p.kv + p.step + p.extra, self.pool.endpoints[i].in_flight)
+            (
+                p.wait + p.kv + p.step + p.extra,
+                self.pool.endpoints[i].in_flight,
+            )
         };
         let lowest = (0..near.len())
             .filter(|&i| near[i])

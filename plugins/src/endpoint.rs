@@ -150,6 +150,12 @@ pub struct EndpointView<'a> {
     /// when its strategy gave one ([`crate::Candidates::with_prefill_tokens`]), else its whole
     /// prompt. Released at each request's first token, or at its end on every other path.
     pub in_flight_prefill_tokens: u64,
+    /// How long the endpoint has been working on the oldest of those prefills: the time since
+    /// the latest first token it returned while more prefills were waiting, or since the prefill
+    /// was dispatched to an endpoint that had none. Zero when no prefill is in flight. The part
+    /// of the prefill ahead that is already done, so a pod about to finish its prefill is told
+    /// apart from one that has just started (both hold the same tokens in flight).
+    pub prefill_elapsed: Duration,
     /// Requests this gateway dispatched to the endpoint after `metrics` were scraped: the part of
     /// the load the scraped numbers cannot know about yet.
     pub dispatched_since_scrape: u32,

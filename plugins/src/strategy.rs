@@ -222,6 +222,8 @@ pub struct DispatchedLoad {
     pub in_flight_prefill: u32,
     /// [`EndpointView::in_flight_prefill_tokens`].
     pub in_flight_prefill_tokens: u64,
+    /// [`EndpointView::prefill_elapsed`].
+    pub prefill_elapsed: Duration,
     /// The scraped running batch, when metrics were fresh enough to be read.
     pub running: Option<u32>,
 }
@@ -233,6 +235,7 @@ impl DispatchedLoad {
             in_flight: view.in_flight,
             in_flight_prefill: view.in_flight_prefill,
             in_flight_prefill_tokens: view.in_flight_prefill_tokens,
+            prefill_elapsed: view.prefill_elapsed,
             running: view.metrics.map(|m| m.running),
         }
     }

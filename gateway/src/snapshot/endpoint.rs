@@ -45,9 +45,21 @@ impl Default for HealthPolicy {
 }
 
 /// A monotonic clock in milliseconds since the first use, for atomics.
+/// The instant this process first read the endpoint clock; the atomics below count from it.
+static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+
 fn now_ms() -> u64 {
-    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
     START.elapsed().as_millis() as u64 + 1
+}
+
+/// Microseconds since [`START`], plus one so that 0 can mean "not set".
+fn now_us() -> u64 {
+    START.elapsed().as_micros() as u64 + 1
+}
+
+/// The instant a [`now_us`] reading stands for; `None` for 0.
+fn instant_of(us: u64) -> Option<Instant> {
+    START.checked_add(Duration::from_micros(us.checked_sub(1)?))
 }
 
 /// Metrics of one endpoint with the time they were scraped.
@@ -70,6 +82,10 @@ pub struct Endpoint {
     in_flight_tokens: AtomicU64,
     in_flight_prefill: AtomicU32,
     in_flight_prefill_tokens: AtomicU64,
+    /// When the oldest prefill in flight started ([`now_us`]): set by a dispatch that finds none
+    /// in flight and by a first token that leaves others waiting. Read only while
+    /// `in_flight_prefill` is above zero.
+    prefill_head_since_us: AtomicU64,
     dispatched_total: AtomicU64,
     dispatched_since_scrape: AtomicU32,
     metrics: ArcSwapOption<ScrapedMetrics>,
@@ -88,6 +104,7 @@ impl Endpoint {
             in_flight_tokens: AtomicU64::new(0),
             in_flight_prefill: AtomicU32::new(0),
             in_flight_prefill_tokens: AtomicU64::new(0),
+            prefill_head_since_us: AtomicU64::new(0),
             dispatched_total: AtomicU64::new(0),
             dispatched_since_scrape: AtomicU32::new(0),
             metrics: ArcSwapOption::empty(),
@@ -163,6 +180,15 @@ impl Endpoint {
         self.in_flight_prefill_tokens.load(Ordering::Relaxed)
     }
 
+    /// How long the oldest prefill in flight has been under way; zero when none is.
+    pub fn prefill_elapsed(&self) -> Duration {
+        prefill_elapsed(
+            self.in_flight_prefill(),
+            self.prefill_head_since_us.load(Ordering::Relaxed),
+            Instant::now(),
+        )
+    }
+
     /// Requests ever dispatched here.
     pub fn dispatched_total(&self) -> u64 {
         self.dispatched_total.load(Ordering::Relaxed)
@@ -188,12 +214,19 @@ impl Endpoint {
     /// prompt tokens, of which `prefill_tokens` are expected to be prefilled here (the rest
     /// cached) and count as prefill work until [`InFlight::first_token`].
     pub fn dispatch(self: &Arc<Self>, tokens: u64, prefill_tokens: u32) -> InFlight {
+        let head_since = self.prefill_head_since_us.load(Ordering::Relaxed);
+        let prefilling = self.in_flight_prefill.fetch_add(1, Ordering::Relaxed);
+        if prefilling == 0 {
+            self.prefill_head_since_us
+                .store(now_us(), Ordering::Relaxed);
+        }
         let at_dispatch = DispatchedLoad {
             in_flight: self.in_flight.fetch_add(1, Ordering::Relaxed),
-            in_flight_prefill: self.in_flight_prefill.fetch_add(1, Ordering::Relaxed),
+            in_flight_prefill: prefilling,
             in_flight_prefill_tokens: self
                 .in_flight_prefill_tokens
                 .fetch_add(u64::from(prefill_tokens), Ordering::Relaxed),
+            prefill_elapsed: prefill_elapsed(prefilling, head_since, Instant::now()),
             running: self.metrics.load().as_ref().map(|s| s.metrics.running),
         };
         self.in_flight_tokens.fetch_add(tokens, Ordering::Relaxed);
@@ -241,9 +274,16 @@ impl InFlight {
     /// The request's first token arrived: its prefill is done. Later calls do nothing.
     pub fn first_token(&mut self) {
         if std::mem::replace(&mut self.prefilling, false) {
-            self.endpoint
+            let before = self
+                .endpoint
                 .in_flight_prefill
                 .fetch_sub(1, Ordering::Relaxed);
+            if before > 1 {
+                // The engine turns to the next prefill now.
+                self.endpoint
+                    .prefill_head_since_us
+                    .store(now_us(), Ordering::Relaxed);
+            }
             self.endpoint
                 .in_flight_prefill_tokens
                 .fetch_sub(u64::from(self.prefill_tokens), Ordering::Relaxed);
@@ -258,6 +298,15 @@ impl Drop for InFlight {
         self.endpoint
             .in_flight_tokens
             .fetch_sub(self.tokens, Ordering::Relaxed);
+    }
+}
+
+/// How long the head prefill has run at `now`, given the prefills in flight and when the head
+/// started; zero when none is in flight or the start is unknown.
+fn prefill_elapsed(in_flight_prefill: u32, head_since_us: u64, now: Instant) -> Duration {
+    match instant_of(head_since_us) {
+        Some(since) if in_flight_prefill > 0 => now.saturating_duration_since(since),
+        _ => Duration::ZERO,
     }
 }
 
@@ -285,6 +334,8 @@ pub struct EndpointSample {
     pub in_flight_prefill: u32,
     /// Prefill tokens of those requests.
     pub in_flight_prefill_tokens: u64,
+    /// When the oldest of them started ([`now_us`]; meaningful while `in_flight_prefill` > 0).
+    pub prefill_head_since_us: u64,
     /// Requests dispatched since the scrape.
     pub dispatched_since_scrape: u32,
 }
@@ -298,6 +349,7 @@ impl EndpointSample {
             in_flight_tokens: endpoint.in_flight_tokens(),
             in_flight_prefill: endpoint.in_flight_prefill(),
             in_flight_prefill_tokens: endpoint.in_flight_prefill_tokens(),
+            prefill_head_since_us: endpoint.prefill_head_since_us.load(Ordering::Relaxed),
             dispatched_since_scrape: endpoint.dispatched_since_scrape(),
         }
     }
@@ -315,6 +367,11 @@ impl EndpointSample {
             in_flight_tokens: self.in_flight_tokens,
             in_flight_prefill: self.in_flight_prefill,
             in_flight_prefill_tokens: self.in_flight_prefill_tokens,
+            prefill_elapsed: prefill_elapsed(
+                self.in_flight_prefill,
+                self.prefill_head_since_us,
+                now,
+            ),
             dispatched_since_scrape: self.dispatched_since_scrape,
         }
     }
@@ -417,9 +474,12 @@ mod tests {
                 in_flight: 1,
                 in_flight_prefill: 1,
                 in_flight_prefill_tokens: 200,
+                // a's prefill had been under way since a was sent.
+                prefill_elapsed: b.at_dispatch().prefill_elapsed,
                 running: None,
             }
         );
+        assert!(b.at_dispatch().prefill_elapsed <= endpoint.prefill_elapsed());
         assert_eq!(
             (
                 endpoint.in_flight_prefill(),
@@ -427,8 +487,13 @@ mod tests {
             ),
             (2, 700)
         );
+        let before_first_token = Instant::now();
         a.first_token();
         a.first_token();
+        assert!(
+            endpoint.prefill_elapsed() <= before_first_token.elapsed(),
+            "b's prefill starts when a's first token comes"
+        );
         assert_eq!(
             (
                 endpoint.in_flight_prefill(),
@@ -446,6 +511,11 @@ mod tests {
             ),
             (0, 0),
             "no first token: released at the end"
+        );
+        assert_eq!(
+            endpoint.prefill_elapsed(),
+            Duration::ZERO,
+            "no prefill in flight"
         );
         drop(a);
         assert_eq!((endpoint.in_flight(), endpoint.in_flight_tokens()), (0, 0));

@@ -81,6 +81,11 @@ struct Args {
     /// Keep each run's scratch directory (gateway config, process logs).
     #[arg(long)]
     keep_scratch: bool,
+    /// The gateway's log filter (`RUST_LOG` syntax). `warn,access=info` writes a line per request
+    /// (endpoint, TTFT, tokens) to `gateway.log` in the scratch directory; use with
+    /// `--keep-scratch`.
+    #[arg(long, default_value = "warn")]
+    gateway_log: String,
     #[arg(long)]
     disable_tqdm: bool,
 }
@@ -165,6 +170,7 @@ fn plan(args: &Args, name: ScenarioName) -> anyhow::Result<ComparePlan> {
         scrape_interval: Duration::from_millis(args.scrape_interval_ms.max(10)),
         progress: !args.disable_tqdm && std::env::var_os("CI").is_none(),
         keep_scratch: args.keep_scratch,
+        gateway_log: args.gateway_log.clone(),
         scenario,
     })
 }

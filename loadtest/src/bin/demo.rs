@@ -174,6 +174,7 @@ async fn compare(args: &Args) -> anyhow::Result<()> {
         scrape_interval: Duration::from_millis(250),
         progress: std::env::var_os("CI").is_none(),
         keep_scratch: false,
+        gateway_log: "warn".into(),
         scenario,
     };
     let runs = tokio::select! {

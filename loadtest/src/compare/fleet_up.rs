@@ -81,6 +81,8 @@ pub struct StackPlan {
     pub strategy: Option<String>,
     /// Where configs and logs go.
     pub scratch: PathBuf,
+    /// The gateway's `RUST_LOG`.
+    pub gateway_log: String,
 }
 
 impl StackPlan {
@@ -219,7 +221,7 @@ pub async fn start_stack(plan: &StackPlan) -> Result<Stack, StackError> {
         .arg("--config")
         .arg(&config_dir)
         .args(["--admin-addr", ADMIN_ADDR])
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", &plan.gateway_log);
     let gateway_pid = processes.spawn(
         "inference-gateway",
         gateway,
@@ -272,6 +274,7 @@ mod tests {
             gateway_models: vec!["adapter-1".into()],
             strategy: Some("LORA_AFFINITY".into()),
             scratch: dir.path().to_path_buf(),
+            gateway_log: "warn".into(),
         };
         write_config(&plan, dir.path()).unwrap();
         let pool = std::fs::read_to_string(dir.path().join("inference-pool.yaml")).unwrap();

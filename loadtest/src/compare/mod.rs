@@ -78,6 +78,8 @@ pub struct ComparePlan {
     pub progress: bool,
     /// Keep the scratch directories (configs, logs) instead of deleting them.
     pub keep_scratch: bool,
+    /// The gateway's `RUST_LOG` (`warn`; `warn,access=info` logs every request).
+    pub gateway_log: String,
 }
 
 /// CPU seconds each process used during a run, and the run's wall time.
@@ -184,6 +186,7 @@ pub async fn run_route(
             Route::Inference(strategy) => Some(strategy.clone()),
         },
         scratch: scratch.path().to_path_buf(),
+        gateway_log: plan.gateway_log.clone(),
     };
     let mut stack = start_stack(&stack_plan).await?;
     let workload = scenario.workload(plan.size, plan.seed)?;

@@ -40,13 +40,16 @@ use crate::strategy::{
     Candidates, Completion, ConfigError, Inputs, NoEndpoint, Strategy, StrategyStats,
 };
 
+/// Adapters sent to each endpoint, with when they were sent.
+type SentAdapters = HashMap<SocketAddr, Vec<(Arc<str>, Instant)>>;
+
 /// The adapter-affinity strategy.
 #[derive(Debug)]
 pub struct LoraAffinity {
     ranking: CostRanking,
     pending_ttl: Duration,
     /// Adapters this gateway recently sent to each endpoint.
-    pending: Mutex<HashMap<SocketAddr, Vec<(Arc<str>, Instant)>>>,
+    pending: Mutex<SentAdapters>,
 }
 
 impl LoraAffinity {

@@ -607,14 +607,7 @@ mod tests {
     #[test]
     fn prefill_already_under_way_is_counted_down_to_at_least_a_step() {
         let (_ids, mut views) = pool_of(3);
-        with_metrics(
-            &mut views,
-            &[
-                EndpointMetrics::default(),
-                EndpointMetrics::default(),
-                EndpointMetrics::default(),
-            ],
-        );
+        with_metrics(&mut views, &vec![EndpointMetrics::default(); 3]);
         // Each holds one 1000-token prefill (0.2 s at the prior 5000 tokens/s), started 0, 150
         // and 500 ms ago.
         for (view, ms) in views.iter_mut().zip([0, 150, 500]) {

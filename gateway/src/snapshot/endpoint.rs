@@ -44,10 +44,10 @@ impl Default for HealthPolicy {
     }
 }
 
-/// A monotonic clock in milliseconds since the first use, for atomics.
 /// The instant this process first read the endpoint clock; the atomics below count from it.
 static START: LazyLock<Instant> = LazyLock::new(Instant::now);
 
+/// A monotonic clock in milliseconds since [`START`], for atomics.
 fn now_ms() -> u64 {
     START.elapsed().as_millis() as u64 + 1
 }
@@ -216,17 +216,23 @@ impl Endpoint {
     pub fn dispatch(self: &Arc<Self>, tokens: u64, prefill_tokens: u32) -> InFlight {
         let head_since = self.prefill_head_since_us.load(Ordering::Relaxed);
         let prefilling = self.in_flight_prefill.fetch_add(1, Ordering::Relaxed);
+        let now = now_us();
         if prefilling == 0 {
-            self.prefill_head_since_us
-                .store(now_us(), Ordering::Relaxed);
+            self.prefill_head_since_us.store(now, Ordering::Relaxed);
         }
+        // One clock reading for both: the head's age is a difference of two readings.
+        let head_age = if prefilling > 0 && head_since > 0 {
+            Duration::from_micros(now.saturating_sub(head_since))
+        } else {
+            Duration::ZERO
+        };
         let at_dispatch = DispatchedLoad {
             in_flight: self.in_flight.fetch_add(1, Ordering::Relaxed),
             in_flight_prefill: prefilling,
             in_flight_prefill_tokens: self
                 .in_flight_prefill_tokens
                 .fetch_add(u64::from(prefill_tokens), Ordering::Relaxed),
-            prefill_elapsed: prefill_elapsed(prefilling, head_since, Instant::now()),
+            prefill_elapsed: head_age,
             running: self.metrics.load().as_ref().map(|s| s.metrics.running),
         };
         self.in_flight_tokens.fetch_add(tokens, Ordering::Relaxed);

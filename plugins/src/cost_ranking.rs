@@ -297,6 +297,26 @@ impl RankedPool<'_> {
             .collect()
     }
 
+    /// The members of `near` (see [`RankedPool::near_best`]) with the least prefill work ahead:
+    /// a wait less than one engine step above the lowest among them (an endpoint with a prefill
+    /// in flight waits at least a step, so an idle member excludes every busy one). Placement hashes over these, so a
+    /// cold prompt goes to an endpoint that can start on it now rather than to one that is a
+    /// tolerance away from finishing another prefill; when every near-best endpoint is busy it is
+    /// the ones closest to done.
+    pub fn least_waiting(&self, near: &[bool]) -> Vec<bool> {
+        let members = || (0..near.len()).filter(|&i| near[i]);
+        let Some(lowest) = members()
+            .map(|i| self.predictions[i].wait)
+            .min_by(f64::total_cmp)
+        else {
+            return near.to_vec();
+        };
+        let step = self.predictions[self.best()].step;
+        (0..near.len())
+            .map(|i| near[i] && self.predictions[i].wait < lowest + step)
+            .collect()
+    }
+
     /// The near-best endpoint that is cheapest on the wait and the measured terms (the prefill
     /// still ahead of it, KV pressure, the step of its batch and a strategy's own cost), then with
     /// the fewest requests in flight, at random among equals: equally good predictions are
@@ -451,6 +471,38 @@ mod tests {
         let ranked = ranking.rank(&req, &pool).unwrap();
         assert!(ranked.near_best().iter().all(|&near| near));
         assert_eq!(ranked.spread_best(), 1);
+    }
+
+    #[test]
+    fn least_waiting_keeps_the_members_within_a_step_of_the_lowest_wait() {
+        let (_ids, mut views) = pool_of(4);
+        with_metrics(&mut views, &vec![EndpointMetrics::default(); 4]);
+        // Prefill ahead of each endpoint: 100, 102, 400 and 100 tokens; endpoint 3 is not a
+        // member.
+        for (view, tokens) in views.iter_mut().zip([100, 102, 400, 100]) {
+            view.in_flight = 1;
+            view.in_flight_prefill = 1;
+            view.in_flight_prefill_tokens = tokens;
+        }
+        let ranking = ranking();
+        let headers = http::HeaderMap::new();
+        let pool = PoolView {
+            name: "p",
+            endpoints: &views,
+        };
+        let ranked = ranking.rank(&request(&headers), &pool).unwrap();
+        let waits: Vec<f64> = ranked.predictions.iter().map(|p| p.wait).collect();
+        assert!(waits[1] - waits[0] < ranked.predictions[0].step, "{waits:?}");
+        assert!(waits[2] - waits[0] > ranked.predictions[0].step, "{waits:?}");
+        assert_eq!(
+            ranked.least_waiting(&[true, true, true, false]),
+            vec![true, true, false, false]
+        );
+        assert_eq!(
+            ranked.least_waiting(&[false, false, true, false]),
+            vec![false, false, true, false]
+        );
+        assert_eq!(ranked.least_waiting(&[false; 4]), vec![false; 4]);
     }
 
     #[test]

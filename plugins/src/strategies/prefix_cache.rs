@@ -17,7 +17,9 @@
 //!    herding onto it.
 //! 4. **Placement**: otherwise (a cold prompt, a weak match, a loaded sticky endpoint) the prompt
 //!    is placed by rendezvous hashing of its first block over the endpoints whose predictions are
-//!    near the best ([`crate::cost_ranking::RankedPool::is_near_best`]). Every gateway replica that
+//!    near the best ([`crate::cost_ranking::RankedPool::is_near_best`]) and that have the least
+//!    prefill work ahead of it ([`crate::cost_ranking::RankedPool::least_waiting`]: an idle
+//!    endpoint, not one a tolerance away from finishing another prompt). Every gateway replica that
 //!    sees the same state computes the same placement without talking to the others, so the same
 //!    document lands on the same endpoint whichever replica receives it; distinct documents spread
 //!    uniformly.
@@ -120,7 +122,7 @@ impl Strategy for PrefixCache {
                 .hasher
                 .placement_key(request.target_model, prompt);
             ranked
-                .place(key, &ranked.near_best())
+                .place(key, &ranked.least_waiting(&ranked.near_best()))
                 .unwrap_or_else(|| ranked.best())
         });
         Ok(ranked.candidates(first))
@@ -269,6 +271,34 @@ mod tests {
                 a.pick(&req, &pool).unwrap().first(),
                 b.pick(&req, &pool).unwrap().first()
             );
+        }
+    }
+
+    #[test]
+    fn a_cold_prompt_goes_to_an_idle_endpoint_not_one_finishing_a_prefill() {
+        let (_ids, mut views) = pool_of(4);
+        with_metrics(&mut views, &idle(4));
+        // Endpoints 0 to 2 are 50 tokens (10 ms at the prior rate) from finishing a prefill:
+        // near the best for a 1,000-token prompt, but endpoint 3 can start on it at once.
+        for view in &mut views[..3] {
+            view.in_flight = 1;
+            view.in_flight_prefill = 1;
+            view.in_flight_prefill_tokens = 50;
+        }
+        let s = strategy();
+        let headers = http::HeaderMap::new();
+        let pool = PoolView {
+            name: "p",
+            endpoints: &views,
+        };
+        for n in 0..40 {
+            let doc = document(n);
+            let mut req = request(&headers);
+            req.prompt = Some(&doc);
+            req.prompt_tokens = 1000;
+            let ranked = s.ranking.rank(&req, &pool).unwrap();
+            assert_eq!(ranked.near_best(), vec![true; 4], "document {n}");
+            assert_eq!(s.pick(&req, &pool).unwrap().first(), Some(3), "document {n}");
         }
     }
 

@@ -297,35 +297,15 @@ impl RankedPool<'_> {
             .collect()
     }
 
-    /// The members of `near` (see [`RankedPool::near_best`]) with the least prefill work ahead:
-    /// a wait less than one engine step above the lowest among them (an endpoint with a prefill
-    /// in flight waits at least a step, so an idle member excludes every busy one). Placement hashes over these, so a
-    /// cold prompt goes to an endpoint that can start on it now rather than to one that is a
-    /// tolerance away from finishing another prefill; when every near-best endpoint is busy it is
-    /// the ones closest to done.
-    pub fn least_waiting(&self, near: &[bool]) -> Vec<bool> {
-        let members = || (0..near.len()).filter(|&i| near[i]);
-        let Some(lowest) = members()
-            .map(|i| self.predictions[i].wait)
-            .min_by(f64::total_cmp)
-        else {
-            return near.to_vec();
-        };
-        let step = self.predictions[self.best()].step;
-        (0..near.len())
-            .map(|i| near[i] && self.predictions[i].wait < lowest + step)
-            .collect()
-    }
-
-    /// The near-best endpoint that is cheapest on the wait and the measured terms (the prefill
-    /// still ahead of it, KV pressure, the step of its batch and a strategy's own cost), then with
-    /// the fewest requests in flight, at random among equals: equally good predictions are
-    /// spread, not sent to the first endpoint in address order. The request's own prefill is left
-    /// to the tolerance because it differs between endpoints only by their estimated rates; the
-    /// work ahead is the gateway's own count, and KV usage and batch size are read, so they break
-    /// the tie: the endpoint closest to finishing its prefill goes first, and KV usage evens out
-    /// across endpoints.
-    pub fn spread_best(&self) -> usize {
+    /// The near-best endpoints that are cheapest on the wait and the measured terms (the prefill
+    /// still ahead, KV pressure, the step of the batch and a strategy's own cost), then have the
+    /// fewest requests in flight: the equally good choices, as a mask in pool order. The
+    /// request's own prefill is left to the tolerance because it differs between endpoints only
+    /// by their estimated rates; the work ahead is the gateway's own count, and KV usage and batch
+    /// size are read, so they break the tie: the endpoint closest to finishing its prefill goes
+    /// first, and KV usage evens out across endpoints. Usually one endpoint; several when they
+    /// look the same (an idle pool).
+    pub fn spread_tied(&self) -> Vec<bool> {
         let near = self.near_best();
         let key = |i: usize| {
             let p = &self.predictions[i];
@@ -338,8 +318,17 @@ impl RankedPool<'_> {
             .filter(|&i| near[i])
             .map(key)
             .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let tied: Vec<usize> = (0..near.len())
-            .filter(|&i| near[i] && Some(key(i)) == lowest)
+        (0..near.len())
+            .map(|i| near[i] && Some(key(i)) == lowest)
+            .collect()
+    }
+
+    /// One of [`RankedPool::spread_tied`], at random: equally good predictions are spread, not
+    /// sent to the first endpoint in address order.
+    pub fn spread_best(&self) -> usize {
+        let tied: Vec<usize> = (0..self.predictions.len())
+            .zip(self.spread_tied())
+            .filter_map(|(i, tied)| tied.then_some(i))
             .collect();
         match tied.len() {
             0 => self.best(),
@@ -471,38 +460,6 @@ mod tests {
         let ranked = ranking.rank(&req, &pool).unwrap();
         assert!(ranked.near_best().iter().all(|&near| near));
         assert_eq!(ranked.spread_best(), 1);
-    }
-
-    #[test]
-    fn least_waiting_keeps_the_members_within_a_step_of_the_lowest_wait() {
-        let (_ids, mut views) = pool_of(4);
-        with_metrics(&mut views, &vec![EndpointMetrics::default(); 4]);
-        // Prefill ahead of each endpoint: 100, 102, 400 and 100 tokens; endpoint 3 is not a
-        // member.
-        for (view, tokens) in views.iter_mut().zip([100, 102, 400, 100]) {
-            view.in_flight = 1;
-            view.in_flight_prefill = 1;
-            view.in_flight_prefill_tokens = tokens;
-        }
-        let ranking = ranking();
-        let headers = http::HeaderMap::new();
-        let pool = PoolView {
-            name: "p",
-            endpoints: &views,
-        };
-        let ranked = ranking.rank(&request(&headers), &pool).unwrap();
-        let waits: Vec<f64> = ranked.predictions.iter().map(|p| p.wait).collect();
-        assert!(waits[1] - waits[0] < ranked.predictions[0].step, "{waits:?}");
-        assert!(waits[2] - waits[0] > ranked.predictions[0].step, "{waits:?}");
-        assert_eq!(
-            ranked.least_waiting(&[true, true, true, false]),
-            vec![true, true, false, false]
-        );
-        assert_eq!(
-            ranked.least_waiting(&[false, false, true, false]),
-            vec![false, false, true, false]
-        );
-        assert_eq!(ranked.least_waiting(&[false; 4]), vec![false; 4]);
     }
 
     #[test]

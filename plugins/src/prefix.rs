@@ -9,7 +9,10 @@
 //!
 //! [`PrefixIndex`] maps block hashes to endpoints, with a least-recently-used bound per endpoint
 //! sized like the endpoint's KV cache: memory never grows past the bound whatever the traffic, and an
-//! endpoint that leaves the pool is forgotten at once.
+//! endpoint that leaves the pool is forgotten at once. A prompt's blocks are recorded last block
+//! first, so each is more recently used than every block after it and eviction takes tails before
+//! heads: an endpoint's share of any chain is a prefix of it, which is what vLLM keeps too and what
+//! lets a lookup bisect instead of walking every block.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -155,6 +158,11 @@ impl PrefixIndex {
     }
 
     /// For each endpoint of `endpoints`, how many leading blocks of `hashes` it has seen.
+    ///
+    /// What an endpoint holds of one chain of hashes is always a prefix of it ([`PrefixIndex`]),
+    /// so the endpoints holding block *d* include those holding block *d + 1*: the lengths are
+    /// found by bisecting for the depths where that set shrinks, about log₂(blocks) lookups per
+    /// distinct length instead of one per block and holder.
     pub fn match_lengths(&self, hashes: &[u64], endpoints: &[EndpointView<'_>]) -> Vec<usize> {
         let mut lengths = vec![0usize; endpoints.len()];
         if hashes.is_empty() {
@@ -173,21 +181,46 @@ impl PrefixIndex {
         if !tracked {
             return lengths;
         }
-        for (depth, hash) in hashes.iter().enumerate() {
-            let Some(holders) = inner.blocks.get(hash) else {
-                break;
-            };
-            let mut advanced = false;
-            for &(slot, _) in holders {
-                let i = position_of[slot as usize];
-                if i != usize::MAX && lengths[i] == depth {
-                    lengths[i] = depth + 1;
-                    advanced = true;
+        let holders = |depth: usize| -> Vec<usize> {
+            let mut positions: Vec<usize> = inner
+                .blocks
+                .get(&hashes[depth])
+                .into_iter()
+                .flatten()
+                .map(|&(slot, _)| position_of[slot as usize])
+                .filter(|&i| i != usize::MAX)
+                .collect();
+            positions.sort_unstable();
+            positions
+        };
+        let first = holders(0);
+        if first.is_empty() {
+            return lengths;
+        }
+        let last_depth = hashes.len() - 1;
+        let last = holders(last_depth);
+        for &i in &last {
+            lengths[i] = hashes.len();
+        }
+        // Pending ranges (lo, holders at lo, hi, holders at hi), hi > lo, whose holders at hi are
+        // a subset of those at lo.
+        let mut ranges = vec![(0, first, last_depth, last)];
+        while let Some((lo, at_lo, hi, at_hi)) = ranges.pop() {
+            if at_lo.len() == at_hi.len() {
+                continue; // The same endpoints all the way: no length ends inside.
+            }
+            if hi == lo + 1 {
+                for &i in &at_lo {
+                    if at_hi.binary_search(&i).is_err() {
+                        lengths[i] = lo + 1;
+                    }
                 }
+                continue;
             }
-            if !advanced {
-                break;
-            }
+            let mid = lo + (hi - lo) / 2;
+            let at_mid = holders(mid);
+            ranges.push((lo, at_lo, mid, at_mid.clone()));
+            ranges.push((mid, at_mid, hi, at_hi));
         }
         lengths
     }
@@ -226,7 +259,10 @@ impl PrefixIndex {
         if let Some(capacity) = capacity {
             blocks.capacity = capacity.max(1);
         }
-        for &hash in hashes {
+        // Newest tick to the first block: eviction takes a prompt's tail first, so what an
+        // endpoint holds of a chain is always a prefix of it (vLLM also frees a request's blocks
+        // tail first).
+        for &hash in hashes.iter().rev() {
             inner.tick += 1;
             let tick = inner.tick;
             let holders = inner.blocks.entry(hash).or_default();
@@ -385,16 +421,28 @@ mod tests {
     }
 
     #[test]
-    fn least_recently_used_blocks_go_first() {
+    fn least_recently_used_blocks_go_first_tails_before_heads() {
+        let (ids, views) = pool_of(1);
+        let index = PrefixIndex::new(4);
+        index.record(&ids[0], &[1, 2, 3], None);
+        index.record(&ids[0], &[7], None);
+        index.record(&ids[0], &[1], None); // 1 is now the most recent
+        index.record(&ids[0], &[4], None); // evicts 3: the tail of the least recent prompt
+        assert_eq!(index.match_lengths(&[1, 2, 3], &views), vec![2]);
+        index.record(&ids[0], &[5], None); // then 2, its tail now
+        assert_eq!(index.match_lengths(&[1, 2, 3], &views), vec![1]);
+        index.record(&ids[0], &[6], None); // then 7, older than 1
+        assert_eq!(index.match_lengths(&[7], &views), vec![0]);
+        assert_eq!(index.match_lengths(&[1], &views), vec![1]);
+        assert_eq!(index.endpoint_usage(&ids[0]), Some((4, 4)));
+    }
+
+    #[test]
+    fn a_prompt_longer_than_the_capacity_keeps_its_head() {
         let (ids, views) = pool_of(1);
         let index = PrefixIndex::new(3);
-        index.record(&ids[0], &[1, 2, 3], None);
-        index.record(&ids[0], &[1], None); // 1 is now the most recent
-        index.record(&ids[0], &[4], None); // evicts 2, the least recent
-        assert_eq!(index.match_lengths(&[1], &views), vec![1]);
-        assert_eq!(index.match_lengths(&[2], &views), vec![0]);
-        assert_eq!(index.match_lengths(&[3], &views), vec![1]);
-        assert_eq!(index.endpoint_usage(&ids[0]), Some((3, 3)));
+        index.record(&ids[0], &[1, 2, 3, 4, 5], None);
+        assert_eq!(index.match_lengths(&[1, 2, 3, 4, 5], &views), vec![3]);
     }
 
     #[test]
@@ -417,7 +465,57 @@ mod tests {
         }
     }
 
+    /// The walk [`PrefixIndex::match_lengths`] bisects: block by block while any endpoint
+    /// advances.
+    fn walked_lengths(index: &PrefixIndex, hashes: &[u64], ids: &[EndpointId]) -> Vec<usize> {
+        let held = |depth: usize, id: &EndpointId| {
+            let inner = index.inner.lock();
+            let slot = inner.slots.get(&id.address()).copied();
+            slot.is_some_and(|slot| {
+                inner.blocks.get(&hashes[depth]).is_some_and(|holders| {
+                    holders.iter().any(|&(s, _)| s as usize == slot)
+                })
+            })
+        };
+        ids.iter()
+            .map(|id| (0..hashes.len()).take_while(|&d| held(d, id)).count())
+            .collect()
+    }
+
     proptest! {
+        /// Prompts drawn from a few shared openings (so chains overlap), recorded on random
+        /// endpoints with small capacities (so eviction runs): bisection finds what a walk finds,
+        /// and every endpoint holds a prefix of every chain.
+        #[test]
+        fn bisected_lengths_equal_walked_lengths(
+            prompts in proptest::collection::vec((0usize..5, 0u8..3, 0usize..6, 0usize..40), 1..60),
+            query in (0u8..3, 0usize..6, 0usize..40),
+        ) {
+            let (ids, views) = pool_of(5);
+            let index = PrefixIndex::new(30);
+            let hasher = PrefixHasher { block_bytes: 1, max_blocks: 64 };
+            let text = |opening: u8, shared: usize, tail: usize| {
+                let mut text = vec![b'a' + opening; shared];
+                text.extend((0..tail).map(|i| b'0' + (i % 10) as u8 + (shared % 3) as u8));
+                String::from_utf8(text).unwrap()
+            };
+            for (endpoint, opening, shared, tail) in prompts {
+                let capacity = if endpoint == 4 { Some(8) } else { None };
+                index.record(&ids[endpoint], &hasher.hashes("m", &text(opening, shared * 4, tail)), capacity);
+            }
+            let hashes = hasher.hashes("m", &text(query.0, query.1 * 4, query.2));
+            let lengths = index.match_lengths(&hashes, &views);
+            prop_assert_eq!(&lengths, &walked_lengths(&index, &hashes, &ids));
+            for (id, &length) in ids.iter().zip(&lengths) {
+                for depth in length..hashes.len() {
+                    let inner = index.inner.lock();
+                    let slot = inner.slots.get(&id.address()).copied();
+                    let held = slot.is_some_and(|slot| inner.blocks.get(&hashes[depth]).is_some_and(|h| h.iter().any(|&(s, _)| s as usize == slot)));
+                    prop_assert!(!held, "block {} held past a gap at {}", depth, length);
+                }
+            }
+        }
+
         #[test]
         fn memory_stays_within_bounds(
             ops in proptest::collection::vec((0usize..4, proptest::collection::vec(0u64..64, 0..40), proptest::option::of(1usize..20)), 1..200),

@@ -16,13 +16,15 @@
 //!    behind one shared system prompt spread once their group's endpoint has a queue, instead of
 //!    herding onto it.
 //! 4. **Placement**: otherwise (a cold prompt, a weak match, a loaded sticky endpoint) the prompt
-//!    is placed by rendezvous hashing of its first block over the endpoints whose predictions are
-//!    near the best ([`crate::cost_ranking::RankedPool::is_near_best`]) and that have the least
-//!    prefill work ahead of it ([`crate::cost_ranking::RankedPool::least_waiting`]: an idle
-//!    endpoint, not one a tolerance away from finishing another prompt). Every gateway replica that
-//!    sees the same state computes the same placement without talking to the others, so the same
-//!    document lands on the same endpoint whichever replica receives it; distinct documents spread
-//!    uniformly.
+//!    goes where DEFAULT would send it, the near-best endpoint cheapest on the work ahead and the
+//!    measured load ([`crate::cost_ranking::RankedPool::spread_tied`]), except that equals are
+//!    told apart by rendezvous hashing of the prompt's first block instead of at random. Every
+//!    gateway replica that sees the same state computes the same placement without talking to the
+//!    others, so in a quiet pool the same document lands on the same endpoint whichever replica
+//!    receives it, and distinct documents spread uniformly; under load the least loaded endpoint
+//!    takes it (hashing over a wider window of "good enough" endpoints was measured: it ignores
+//!    the load differences inside the window, and on identical requests TTFT p90 rose 7–22% over
+//!    round-robin's).
 //! 5. The rest of the pool follows by prediction, for failover.
 //!
 //! After dispatch the prompt's blocks are recorded for the chosen endpoint in the index, whose
@@ -122,7 +124,7 @@ impl Strategy for PrefixCache {
                 .hasher
                 .placement_key(request.target_model, prompt);
             ranked
-                .place(key, &ranked.least_waiting(&ranked.near_best()))
+                .place(key, &ranked.spread_tied())
                 .unwrap_or_else(|| ranked.best())
         });
         Ok(ranked.candidates(first))
@@ -299,6 +301,29 @@ mod tests {
             let ranked = s.ranking.rank(&req, &pool).unwrap();
             assert_eq!(ranked.near_best(), vec![true; 4], "document {n}");
             assert_eq!(s.pick(&req, &pool).unwrap().first(), Some(3), "document {n}");
+        }
+    }
+
+    #[test]
+    fn a_cold_prompt_goes_to_the_least_loaded_of_equally_idle_endpoints() {
+        let (_ids, mut views) = pool_of(3);
+        let metrics = [0.32, 0.30, 0.31].map(|kv_usage| EndpointMetrics {
+            kv_usage,
+            running: 10,
+            ..Default::default()
+        });
+        with_metrics(&mut views, &metrics);
+        let s = strategy();
+        let headers = http::HeaderMap::new();
+        let pool = PoolView {
+            name: "p",
+            endpoints: &views,
+        };
+        for n in 0..40 {
+            let doc = document(n);
+            let mut req = request(&headers);
+            req.prompt = Some(&doc);
+            assert_eq!(s.pick(&req, &pool).unwrap().first(), Some(1), "document {n}");
         }
     }
 

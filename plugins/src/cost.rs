@@ -60,7 +60,6 @@
 //! | `kv-pressure-ms` | 150 | λ of the KV term, SGLang's value |
 //! | `learning-samples` | 64 | Memory of the learned rates: older samples decay by 1/64 per new one, so the model follows a changing endpoint within a minute at tens of requests per second |
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -263,7 +262,9 @@ struct EndpointSums {
 
 #[derive(Debug, Default)]
 struct State {
-    endpoints: HashMap<SocketAddr, EndpointSums>,
+    /// Keyed by address with foldhash: read once per endpoint on every pick, and addresses come
+    /// from the pool's own objects, not from clients.
+    endpoints: foldhash::HashMap<SocketAddr, EndpointSums>,
     pool: EndpointSums,
     /// Decayed mean of prefill tokens per request: (samples, tokens).
     prefill_per_request: (f64, f64),

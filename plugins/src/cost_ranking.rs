@@ -353,9 +353,16 @@ impl RankedPool<'_> {
     /// `first`, then every other endpoint by predicted cost (random among equals), with each
     /// endpoint's prefill estimate for the gateway's in-flight accounting.
     pub fn candidates(&self, first: usize) -> Candidates {
-        let mut order: Vec<usize> = (0..self.predictions.len()).collect();
+        // Keys computed once (fresh first, then predicted TTFT), not per comparison.
+        let mut order: Vec<(bool, f64, usize)> = self
+            .predictions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.stale, p.ttft(), i))
+            .collect();
         fastrand::shuffle(&mut order);
-        order.sort_by(|&a, &b| self.predictions[a].cmp_cost(&self.predictions[b]));
+        order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let mut order: Vec<usize> = order.into_iter().map(|(_, _, i)| i).collect();
         if let Some(position) = order.iter().position(|&i| i == first) {
             order[..=position].rotate_right(1);
         }

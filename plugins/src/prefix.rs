@@ -119,7 +119,9 @@ struct EndpointBlocks {
 #[derive(Debug, Default)]
 struct Inner {
     tick: u64,
-    slots: HashMap<SocketAddr, usize>,
+    /// Endpoint address -> slot (foldhash: looked up per endpoint on every pick; addresses come
+    /// from the pool, not from clients).
+    slots: foldhash::HashMap<SocketAddr, usize>,
     endpoints: Vec<Option<EndpointBlocks>>,
     /// Block hash -> (endpoint slot, tick of its latest use there).
     blocks: BlockMap<Vec<(u32, u64)>>,

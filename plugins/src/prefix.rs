@@ -467,20 +467,23 @@ mod tests {
         }
     }
 
+    /// Whether `index` has `hash` for endpoint `id`.
+    fn holds(index: &PrefixIndex, id: &EndpointId, hash: u64) -> bool {
+        let inner = index.inner.lock();
+        let slot = inner.slots.get(&id.address()).copied();
+        slot.is_some_and(|slot| {
+            inner
+                .blocks
+                .get(&hash)
+                .is_some_and(|holders| holders.iter().any(|&(s, _)| s as usize == slot))
+        })
+    }
+
     /// The walk [`PrefixIndex::match_lengths`] bisects: block by block while any endpoint
     /// advances.
     fn walked_lengths(index: &PrefixIndex, hashes: &[u64], ids: &[EndpointId]) -> Vec<usize> {
-        let held = |depth: usize, id: &EndpointId| {
-            let inner = index.inner.lock();
-            let slot = inner.slots.get(&id.address()).copied();
-            slot.is_some_and(|slot| {
-                inner.blocks.get(&hashes[depth]).is_some_and(|holders| {
-                    holders.iter().any(|&(s, _)| s as usize == slot)
-                })
-            })
-        };
         ids.iter()
-            .map(|id| (0..hashes.len()).take_while(|&d| held(d, id)).count())
+            .map(|id| hashes.iter().take_while(|&&h| holds(index, id, h)).count())
             .collect()
     }
 
@@ -509,11 +512,8 @@ mod tests {
             let lengths = index.match_lengths(&hashes, &views);
             prop_assert_eq!(&lengths, &walked_lengths(&index, &hashes, &ids));
             for (id, &length) in ids.iter().zip(&lengths) {
-                for depth in length..hashes.len() {
-                    let inner = index.inner.lock();
-                    let slot = inner.slots.get(&id.address()).copied();
-                    let held = slot.is_some_and(|slot| inner.blocks.get(&hashes[depth]).is_some_and(|h| h.iter().any(|&(s, _)| s as usize == slot)));
-                    prop_assert!(!held, "block {} held past a gap at {}", depth, length);
+                for (depth, &hash) in hashes.iter().enumerate().skip(length) {
+                    prop_assert!(!holds(&index, id, hash), "block {} held past a gap at {}", depth, length);
                 }
             }
         }

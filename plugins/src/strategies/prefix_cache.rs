@@ -300,7 +300,11 @@ mod tests {
             req.prompt_tokens = 1000;
             let ranked = s.ranking.rank(&req, &pool).unwrap();
             assert_eq!(ranked.near_best(), vec![true; 4], "document {n}");
-            assert_eq!(s.pick(&req, &pool).unwrap().first(), Some(3), "document {n}");
+            assert_eq!(
+                s.pick(&req, &pool).unwrap().first(),
+                Some(3),
+                "document {n}"
+            );
         }
     }
 
@@ -323,7 +327,11 @@ mod tests {
             let doc = document(n);
             let mut req = request(&headers);
             req.prompt = Some(&doc);
-            assert_eq!(s.pick(&req, &pool).unwrap().first(), Some(1), "document {n}");
+            assert_eq!(
+                s.pick(&req, &pool).unwrap().first(),
+                Some(1),
+                "document {n}"
+            );
         }
     }
 

@@ -209,11 +209,13 @@ impl Scenario {
             ScenarioName::MultiTurn => Scenario {
                 name,
                 title: "Multi-turn chat sessions",
-                rationale: "60 chat sessions of 6 turns: a 1,000-token system prompt shared by \
+                rationale: "240 chat sessions of 6 turns: a 1,000-token system prompt shared by \
                     all, 150-token user messages and 150-token answers, so turn 6 sends about \
                     2,700 tokens of which all but the last question were computed by the \
                     previous turn. 40 requests in flight at most (closed loop). A session's \
-                    history is cached only where its previous turn ran.",
+                    history is cached only where its previous turn ran. 1,440 requests: with \
+                    60 sessions (360 requests) round-robin's own runs differed by 30% at p50, \
+                    too much to judge a router by.",
                 sending: Sending {
                     backend: Backend::OpenaiChat,
                     style: BodyStyle::Current,
@@ -233,7 +235,7 @@ impl Scenario {
                 default_profiles: Vec::new(),
                 sweep_rates: Vec::new(),
                 default_time_scale: 2.0,
-                default_size: 60,
+                default_size: 240,
                 size_meaning: "sessions (6 turns each)",
             },
             ScenarioName::Lora => Scenario {

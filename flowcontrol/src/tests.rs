@@ -19,6 +19,23 @@ fn admission(priority: i32, flow: &str, cost: u64) -> Admission {
     }
 }
 
+fn limits(requests: usize, bytes: u64) -> Limits {
+    Limits { requests, bytes }
+}
+
+/// Push, expecting a rejection; the value comes back with it.
+fn rejected(queue: &mut FlowQueue<u32>, admission: Admission, value: u32) -> Rejection {
+    let (rejection, back) = queue.push(admission, value).err().expect("rejected");
+    assert_eq!(back, value);
+    rejection
+}
+
+/// Push, expecting room; the values of the requests displaced for it.
+fn displaced_by(queue: &mut FlowQueue<u32>, admission: Admission, value: u32) -> Vec<u32> {
+    let pushed = queue.push(admission, value).expect("queued");
+    pushed.displaced.into_iter().map(|d| d.value).collect()
+}
+
 fn drain(queue: &mut FlowQueue<u32>) -> Vec<u32> {
     std::iter::from_fn(|| queue.pop().map(|d| d.value)).collect()
 }
@@ -109,16 +126,12 @@ fn removed_requests_never_leave_by_pop() {
 
 #[test]
 fn a_full_band_rejects_its_own_arrivals() {
-    let band = Limits {
-        requests: 2,
-        bytes: 1_000,
-    };
-    let mut q = FlowQueue::new(ROOMY, band);
+    let mut q = FlowQueue::new(ROOMY, limits(2, 1_000));
     q.push(admission(0, "f", 1), 1).unwrap();
     q.push(admission(0, "f", 1), 2).unwrap();
     assert_eq!(
-        q.push(admission(0, "f", 1), 3).err(),
-        Some((Rejection::BandFull, 3))
+        rejected(&mut q, admission(0, "f", 1), 3),
+        Rejection::BandFull
     );
     // Another band has its own room.
     q.push(admission(1, "f", 1), 4).unwrap();
@@ -126,51 +139,29 @@ fn a_full_band_rejects_its_own_arrivals() {
         bytes: 1_001,
         ..admission(2, "f", 1)
     };
-    assert_eq!(q.push(big, 5).err(), Some((Rejection::BandFull, 5)));
+    assert_eq!(rejected(&mut q, big, 5), Rejection::BandFull);
 }
 
 #[test]
 fn a_full_queue_displaces_the_newest_of_the_lowest_band() {
-    let total = Limits {
-        requests: 3,
-        bytes: 10_000,
-    };
-    let mut q = FlowQueue::new(total, ROOMY);
+    let mut q = FlowQueue::new(limits(3, 10_000), ROOMY);
     q.push(admission(-1, "batch", 1), 1).unwrap();
     q.push(admission(-1, "batch", 1), 2).unwrap();
     q.push(admission(0, "chat", 1), 3).unwrap();
     // Same priority as the lowest band: nothing below it to displace.
-    assert_eq!(
-        q.push(admission(-1, "batch", 1), 4).err(),
-        Some((Rejection::QueueFull, 4))
-    );
-    let pushed = q.push(admission(1, "vip", 1), 5).unwrap();
-    let displaced: Vec<u32> = pushed.displaced.into_iter().map(|d| d.value).collect();
-    assert_eq!(displaced, [2]);
-    let pushed = q.push(admission(0, "chat", 1), 6).unwrap();
-    assert_eq!(
-        pushed
-            .displaced
-            .into_iter()
-            .map(|d| d.value)
-            .collect::<Vec<_>>(),
-        [1]
-    );
+    let same = admission(-1, "batch", 1);
+    assert_eq!(rejected(&mut q, same, 4), Rejection::QueueFull);
+    assert_eq!(displaced_by(&mut q, admission(1, "vip", 1), 5), [2]);
+    assert_eq!(displaced_by(&mut q, admission(0, "chat", 1), 6), [1]);
     // Only equal or higher bands remain below a priority-0 arrival: full.
-    assert_eq!(
-        q.push(admission(0, "chat", 1), 7).err(),
-        Some((Rejection::QueueFull, 7))
-    );
+    let chat = admission(0, "chat", 1);
+    assert_eq!(rejected(&mut q, chat, 7), Rejection::QueueFull);
     assert_eq!(drain(&mut q), [5, 3, 6]);
 }
 
 #[test]
 fn byte_bounds_displace_as_many_as_needed() {
-    let total = Limits {
-        requests: 100,
-        bytes: 300,
-    };
-    let mut q = FlowQueue::new(total, ROOMY);
+    let mut q = FlowQueue::new(limits(100, 300), ROOMY);
     for i in 0..3 {
         q.push(admission(-1, "batch", 1), i).unwrap();
     }
@@ -178,15 +169,7 @@ fn byte_bounds_displace_as_many_as_needed() {
         bytes: 200,
         ..admission(0, "chat", 1)
     };
-    let pushed = q.push(big, 9).unwrap();
-    assert_eq!(
-        pushed
-            .displaced
-            .into_iter()
-            .map(|d| d.value)
-            .collect::<Vec<_>>(),
-        [2, 1]
-    );
+    assert_eq!(displaced_by(&mut q, big, 9), [2, 1]);
     assert_eq!((q.len(), q.bytes()), (2, 300));
 }
 
@@ -216,8 +199,7 @@ proptest! {
     /// flow leaves in arrival order.
     #[test]
     fn every_request_is_accounted_for(ops in proptest::collection::vec(op(), 1..300)) {
-        let total = Limits { requests: 20, bytes: 2_000 };
-        let band = Limits { requests: 12, bytes: 1_500 };
+        let (total, band) = (limits(20, 2_000), limits(12, 1_500));
         let mut q: FlowQueue<u32> = FlowQueue::new(total, band);
         let mut queued: BTreeMap<u32, (Ticket, i32, u8, u64)> = BTreeMap::new();
         let mut next = 0u32;

@@ -276,6 +276,24 @@ mod tests {
         }
     }
 
+    /// The first candidate for each of 40 documents no endpoint has seen, of `prompt_tokens`.
+    fn cold_picks(s: &PrefixCache, views: &[EndpointView<'_>], prompt_tokens: u32) -> Vec<usize> {
+        let headers = http::HeaderMap::new();
+        let pool = PoolView {
+            name: "p",
+            endpoints: views,
+        };
+        (0..40)
+            .map(|n| {
+                let doc = document(n);
+                let mut req = request(&headers);
+                req.prompt = Some(&doc);
+                req.prompt_tokens = prompt_tokens;
+                s.pick(&req, &pool).unwrap().first().unwrap()
+            })
+            .collect()
+    }
+
     #[test]
     fn a_cold_prompt_goes_to_an_idle_endpoint_not_one_finishing_a_prefill() {
         let (_ids, mut views) = pool_of(4);
@@ -289,23 +307,16 @@ mod tests {
         }
         let s = strategy();
         let headers = http::HeaderMap::new();
+        let doc = document(0);
+        let mut req = request(&headers);
+        req.prompt = Some(&doc);
+        req.prompt_tokens = 1000;
         let pool = PoolView {
             name: "p",
             endpoints: &views,
         };
-        for n in 0..40 {
-            let doc = document(n);
-            let mut req = request(&headers);
-            req.prompt = Some(&doc);
-            req.prompt_tokens = 1000;
-            let ranked = s.ranking.rank(&req, &pool).unwrap();
-            assert_eq!(ranked.near_best(), vec![true; 4], "document {n}");
-            assert_eq!(
-                s.pick(&req, &pool).unwrap().first(),
-                Some(3),
-                "document {n}"
-            );
-        }
+        assert_eq!(s.ranking.rank(&req, &pool).unwrap().near_best(), [true; 4]);
+        assert_eq!(cold_picks(&s, &views, 1000), [3; 40]);
     }
 
     #[test]
@@ -317,22 +328,7 @@ mod tests {
             ..Default::default()
         });
         with_metrics(&mut views, &metrics);
-        let s = strategy();
-        let headers = http::HeaderMap::new();
-        let pool = PoolView {
-            name: "p",
-            endpoints: &views,
-        };
-        for n in 0..40 {
-            let doc = document(n);
-            let mut req = request(&headers);
-            req.prompt = Some(&doc);
-            assert_eq!(
-                s.pick(&req, &pool).unwrap().first(),
-                Some(1),
-                "document {n}"
-            );
-        }
+        assert_eq!(cold_picks(&strategy(), &views, 10), [1; 40]);
     }
 
     #[test]

@@ -25,7 +25,7 @@ fn limits(requests: usize, bytes: u64) -> Limits {
 
 /// Push, expecting a rejection; the value comes back with it.
 fn rejected(queue: &mut FlowQueue<u32>, admission: Admission, value: u32) -> Rejection {
-    let (rejection, back) = queue.push(admission, value).err().expect("rejected");
+    let (rejection, back) = queue.push(admission, value).expect_err("rejected");
     assert_eq!(back, value);
     rejection
 }

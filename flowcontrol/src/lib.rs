@@ -219,6 +219,12 @@ impl<T> FlowQueue<T> {
         }
     }
 
+    /// New bounds, for arrivals from now on; requests already queued stay, even beyond them.
+    pub fn set_limits(&mut self, queue_limits: Limits, band_limits: Limits) {
+        self.queue_limits = queue_limits;
+        self.band_limits = band_limits;
+    }
+
     /// Requests queued.
     pub fn len(&self) -> usize {
         self.requests

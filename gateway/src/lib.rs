@@ -11,6 +11,7 @@ pub mod config;
 pub mod drain;
 pub mod engine;
 pub mod epp_server;
+pub mod flow;
 pub mod generated;
 pub mod headers;
 pub mod kubernetes;

@@ -101,6 +101,16 @@ impl<'a> Params<'a> {
         }
     }
 
+    /// `true` or `false`, `default` when absent.
+    pub fn bool(&mut self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(key).map(|text| (text, text.trim())) {
+            None => Ok(default),
+            Some((_, "true")) => Ok(true),
+            Some((_, "false")) => Ok(false),
+            Some((text, _)) => Err(ConfigError::new(key, text, "must be true or false")),
+        }
+    }
+
     /// A duration in milliseconds within `range` (milliseconds), `default` when absent.
     pub fn millis(
         &mut self,
@@ -114,7 +124,7 @@ impl<'a> Params<'a> {
             .map(|ms| Duration::from_millis(ms as u64))
     }
 
-    /// Reject parameters that no `f64`/`usize`/`millis` call asked for.
+    /// Reject parameters that no accessor asked for.
     pub fn finish(self) -> Result<(), ConfigError> {
         match self
             .config
@@ -169,6 +179,15 @@ mod tests {
         assert_eq!(p.string("h", "d"), Ok("x-session".into()));
         assert_eq!(p.string("missing", "d"), Ok("d".into()));
         assert_eq!(p.string("e", "d").unwrap_err().reason, "must not be empty");
+        let c = config(&[("on", "true"), ("off", " false "), ("maybe", "yes")]);
+        let mut p = Params::new("S", &c);
+        assert_eq!(p.bool("on", false), Ok(true));
+        assert_eq!(p.bool("off", true), Ok(false));
+        assert_eq!(p.bool("absent", true), Ok(true));
+        assert_eq!(
+            p.bool("maybe", true),
+            Err(ConfigError::new("maybe", "yes", "must be true or false"))
+        );
         let c = config(&[("w", "9")]);
         assert_eq!(
             Params::new("S", &c).f64("w", 0.0, 0.0..=2.0),

@@ -27,6 +27,7 @@ use crate::config::ObjectKey;
 use crate::headers::{self, ClientHints};
 use crate::proxy::decide::{Forward, Head, Step, Upstreams, pool};
 use crate::proxy::error::ClientError;
+use crate::proxy::queue::{self, Turn};
 use crate::state::GatewayState;
 
 /// How many endpoints an answer names: the destination and a fallback list of two.
@@ -134,7 +135,26 @@ impl Picker for GatewayPicker {
             request_id: &parts.request_id,
             hints: &parts.hints,
         };
-        let decision = pool::decide_builtin(pool, &head, request.body.clone());
+        let mut decision = pool::decide_builtin(pool, &head, request.body.clone());
+        if let Step::Queue(waiting) = decision.step {
+            // The pool is saturated: wait in its queue like a proxied request. The stream's end
+            // drops this future, which takes the request out of the queue.
+            let fairness_id = parts.hints.fairness_id.as_deref();
+            let turn = queue::wait_turn(
+                &self.state,
+                waiting,
+                fairness_id,
+                None,
+                std::future::pending(),
+            );
+            decision = match turn.await {
+                Turn::Admitted { info, body, admit } => {
+                    pool::pick_admitted(*info, &head, body, admit)
+                }
+                Turn::Refused(_, error) => return Err(refusal(&error)),
+                Turn::ClientGone(_) => return Err(refusal(&ClientError::NoEndpointToTry)),
+            };
+        }
         if let Some(info) = &decision.inference {
             // Only the pick's duration: the running-requests gauge needs the request's end,
             // which a picker does not see.
@@ -185,6 +205,9 @@ impl Picker for GatewayPicker {
                         .endpoint
                         .dispatch(candidate.tokens, candidate.prefill_tokens),
                 );
+            }
+            if held.is_some() {
+                dispatch.dispatched();
             }
             destinations.push(address);
             if destinations.len() == DESTINATIONS {

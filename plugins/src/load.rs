@@ -158,10 +158,76 @@ pub fn pool_saturation(pool: &PoolView<'_>, config: &LoadConfig) -> f64 {
     total / pool.len() as f64
 }
 
+/// Requests the pool can take before every endpoint is saturated, for flow control: per
+/// endpoint, the queue threshold less the larger of the requests this gateway sent there that
+/// await their first token (exact, never stale) and its scraped queue plus what was sent since
+/// the scrape; nothing on an endpoint at or over the KV threshold. An endpoint whose metrics are
+/// missing or stale is judged by the gateway's own count alone, so a scrape that stopped slows
+/// nothing down by itself. An empty pool has no room.
+pub fn free_slots(pool: &PoolView<'_>, config: &LoadConfig) -> f64 {
+    pool.endpoints
+        .iter()
+        .map(|view| {
+            let awaiting = f64::from(view.in_flight_prefill);
+            let load = Load::of(view, config);
+            let (queue, kv) = if load.fresh {
+                (load.queue.max(awaiting), load.kv)
+            } else {
+                (awaiting, 0.0)
+            };
+            if kv >= config.kv_threshold {
+                0.0
+            } else {
+                (config.queue_threshold - queue).max(0.0)
+            }
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::endpoint::{EndpointId, EndpointMetrics};
+
+    #[test]
+    fn free_slots_take_the_larger_of_the_gateways_count_and_the_scrape() {
+        let ids: Vec<EndpointId> = (1..=4)
+            .map(|i| EndpointId::new(format!("10.0.0.{i}:8000").parse().unwrap(), "e"))
+            .collect();
+        let scraped = |waiting, kv_usage| EndpointMetrics {
+            waiting,
+            kv_usage,
+            ..Default::default()
+        };
+        let metrics = [
+            scraped(1, 0.3),
+            scraped(0, 0.3),
+            scraped(0, 0.85),
+            scraped(9, 0.1),
+        ];
+        let mut views: Vec<EndpointView<'_>> = ids
+            .iter()
+            .zip(&metrics)
+            .map(|(id, m)| view(id, Some(m), 10, 0))
+            .collect();
+        // 0: scrape 1 + 1 sent since, 3 awaiting a first token: 5 - 3 = 2 free.
+        views[0].dispatched_since_scrape = 1;
+        views[0].in_flight_prefill = 3;
+        // 1: stale metrics, 4 awaiting: judged by the gateway's count, 1 free.
+        views[1].metrics_age = Some(Duration::from_secs(5));
+        views[1].in_flight_prefill = 4;
+        // 2: KV cache over the threshold: none. 3: a scraped queue of 9: none.
+        let pool = PoolView {
+            name: "p",
+            endpoints: &views,
+        };
+        assert_eq!(free_slots(&pool, &LoadConfig::default()), 3.0);
+        let empty = PoolView {
+            name: "p",
+            endpoints: &[],
+        };
+        assert_eq!(free_slots(&empty, &LoadConfig::default()), 0.0);
+    }
 
     fn view<'a>(
         id: &'a EndpointId,

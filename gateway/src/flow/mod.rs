@@ -104,6 +104,8 @@ struct Waiter {
 #[derive(Debug)]
 pub struct PoolQueue {
     queue: Mutex<FlowQueue<Waiter>>,
+    /// The queue's length, readable without the lock (every request to the pool asks).
+    waiting: AtomicUsize,
     /// Released requests not yet dispatched.
     released: AtomicUsize,
     wake: Notify,
@@ -123,6 +125,7 @@ impl PoolQueue {
     pub fn new(settings: &FlowSettings) -> Arc<Self> {
         Arc::new(Self {
             queue: Mutex::new(FlowQueue::new(settings.queue, settings.band)),
+            waiting: AtomicUsize::new(0),
             released: AtomicUsize::new(0),
             wake: Notify::new(),
             dispatching: AtomicBool::new(false),
@@ -136,7 +139,15 @@ impl PoolQueue {
 
     /// Requests waiting.
     pub fn len(&self) -> usize {
-        self.queue.lock().len()
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Run `f` on the queue under its lock, keeping the lock-free length up to date.
+    fn with_queue<R>(&self, f: impl FnOnce(&mut FlowQueue<Waiter>) -> R) -> R {
+        let mut queue = self.queue.lock();
+        let result = f(&mut queue);
+        self.waiting.store(queue.len(), Ordering::Relaxed);
+        result
     }
 
     /// Whether nothing waits.
@@ -169,9 +180,7 @@ impl PoolQueue {
         let (turn, receiver) = oneshot::channel();
         let waiter = Waiter { turn };
         let pushed = self
-            .queue
-            .lock()
-            .push(admission, waiter)
+            .with_queue(|queue| queue.push(admission, waiter))
             .map_err(|(rejection, _)| Refusal::Rejected(rejection))?;
         for displaced in pushed.displaced {
             let _ = displaced.value.turn.send(Err(Refusal::Displaced));
@@ -221,14 +230,14 @@ impl PoolQueue {
             match room(self.released()) {
                 Room::Full => return,
                 Room::Gone => {
-                    while let Some(departure) = self.queue.lock().pop() {
+                    while let Some(departure) = self.with_queue(FlowQueue::pop) {
                         let _ = departure.value.turn.send(Err(Refusal::PoolGone));
                     }
                     return;
                 }
                 Room::Free => {}
             }
-            let Some(departure) = self.queue.lock().pop() else {
+            let Some(departure) = self.with_queue(FlowQueue::pop) else {
                 return;
             };
             self.released.fetch_add(1, Ordering::Relaxed);
@@ -259,7 +268,12 @@ impl Queued {
             },
             () = tokio::time::sleep(ttl) => Waited::Refused(Refusal::Expired),
         };
-        if self.queue.queue.lock().remove(self.ticket).is_some() {
+        let ticket = self.ticket;
+        if self
+            .queue
+            .with_queue(|queue| queue.remove(ticket))
+            .is_some()
+        {
             return outcome;
         }
         // Released (or displaced) while the timer or the client fired: take what was sent, so an
@@ -269,6 +283,15 @@ impl Queued {
             Ok(Err(refusal)) => Waited::Refused(refusal),
             _ => outcome,
         }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        // A wait abandoned midway (its future dropped: the connection or stream went away)
+        // leaves the queue here; after `wait` this finds nothing.
+        let ticket = self.ticket;
+        self.queue.with_queue(|queue| queue.remove(ticket));
     }
 }
 

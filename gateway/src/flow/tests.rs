@@ -182,3 +182,15 @@ async fn the_dispatcher_stops_when_the_queue_empties_and_restarts() {
         assert!(!queue.dispatching.load(Ordering::Acquire), "round {round}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_wait_leaves_the_queue() {
+    let queue = PoolQueue::new(&FlowSettings::default());
+    let waiting = queue.enqueue(admission(0, "a")).unwrap();
+    let _other = queue.enqueue(admission(0, "a")).unwrap();
+    let task = tokio::spawn(waiting.wait(FOREVER, std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    task.abort();
+    let _ = task.await;
+    assert_eq!(queue.len(), 1);
+}

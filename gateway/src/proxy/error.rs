@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
+use crate::flow::Refusal;
 use crate::openai::BadRequest;
 
 /// An error the gateway answers on its own.
@@ -124,6 +125,27 @@ pub enum ClientError {
         /// `--max-connections`.
         cap: usize,
     },
+    /// The pool's flow-control queue did not give the request a turn (429; 503 when the pool
+    /// was removed while it waited).
+    #[error("The pool {pool} is saturated and {}; retry later.", queue_refusal_text(*refusal))]
+    Queue {
+        /// The pool, as `namespace/name`.
+        pool: String,
+        /// Why.
+        refusal: Refusal,
+    },
+}
+
+fn queue_refusal_text(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::Rejected(flowcontrol::Rejection::QueueFull) => "its queue is full",
+        Refusal::Rejected(flowcontrol::Rejection::BandFull) => {
+            "its queue holds as many requests of this priority as it may"
+        }
+        Refusal::Displaced => "a request of higher priority took this one's place in its queue",
+        Refusal::Expired => "this request's time to wait in its queue ran out",
+        Refusal::PoolGone => "it was removed from the configuration while this request waited",
+    }
 }
 
 /// Who shed a request, and why.
@@ -181,6 +203,11 @@ impl ClientError {
             ClientError::ModelNotFound { .. } => 404,
             ClientError::BodyTooLarge { .. } => 413,
             ClientError::Shed { .. } => 429,
+            ClientError::Queue {
+                refusal: Refusal::PoolGone,
+                ..
+            } => 503,
+            ClientError::Queue { .. } => 429,
             ClientError::HeadTooLarge { .. } => 431,
             ClientError::NoBackendWeight
             | ClientError::InvalidBackend(_)
@@ -205,6 +232,11 @@ impl ClientError {
             | ClientError::BodyTooLarge { .. }
             | ClientError::HeadTooLarge { .. } => "invalid_request_error",
             ClientError::Shed { .. } => "rate_limit_error",
+            ClientError::Queue {
+                refusal: Refusal::PoolGone,
+                ..
+            } => "service_unavailable",
+            ClientError::Queue { .. } => "rate_limit_error",
             ClientError::NoBackendWeight
             | ClientError::InvalidBackend(_)
             | ClientError::InvalidPicker { .. } => "server_error",
@@ -260,6 +292,7 @@ impl ClientError {
             ClientError::TooManyConnections { .. } => "too_many_connections",
             ClientError::InvalidPicker { .. } => "invalid_picker",
             ClientError::PickerUnavailable { .. } => "picker_unavailable",
+            ClientError::Queue { .. } => "queue",
         }
     }
 
@@ -274,6 +307,7 @@ impl ClientError {
             | ClientError::NoEndpointToTry
             | ClientError::PickerUnavailable { .. }
             | ClientError::NoEndpoint(_) => Some("rejected-no-endpoints"),
+            ClientError::Queue { refusal, .. } => Some(refusal.reason()),
             _ => None,
         }
     }

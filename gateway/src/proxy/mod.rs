@@ -22,6 +22,7 @@ pub mod exchange;
 pub mod forward;
 pub mod head;
 pub mod picker;
+pub mod queue;
 pub mod record;
 pub mod respond;
 pub mod response;
@@ -119,6 +120,37 @@ impl GatewayProxy {
                         picker::Consulted::Refused(immediate) => {
                             ctx.exchange.status = Some(immediate.status);
                             Box::pin(picker::refuse(session, &immediate)).await?;
+                            return Ok(true);
+                        }
+                    }
+                }
+                Step::Queue(waiting) => {
+                    // The body is read: the connection answers a read again only when the
+                    // client closes it (or breaks HTTP by sending before its answer).
+                    let fairness_id = ctx.hints.fairness_id.clone();
+                    let turn = queue::wait_turn(
+                        &self.state,
+                        waiting,
+                        fairness_id.as_deref(),
+                        ctx.exchange.deadline,
+                        async {
+                            let _ = session.read_body_or_idle(true).await;
+                        },
+                    );
+                    match Box::pin(turn).await {
+                        queue::Turn::Admitted { info, body, admit } => {
+                            let header = session.req_header();
+                            let head = head::view(header, ctx.port, None, true, ctx);
+                            let decision = decide::pool::pick_admitted(*info, &head, body, admit);
+                            self.take(ctx, decision)
+                        }
+                        queue::Turn::Refused(info, error) => {
+                            ctx.inference = Some(*info);
+                            return self.answer(session, ctx, error).await;
+                        }
+                        queue::Turn::ClientGone(info) => {
+                            ctx.inference = Some(*info);
+                            ctx.exchange.status = Some(499);
                             return Ok(true);
                         }
                     }

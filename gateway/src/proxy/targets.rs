@@ -64,10 +64,12 @@ impl Targets for PoolTargets<'_> {
             .picks
             .with_label_values(&[pool_name.as_str(), strategy, endpoint.id.name()])
             .inc();
-        Some(Target {
+        let target = Target {
             address: endpoint.id.address(),
             in_flight: Some(endpoint.dispatch(candidate.tokens, candidate.prefill_tokens)),
-        })
+        };
+        self.dispatch.dispatched();
+        Some(target)
     }
 }
 

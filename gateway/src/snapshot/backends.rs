@@ -20,6 +20,7 @@ use super::{Pool, ServiceBackend, Snapshot};
 use crate::config::crds::{v1, v1alpha2};
 use crate::config::{ConfigIssue, ObjectKey, Origin};
 use crate::engine::Engine;
+use crate::flow::{FLOW_CONTROL_PREFIX, FlowSettings, PoolQueue};
 
 /// Pool annotation choosing the metric dialect of its model servers (ACK's key).
 pub const MODEL_SERVER_RUNTIME_ANNOTATION: &str =
@@ -446,6 +447,19 @@ impl<'a> PoolSpec<'a> {
             .ok()
     }
 
+    /// The flow-control settings; `None` (reported) when an annotation is invalid.
+    fn flow_settings(&self, issues: &mut Vec<ConfigIssue>) -> Option<FlowSettings> {
+        FlowSettings::from_annotations(&self.annotations)
+            .map_err(|e| {
+                issues.push(self.error(
+                    format!("metadata.annotations[{FLOW_CONTROL_PREFIX}{}]", e.parameter),
+                    e.value,
+                    e.reason,
+                ));
+            })
+            .ok()
+    }
+
     /// The metric dialect of the pool's model servers (vLLM's without the annotation); `None`
     /// (reported) for an unknown one.
     fn engine(&self, issues: &mut Vec<ConfigIssue>) -> Option<Engine> {
@@ -485,10 +499,18 @@ pub fn build_pool(
     );
     let resolution = registry.describe(&strategy_name).ok();
     let pool_engine = spec.engine(issues);
-    let (Some(ports), Some(strategy), Some(resolution), Some(pool_engine)) =
-        (ports, strategy, resolution, pool_engine)
+    let flow = spec.flow_settings(issues);
+    let (Some(ports), Some(strategy), Some(resolution), Some(pool_engine), Some(flow)) =
+        (ports, strategy, resolution, pool_engine, flow)
     else {
         return None;
+    };
+    let queue = match previous_pool {
+        Some(p) => {
+            p.queue.set_limits(flow.queue, flow.band);
+            Arc::clone(&p.queue)
+        }
+        None => PoolQueue::new(&flow),
     };
     let endpoints = pool_endpoints(
         spec,
@@ -523,6 +545,8 @@ pub fn build_pool(
         objectives: models.objectives,
         picker: spec.picker.clone(),
         picker_binding: None,
+        flow,
+        queue,
     })
 }
 

@@ -99,6 +99,11 @@ pub struct Pool {
     /// The external picker requests are routed by ([`backends::PickerRef::external`]): resolved,
     /// or why it cannot be (requests get 500). `None`: the built-in strategy routes the pool.
     pub picker_binding: Option<picker::PickerResolution>,
+    /// Flow-control settings from the pool's annotations.
+    pub flow: crate::flow::FlowSettings,
+    /// Where requests wait while the pool is saturated (kept across rebuilds, so nothing queued
+    /// is lost when the configuration changes).
+    pub queue: Arc<crate::flow::PoolQueue>,
 }
 
 impl std::fmt::Debug for Pool {

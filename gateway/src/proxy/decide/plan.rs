@@ -113,6 +113,21 @@ pub enum Step {
     /// Ask the pool's external endpoint picker where the request goes (then forward it, answer
     /// the picker's rejection, or apply the pool's failure mode).
     Pick(PickerCall),
+    /// Wait in the pool's flow-control queue for room, then rank
+    /// ([`super::pool::pick_admitted`]) or answer why not.
+    Queue(Waiting),
+}
+
+/// A request to a saturated pool, its body read and its model resolved, about to wait its turn.
+#[derive(Debug)]
+pub struct Waiting {
+    /// The inference request (its pool is the one whose queue it waits in).
+    pub info: InferenceInfo,
+    /// The body to send.
+    pub body: Bytes,
+    /// Whether the pool had no endpoint at all when the request arrived (the longer
+    /// `empty-pool-ttl-ms` applies).
+    pub pool_empty: bool,
 }
 
 /// A request to a pool routed by an external endpoint picker, its body read.
@@ -279,6 +294,9 @@ pub struct Dispatch {
     pub(super) tokens: u64,
     /// The strategy's estimate of the prompt tokens each endpoint would prefill, by index.
     pub(super) prefill_tokens: Option<Vec<u32>>,
+    /// The queue's release of a request that waited its turn: the pool counts it as about to be
+    /// dispatched until it is counted in flight on an endpoint ([`Dispatch::dispatched`]).
+    pub(super) admit: Option<crate::flow::Admit>,
 }
 
 /// The next endpoint of a [`Dispatch`].
@@ -298,6 +316,12 @@ pub struct Candidate<'a> {
 }
 
 impl Dispatch {
+    /// The request was counted in flight on an endpoint: its queue release is no longer needed
+    /// to keep its place in the pool's load.
+    pub fn dispatched(&mut self) {
+        self.admit = None;
+    }
+
     /// The next endpoint in order.
     pub fn next_candidate(&mut self) -> Option<Candidate<'_>> {
         let index = self.order.next()?;

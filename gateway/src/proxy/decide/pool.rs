@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use plugins::load::pool_saturation;
+use plugins::load::{free_slots, pool_saturation};
 use plugins::{EndpointView, NoEndpoint, PoolView};
 
 use super::plan::{
     BackendKind, Decision, Dispatch, Forward, Head, InferenceInfo, PickerCall, Step, Upstreams,
+    Waiting,
 };
 use crate::openai;
 use crate::proxy::error::{ClientError, ShedCause};
@@ -62,6 +63,7 @@ pub fn decide_builtin(pool: Arc<Pool>, head: &Head<'_>, body: Bytes) -> Decision
             order: order.into_iter(),
             tokens: 0,
             prefill_tokens: None,
+            admit: None,
         };
         return forward(None, dispatch, body);
     }
@@ -191,8 +193,28 @@ pub fn external_info(
     })
 }
 
-/// Shed or rank: the strategy's candidates over the pool's eligible endpoints.
-fn pick(mut info: InferenceInfo, head: &Head<'_>, body: Bytes) -> Decision {
+/// Shed, queue or rank: the strategy's candidates over the pool's eligible endpoints.
+fn pick(info: InferenceInfo, head: &Head<'_>, body: Bytes) -> Decision {
+    pick_with(info, head, body, None)
+}
+
+/// Rank a request that waited its turn in the pool's flow-control queue: it is neither shed nor
+/// queued again, and `admit` keeps its place in the pool's load until it is dispatched.
+pub fn pick_admitted(
+    info: InferenceInfo,
+    head: &Head<'_>,
+    body: Bytes,
+    admit: crate::flow::Admit,
+) -> Decision {
+    pick_with(info, head, body, Some(admit))
+}
+
+fn pick_with(
+    mut info: InferenceInfo,
+    head: &Head<'_>,
+    body: Bytes,
+    admit: Option<crate::flow::Admit>,
+) -> Decision {
     let pool = Arc::clone(&info.pool);
     let endpoints = eligible(&pool.endpoints);
     let samples: Vec<EndpointSample> = endpoints.iter().map(|e| EndpointSample::of(e)).collect();
@@ -206,8 +228,9 @@ fn pick(mut info: InferenceInfo, head: &Head<'_>, body: Bytes) -> Decision {
         name: &pool.name,
         endpoints: &views,
     };
-    if info.priority < 0 {
-        let saturation = pool_saturation(&pool_view, &pool.strategy.load_config());
+    let load_config = pool.strategy.load_config();
+    if admit.is_none() && info.priority < 0 && shed_negative(&pool) {
+        let saturation = pool_saturation(&pool_view, &load_config);
         if saturation >= 1.0 {
             let cause = ShedCause::Saturation(saturation);
             return answer(
@@ -218,6 +241,22 @@ fn pick(mut info: InferenceInfo, head: &Head<'_>, body: Bytes) -> Decision {
                 },
             );
         }
+    }
+    // Flow control: with no room left, or others already waiting, the request waits its turn.
+    if admit.is_none()
+        && pool.flow.enabled
+        && (!pool.queue.is_empty() || free_slots(&pool_view, &load_config) <= 0.0)
+    {
+        let pool_empty = pool.endpoints.is_empty();
+        drop(views);
+        return Decision::new(
+            BackendKind::Pool,
+            Step::Queue(Waiting {
+                info,
+                body,
+                pool_empty,
+            }),
+        );
     }
     let started = Instant::now();
     let span = tracing::debug_span!("pick", pool = %pool.name, strategy = %info.strategy());
@@ -252,10 +291,17 @@ fn pick(mut info: InferenceInfo, head: &Head<'_>, body: Bytes) -> Decision {
                 order: resolved.order.into_iter(),
                 tokens: u64::from(info.prompt_tokens),
                 prefill_tokens: resolved.prefill_tokens,
+                admit,
             };
             forward(Some(info), dispatch, body)
         }
     }
+}
+
+/// Whether negative priorities are shed while the pool is saturated: always without flow
+/// control, and by default with it (`shed-negative-priority`).
+fn shed_negative(pool: &Pool) -> bool {
+    !pool.flow.enabled || pool.flow.shed_negative_priority
 }
 
 fn answer(inference: Option<InferenceInfo>, error: ClientError) -> Decision {

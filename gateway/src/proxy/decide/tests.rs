@@ -105,7 +105,9 @@ spec: {targetPortNumber: 8000, selector: {app: qwen}, extensionRef: {name: epp}}
 ---
 apiVersion: inference.networking.x-k8s.io/v1alpha2
 kind: InferencePool
-metadata: {name: empty-pool}
+metadata:
+  name: empty-pool
+  annotations: {flow-control.inference-gateway.dev/enabled: "false"}
 spec: {targetPortNumber: 8000, selector: {app: nobody}, extensionRef: {name: epp}}
 ---
 apiVersion: inference.networking.x-k8s.io/v1alpha2
@@ -501,12 +503,66 @@ fn sheddable_requests_are_shed_only_while_the_pool_is_saturated() {
             ..
         }
     ));
-    // A Standard request is never shed.
+    // A Standard request is never shed: it waits its turn in the pool's queue.
     let standard = r#"{"model": "travel-helper", "prompt": "x"}"#;
-    assert!(matches!(
-        decide_fully(&snapshot, &request, standard).step,
-        Step::Forward(_)
-    ));
+    let queued = decide_fully(&snapshot, &request, standard);
+    assert!(
+        matches!(&queued.step, Step::Queue(w) if !w.pool_empty && w.info.priority == 0),
+        "{:?}",
+        queued.step
+    );
+}
+
+#[tokio::test]
+async fn a_request_queued_for_a_saturated_pool_is_ranked_when_admitted() {
+    let snapshot = snapshot();
+    fresh_metrics(&snapshot, 50);
+    let request = Request::post(8081, "/v1/completions");
+    let body = r#"{"model": "travel-helper", "prompt": "x"}"#;
+    let Step::Queue(waiting) = decide_fully(&snapshot, &request, body).step else {
+        panic!("queued")
+    };
+    let queue = std::sync::Arc::clone(&waiting.info.pool.queue);
+    let queued = queue
+        .enqueue(flowcontrol::Admission {
+            priority: 0,
+            flow: "f".into(),
+            cost: 1,
+            bytes: 1,
+        })
+        .unwrap();
+    queue.dispatch(|_| crate::flow::Room::Free);
+    let crate::flow::Waited::Admitted(admit) = queued
+        .wait(std::time::Duration::from_secs(5), std::future::pending())
+        .await
+    else {
+        panic!("admitted")
+    };
+    assert_eq!(queue.released(), 1);
+    let head = request.head();
+    let mut decision = pool::pick_admitted(waiting.info, &head, waiting.body, admit);
+    // Still saturated, but admitted requests are neither queued again nor shed.
+    let Step::Forward(Forward {
+        upstreams: Upstreams::Pool(dispatch),
+        ..
+    }) = &mut decision.step
+    else {
+        panic!("forwarded, got {:?}", decision.step)
+    };
+    assert_eq!(queue.released(), 1, "counted until it is dispatched");
+    dispatch.dispatched();
+    assert_eq!(queue.released(), 0);
+}
+
+#[test]
+fn a_pool_without_flow_control_sends_standard_requests_through_saturation() {
+    let snapshot = snapshot();
+    fresh_metrics(&snapshot, 50);
+    let mut request = Request::post(8084, "/v1/completions");
+    request.host = Some("empty.example.com");
+    // empty-pool has flow control off: no endpoint is an immediate 503, never a wait.
+    let none = decide_fully(&snapshot, &request, r#"{"model": "m", "prompt": "x"}"#);
+    assert_eq!(error_of(&none).status(), 503);
 }
 
 #[test]

@@ -183,13 +183,14 @@ fn negative_priorities_are_shed_while_saturated_and_an_objective_can_lift_a_shed
         429,
         "Sheddable is priority -1"
     );
+    // Priorities of 0 and above are not shed: they wait in the pool's queue with theirs.
     assert!(matches!(
         decide("batch", Some("interactive")).step,
-        Step::Forward(_)
+        Step::Queue(w) if w.info.priority == 10
     ));
     assert!(matches!(
         decide("travel-helper", None).step,
-        Step::Forward(_)
+        Step::Queue(w) if w.info.priority == 0
     ));
 }
 

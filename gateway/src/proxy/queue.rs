@@ -1,0 +1,145 @@
+//! A request waiting in its pool's flow-control queue ([`crate::flow`]): it is queued with its
+//! priority, flow and size, waits for its turn, its time to live or its client's departure, and
+//! then is ranked (by the caller, with [`super::decide::pool::pick_admitted`], against the pool
+//! as the current snapshot has it) or answered. The proxy and the endpoint-picker server both
+//! queue this way.
+//!
+//! The flow is the fairness id the client sent (`x-llm-d-inference-fairness-id`), else the model
+//! it asked for: by default each model's traffic is one flow. The cost counted for fairness is the
+//! request's estimated prompt tokens plus its `max_tokens` (or [`DEFAULT_OUTPUT_TOKENS`]).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flowcontrol::Admission;
+use plugins::PoolView;
+use plugins::load::free_slots;
+
+use super::decide::{InferenceInfo, Waiting};
+use super::error::ClientError;
+use crate::config::ObjectKey;
+use crate::flow::{Admit, Refusal, Room, Waited};
+use crate::snapshot::endpoint::{EndpointSample, eligible};
+use crate::state::GatewayState;
+
+/// Output tokens counted for a request that names no `max_tokens`: about what a chat answer
+/// takes, so requests that leave it open are not free for fairness.
+pub const DEFAULT_OUTPUT_TOKENS: u64 = 256;
+
+/// How a wait ended.
+#[derive(Debug)]
+pub enum Turn {
+    /// Its turn came: rank it ([`decide::pool::pick_admitted`]) against its pool as the current
+    /// snapshot has it (`info.pool`), holding `admit` until it is dispatched.
+    Admitted {
+        /// The request, its pool updated.
+        info: Box<InferenceInfo>,
+        /// The body to send.
+        body: Bytes,
+        /// Its release from the queue.
+        admit: Admit,
+    },
+    /// No turn: answer this.
+    Refused(Box<InferenceInfo>, ClientError),
+    /// The client left while it waited.
+    ClientGone(Box<InferenceInfo>),
+}
+
+/// Whether the pool `key` names in the current snapshot has room for another request, given
+/// `released` requests about to be dispatched to it.
+pub fn room(state: &GatewayState, key: &ObjectKey, released: usize) -> Room {
+    let snapshot = state.snapshots.load();
+    let Some(pool) = snapshot.pools.get(key) else {
+        return Room::Gone;
+    };
+    if !pool.flow.enabled {
+        // Flow control was turned off while requests waited: let them all go.
+        return Room::Free;
+    }
+    let endpoints = eligible(&pool.endpoints);
+    let samples: Vec<EndpointSample> = endpoints.iter().map(|e| EndpointSample::of(e)).collect();
+    let now = Instant::now();
+    let views: Vec<_> = samples
+        .iter()
+        .zip(&endpoints)
+        .map(|(sample, endpoint)| sample.view(endpoint, now))
+        .collect();
+    let view = PoolView {
+        name: &pool.name,
+        endpoints: &views,
+    };
+    if free_slots(&view, &pool.strategy.load_config()) > released as f64 {
+        Room::Free
+    } else {
+        Room::Full
+    }
+}
+
+/// Queue `waiting` in its pool's queue and wait for its turn, its time to live (shortened to
+/// `deadline`, the route's timeout, when that comes first) or `client_gone`.
+pub async fn wait_turn(
+    state: &Arc<GatewayState>,
+    waiting: Waiting,
+    fairness_id: Option<&str>,
+    deadline: Option<Instant>,
+    client_gone: impl Future<Output = ()>,
+) -> Turn {
+    let Waiting {
+        mut info,
+        body,
+        pool_empty,
+    } = waiting;
+    let pool = Arc::clone(&info.pool);
+    let flow = fairness_id.unwrap_or(&info.model);
+    let admission = Admission {
+        priority: info.priority,
+        flow: flow.into(),
+        cost: u64::from(info.prompt_tokens)
+            + info.max_tokens.map_or(DEFAULT_OUTPUT_TOKENS, u64::from),
+        bytes: body.len() as u64,
+    };
+    let refused = |info: InferenceInfo, refusal: Refusal| {
+        let error = ClientError::Queue {
+            pool: info.pool.name.clone(),
+            refusal,
+        };
+        Turn::Refused(Box::new(info), error)
+    };
+    let queued = match pool.queue.enqueue(admission) {
+        Ok(queued) => queued,
+        Err(refusal) => return refused(info, refusal),
+    };
+    let dispatcher_state = Arc::clone(state);
+    let key = pool.key.clone();
+    pool.queue
+        .dispatch(move |released| room(&dispatcher_state, &key, released));
+    let mut ttl = if pool_empty {
+        pool.flow.empty_pool_ttl
+    } else {
+        pool.flow.ttl
+    };
+    if let Some(deadline) = deadline {
+        ttl = ttl.min(deadline.saturating_duration_since(Instant::now()));
+    }
+    match queued
+        .wait(ttl.max(Duration::from_millis(1)), client_gone)
+        .await
+    {
+        Waited::Admitted(admit) => {
+            let snapshot = state.snapshots.load();
+            let Some(current) = snapshot.pools.get(&pool.key) else {
+                return refused(info, Refusal::PoolGone);
+            };
+            info.pool = Arc::clone(current);
+            Turn::Admitted {
+                info: Box::new(info),
+                body,
+                admit,
+            }
+        }
+        Waited::Refused(refusal) => refused(info, refusal),
+        Waited::ClientGone => Turn::ClientGone(Box::new(info)),
+    }
+}

@@ -247,6 +247,15 @@ impl<T> FlowQueue<T> {
             .map(|(&Reverse(priority), band)| (priority, band.requests))
     }
 
+    /// The oldest request of each band, highest priority first (for the age of the queue).
+    pub fn oldest_per_band(&self) -> impl Iterator<Item = (i32, &T)> + '_ {
+        self.bands.iter().filter_map(|(&Reverse(priority), band)| {
+            let (ticket, flow) = band.tickets.first_key_value()?;
+            let entry = band.flows.get(flow)?.entries.get(ticket)?;
+            Some((priority, &entry.value))
+        })
+    }
+
     /// Queue `value`, displacing lower-priority requests when the queue is full.
     pub fn push(&mut self, admission: Admission, value: T) -> Result<Pushed<T>, (Rejection, T)> {
         let Admission {

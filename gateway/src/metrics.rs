@@ -156,6 +156,19 @@ pub struct GatewayMetrics {
     /// Requests rejected with 429 because their pool was saturated (the gateway's check of
     /// sheddable requests, or the strategy's own [`plugins::NoEndpoint::Shed`]), by pool.
     pub sheds: IntCounterVec,
+    /// `inference_extension_flow_control_queue_size{inference_pool, priority}`: requests waiting
+    /// in a pool's flow-control queue (computed at scrape time).
+    pub flow_queue_size: prometheus::GaugeVec,
+    /// `inference_extension_flow_control_queue_bytes{inference_pool}` (computed at scrape time).
+    pub flow_queue_bytes: prometheus::GaugeVec,
+    /// `inference_extension_flow_control_queue_oldest_age_seconds{inference_pool, priority}`: how
+    /// long the oldest waiting request of a band has waited (computed at scrape time).
+    pub flow_queue_age: prometheus::GaugeVec,
+    /// `inference_extension_flow_control_request_queue_duration_seconds{inference_pool, priority,
+    /// outcome}`: time in the queue, by how the wait ended (`dispatched`, `client-gone`, or the
+    /// dropped reason the client was given); its `_count` counts admitted, rejected and expired
+    /// requests.
+    pub flow_queue_duration: HistogramVec,
     /// Inference requests in flight per endpoint (computed at scrape time).
     pub endpoint_in_flight: prometheus::GaugeVec,
     /// Prompt tokens of requests in flight per endpoint that have not produced their first token
@@ -362,6 +375,27 @@ impl GatewayMetrics {
                 "Requests rejected with 429 because their pool was saturated: sheddable requests by the gateway's check, any request by the pool's strategy.",
                 &["pool"],
             ),
+            flow_queue_size: gauge_vec(
+                "inference_extension_flow_control_queue_size",
+                "Requests waiting in a pool's flow-control queue, by priority band.",
+                &["inference_pool", "priority"],
+            ),
+            flow_queue_bytes: gauge_vec(
+                "inference_extension_flow_control_queue_bytes",
+                "Bytes of the request bodies waiting in a pool's flow-control queue.",
+                &["inference_pool"],
+            ),
+            flow_queue_age: gauge_vec(
+                "inference_extension_flow_control_queue_oldest_age_seconds",
+                "How long the oldest request waiting in a priority band has waited.",
+                &["inference_pool", "priority"],
+            ),
+            flow_queue_duration: histogram_vec(
+                "inference_extension_flow_control_request_queue_duration_seconds",
+                "Time requests spent in a pool's flow-control queue, by how the wait ended.",
+                LATENCY_BUCKETS,
+                &["inference_pool", "priority", "outcome"],
+            ),
             endpoint_in_flight: gauge_vec(
                 "gateway_endpoint_in_flight_requests",
                 "Inference requests in flight per endpoint.",
@@ -428,6 +462,9 @@ impl GatewayMetrics {
             &self.endpoint_in_flight,
             &self.endpoint_prefill_tokens,
             &self.prefix_index_size,
+            &self.flow_queue_size,
+            &self.flow_queue_bytes,
+            &self.flow_queue_age,
         ] {
             gauge.reset();
         }
@@ -477,6 +514,19 @@ impl GatewayMetrics {
                 self.pool_queue
                     .with_label_values(&[name])
                     .set(queue / fresh as f64);
+            }
+            self.flow_queue_bytes
+                .with_label_values(&[qualified.as_str()])
+                .set(pool.queue.bytes() as f64);
+            for (priority, waiting) in pool.queue.band_lengths() {
+                self.flow_queue_size
+                    .with_label_values(&[qualified.as_str(), &priority.to_string()])
+                    .set(waiting as f64);
+            }
+            for (priority, age) in pool.queue.oldest_ages(now) {
+                self.flow_queue_age
+                    .with_label_values(&[qualified.as_str(), &priority.to_string()])
+                    .set(age.as_secs_f64());
             }
             if let Some(blocks) = pool.strategy.stats().indexed_blocks {
                 self.prefix_index_size
@@ -538,6 +588,10 @@ impl GatewayMetrics {
             Box::new(self.scrape_duration.clone()),
             Box::new(self.scrape_age.clone()),
             Box::new(self.sheds.clone()),
+            Box::new(self.flow_queue_size.clone()),
+            Box::new(self.flow_queue_bytes.clone()),
+            Box::new(self.flow_queue_age.clone()),
+            Box::new(self.flow_queue_duration.clone()),
             Box::new(self.endpoint_in_flight.clone()),
             Box::new(self.endpoint_prefill_tokens.clone()),
             Box::new(self.config_reloads.clone()),

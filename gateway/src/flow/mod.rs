@@ -22,7 +22,7 @@ pub mod settings;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flowcontrol::{Admission, FlowQueue, Limits, Rejection, Ticket};
 use parking_lot::Mutex;
@@ -98,6 +98,7 @@ impl Drop for Admit {
 #[derive(Debug)]
 struct Waiter {
     turn: oneshot::Sender<Result<Admit, Refusal>>,
+    since: Instant,
 }
 
 /// The flow-control queue of one pool.
@@ -165,6 +166,15 @@ impl PoolQueue {
         self.queue.lock().band_lengths().collect()
     }
 
+    /// How long the oldest request of each band has waited at `now`, highest priority first.
+    pub fn oldest_ages(&self, now: Instant) -> Vec<(i32, Duration)> {
+        self.queue
+            .lock()
+            .oldest_per_band()
+            .map(|(priority, waiter)| (priority, now.saturating_duration_since(waiter.since)))
+            .collect()
+    }
+
     /// Released requests not yet dispatched.
     pub fn released(&self) -> usize {
         self.released.load(Ordering::Relaxed)
@@ -178,7 +188,10 @@ impl PoolQueue {
     /// Queue a request. Requests it displaced are answered here.
     pub fn enqueue(self: &Arc<Self>, admission: Admission) -> Result<Queued, Refusal> {
         let (turn, receiver) = oneshot::channel();
-        let waiter = Waiter { turn };
+        let waiter = Waiter {
+            turn,
+            since: Instant::now(),
+        };
         let pushed = self
             .with_queue(|queue| queue.push(admission, waiter))
             .map_err(|(rejection, _)| Refusal::Rejected(rejection))?;

@@ -109,12 +109,32 @@ pub async fn wait_turn(
     };
     let queued = match pool.queue.enqueue(admission) {
         Ok(queued) => queued,
-        Err(refusal) => return refused(info, refusal),
+        Err(refusal) => {
+            state
+                .metrics
+                .flow_queue_duration
+                .with_label_values(&[
+                    pool.name.as_str(),
+                    &info.priority.to_string(),
+                    refusal.reason(),
+                ])
+                .observe(0.0);
+            return refused(info, refusal);
+        }
     };
     let dispatcher_state = Arc::clone(state);
     let key = pool.key.clone();
     pool.queue
         .dispatch(move |released| room(&dispatcher_state, &key, released));
+    let since = Instant::now();
+    let priority = info.priority.to_string();
+    let observe = |outcome: &str| {
+        state
+            .metrics
+            .flow_queue_duration
+            .with_label_values(&[pool.name.as_str(), priority.as_str(), outcome])
+            .observe(since.elapsed().as_secs_f64());
+    };
     let mut ttl = if pool_empty {
         pool.flow.empty_pool_ttl
     } else {
@@ -130,8 +150,10 @@ pub async fn wait_turn(
         Waited::Admitted(admit) => {
             let snapshot = state.snapshots.load();
             let Some(current) = snapshot.pools.get(&pool.key) else {
+                observe(Refusal::PoolGone.reason());
                 return refused(info, Refusal::PoolGone);
             };
+            observe("dispatched");
             info.pool = Arc::clone(current);
             Turn::Admitted {
                 info: Box::new(info),
@@ -139,7 +161,13 @@ pub async fn wait_turn(
                 admit,
             }
         }
-        Waited::Refused(refusal) => refused(info, refusal),
-        Waited::ClientGone => Turn::ClientGone(Box::new(info)),
+        Waited::Refused(refusal) => {
+            observe(refusal.reason());
+            refused(info, refusal)
+        }
+        Waited::ClientGone => {
+            observe("client-gone");
+            Turn::ClientGone(Box::new(info))
+        }
     }
 }

@@ -520,6 +520,13 @@ pub fn build_pool(
         previous_pool.map(|p| &**p),
         issues,
     );
+    for endpoint in &endpoints {
+        endpoint.attach_queue(&queue);
+    }
+    if !queue.is_empty() {
+        // New endpoints, or new settings: requests waiting may fit now.
+        queue.wake();
+    }
     let changed = previous_pool.is_none_or(|p| {
         p.endpoints.len() != endpoints.len()
             || p.endpoints

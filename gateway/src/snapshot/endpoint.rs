@@ -92,6 +92,9 @@ pub struct Endpoint {
     consecutive_errors: AtomicU32,
     ejections: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// The flow-control queue of its pool, woken when this endpoint may have room again (a first
+    /// token, a request's end, a scrape).
+    queue: std::sync::OnceLock<Arc<crate::flow::PoolQueue>>,
 }
 
 impl Endpoint {
@@ -111,6 +114,20 @@ impl Endpoint {
             consecutive_errors: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            queue: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Wake `queue` whenever this endpoint may have room again. An endpoint belongs to one pool,
+    /// whose queue lives as long as the pool: later calls keep the first queue.
+    pub fn attach_queue(&self, queue: &Arc<crate::flow::PoolQueue>) {
+        let _ = self.queue.set(Arc::clone(queue));
+    }
+
+    /// Tell the pool's queue this endpoint may have room.
+    fn wake_queue(&self) {
+        if let Some(queue) = self.queue.get() {
+            queue.wake();
         }
     }
 
@@ -208,6 +225,7 @@ impl Endpoint {
     pub fn publish_metrics(&self, scraped: ScrapedMetrics) {
         self.metrics.store(Some(Arc::new(scraped)));
         self.dispatched_since_scrape.store(0, Ordering::Relaxed);
+        self.wake_queue();
     }
 
     /// Count a request as in flight here until the returned guard is dropped: `tokens` estimated
@@ -293,6 +311,7 @@ impl InFlight {
             self.endpoint
                 .in_flight_prefill_tokens
                 .fetch_sub(u64::from(self.prefill_tokens), Ordering::Relaxed);
+            self.endpoint.wake_queue();
         }
     }
 }
@@ -304,6 +323,7 @@ impl Drop for InFlight {
         self.endpoint
             .in_flight_tokens
             .fetch_sub(self.tokens, Ordering::Relaxed);
+        self.endpoint.wake_queue();
     }
 }
 

@@ -273,7 +273,17 @@ async fn handle(
         .get("x-test-gate")
         .and_then(|v| v.to_str().ok())
         .map(|g| state.gate(g));
+    // `x-test-gate-first`: nothing of the body before the gate opens, so the request is still
+    // awaiting its first token as far as the gateway can tell.
+    let gate_first = parts
+        .headers
+        .get("x-test-gate-first")
+        .and_then(|v| v.to_str().ok())
+        .map(|g| state.gate(g));
     tokio::spawn(async move {
+        if let Some(gate) = gate_first {
+            gate.notified().await;
+        }
         if tx
             .send_data(sse_event(server, &model, "first"))
             .await

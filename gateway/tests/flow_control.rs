@@ -1,0 +1,272 @@
+//! Flow control end to end: a real gateway in front of a test backend that holds requests before
+//! their first byte (`x-test-gate-first`), so the test decides when the pool has room. With
+//! metrics unavailable the gateway judges an endpoint by its own count alone: five requests
+//! awaiting their first token fill it (the queue threshold), and the next ones wait in the
+//! gateway. Assertions are on the order requests reach the backend, statuses, headers and the
+//! queue's metrics, never on timings.
+
+use std::time::Duration;
+
+use testkit::k8s::{InferenceModel, InferencePool, Manifest, Pod, ready_pods};
+use testkit::*;
+
+fn gateway_binary() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_inference-gateway"))
+}
+
+/// The pool `pool` over `pods` with flow-control annotations `flow`, serving `critical`
+/// (Critical), `standard` and `batch` (Sheddable).
+fn config(llm_port: u16, port: u16, pods: Vec<Pod>, flow: &[(&str, &str)]) -> String {
+    let mut pool = InferencePool::new("pool", port).selector("app", "backend");
+    for (key, value) in flow {
+        pool = pool.annotation(&format!("flow-control.inference-gateway.dev/{key}"), value);
+    }
+    Manifest::test_gateway(free_port(), llm_port)
+        .with_pool(pool, pods)
+        .with(InferenceModel::new("critical", "critical", "pool").criticality("Critical"))
+        .with(InferenceModel::new("standard", "standard", "pool"))
+        .with(InferenceModel::new("batch", "batch", "pool").criticality("Sheddable"))
+        .render()
+}
+
+fn body(model: &str) -> String {
+    format!(r#"{{"model":"{model}","prompt":"hi","max_tokens":2,"stream":true}}"#)
+}
+
+/// Five streams held before their first byte, each on its own gate (`hold-0` …): the endpoint
+/// is full.
+async fn fill(client: &Client, url: &str) -> Vec<tokio::task::JoinHandle<u16>> {
+    let mut held = Vec::new();
+    for i in 0..5 {
+        let (client, url, gate) = (client.clone(), url.to_owned(), format!("hold-{i}"));
+        held.push(tokio::spawn(async move {
+            let mut stream = Stream::open(
+                &client,
+                &url,
+                &[("x-test-gate-first", gate.as_str())],
+                &body("standard"),
+            )
+            .await;
+            while stream.next_chunk().await.is_some() {}
+            stream.status
+        }));
+    }
+    held
+}
+
+/// A request in the background: its status and the dropped-reason header, if any.
+fn send(client: &Client, url: &str, model: &str) -> tokio::task::JoinHandle<(u16, Option<String>)> {
+    let (client, url, body) = (client.clone(), url.to_owned(), body(model));
+    tokio::spawn(async move {
+        let mut stream = Stream::open(&client, &url, &[], &body).await;
+        let reason = stream
+            .headers
+            .get("x-llm-d-request-dropped-reason")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        while stream.next_chunk().await.is_some() {}
+        (stream.status, reason)
+    })
+}
+
+/// The sum of a metric's samples whose line starts with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics(gateway: &Gateway) -> String {
+    let (_, body) = get(&format!("http://{}/metrics", gateway.admin)).await;
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Wait until `n` requests wait in the pool's queue.
+async fn wait_queued(gateway: &Gateway, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = metrics(gateway).await;
+        let queued = metric_sum(&text, "inference_extension_flow_control_queue_size{");
+        if queued as usize == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{queued} queued, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_pool_serves_higher_priority_first_then_arrival_order() {
+    let (port, backends) = start_backends(130, 1).await;
+    let backend = &backends[0];
+    let llm_port = free_port();
+    let pods = ready_pods("backend", "backend", [backend.addr.ip()]);
+    let gateway = Gateway::start(gateway_binary(), &config(llm_port, port, pods, &[]), &[]).await;
+    let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
+    let client = client();
+    let held = fill(&client, &url).await;
+    wait_for("five held requests at the backend", || backend.count() == 5).await;
+    let first = send(&client, &url, "standard");
+    wait_queued(&gateway, 1).await;
+    let second = send(&client, &url, "standard");
+    wait_queued(&gateway, 2).await;
+    let urgent = send(&client, &url, "critical");
+    wait_queued(&gateway, 3).await;
+    assert_eq!(backend.count(), 5, "nothing passed the full endpoint");
+    // One slot at a time: the Critical request first, then the Standard ones in arrival order.
+    for (slot, expected) in ["critical", "standard", "standard"].iter().enumerate() {
+        backend.release(&format!("hold-{slot}"));
+        wait_for("the next request at the backend", || {
+            backend.count() == 6 + slot
+        })
+        .await;
+        assert_eq!(
+            backend.seen()[5 + slot].model.as_deref(),
+            Some(*expected),
+            "request {slot} through the queue"
+        );
+    }
+    for handle in [urgent, first, second] {
+        assert_eq!(handle.await.unwrap(), (200, None));
+    }
+    for gate in 3..5 {
+        backend.release(&format!("hold-{gate}"));
+    }
+    for handle in held {
+        assert_eq!(handle.await.unwrap(), 200);
+    }
+    let text = metrics(&gateway).await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "inference_extension_flow_control_request_queue_duration_seconds_count{inference_pool=\"default/pool\",outcome=\"dispatched\""
+        ),
+        3.0,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_waits_past_its_ttl_gets_429_with_the_reason() {
+    let (port, backends) = start_backends(131, 1).await;
+    let backend = &backends[0];
+    let llm_port = free_port();
+    let pods = ready_pods("backend", "backend", [backend.addr.ip()]);
+    let flow = [("ttl-ms", "200")];
+    let gateway = Gateway::start(gateway_binary(), &config(llm_port, port, pods, &flow), &[]).await;
+    let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
+    let client = client();
+    let held = fill(&client, &url).await;
+    wait_for("five held requests at the backend", || backend.count() == 5).await;
+    let (status, body_bytes) = post(&client, &url, &[], body("standard")).await;
+    assert_eq!(status, 429);
+    let error: serde_json::Value = serde_json::from_slice(&body_bytes).unwrap();
+    assert_eq!(error["error"]["type"], "rate_limit_error", "{error}");
+    let expired = send(&client, &url, "critical").await.unwrap();
+    assert_eq!(expired, (429, Some("rejected-ttl-expired".to_owned())));
+    assert_eq!(
+        backend.count(),
+        5,
+        "expired requests never reach the backend"
+    );
+    // A Sheddable request to the saturated pool is shed at once, as without flow control.
+    let shed = send(&client, &url, "batch").await.unwrap();
+    assert_eq!(shed, (429, Some("rejected-saturated".to_owned())));
+    for gate in 0..5 {
+        backend.release(&format!("hold-{gate}"));
+    }
+    for handle in held {
+        assert_eq!(handle.await.unwrap(), 200);
+    }
+    wait_queued(&gateway, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_while_queued_leaves_the_queue() {
+    let (port, backends) = start_backends(132, 1).await;
+    let backend = &backends[0];
+    let llm_port = free_port();
+    let pods = ready_pods("backend", "backend", [backend.addr.ip()]);
+    let gateway = Gateway::start(gateway_binary(), &config(llm_port, port, pods, &[]), &[]).await;
+    let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
+    let client = client();
+    let held = fill(&client, &url).await;
+    wait_for("five held requests at the backend", || backend.count() == 5).await;
+    let gone = send(&client, &url, "standard");
+    wait_queued(&gateway, 1).await;
+    gone.abort();
+    wait_queued(&gateway, 0).await;
+    let text = metrics(&gateway).await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "inference_extension_flow_control_request_queue_duration_seconds_count{inference_pool=\"default/pool\",outcome=\"client-gone\""
+        ),
+        1.0,
+        "{text}"
+    );
+    // The freed slot goes to the next request, not to the one that left.
+    let next = send(&client, &url, "standard");
+    wait_queued(&gateway, 1).await;
+    backend.release("hold-0");
+    assert_eq!(next.await.unwrap(), (200, None));
+    assert_eq!(backend.count(), 6);
+    for gate in 1..5 {
+        backend.release(&format!("hold-{gate}"));
+    }
+    for handle in held {
+        assert_eq!(handle.await.unwrap(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_scaled_to_zero_serves_what_waited_once_an_endpoint_is_ready() {
+    let (port, backends) = start_backends(133, 1).await;
+    let backend = &backends[0];
+    let llm_port = free_port();
+    let gateway = Gateway::start(gateway_binary(), &config(llm_port, port, vec![], &[]), &[]).await;
+    let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
+    let client = client();
+    let waiting = send(&client, &url, "standard");
+    wait_queued(&gateway, 1).await;
+    // The pod comes up: the request that waited is served there.
+    let pods = ready_pods("backend", "backend", [backend.addr.ip()]);
+    gateway.rewrite_config(&config(llm_port, port, pods, &[]));
+    assert_eq!(waiting.await.unwrap(), (200, None));
+    assert_eq!(backend.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_serves_or_answers_every_queued_request() {
+    let (port, backends) = start_backends(134, 1).await;
+    let backend = &backends[0];
+    let llm_port = free_port();
+    let pods = ready_pods("backend", "backend", [backend.addr.ip()]);
+    let mut gateway = Gateway::start(
+        gateway_binary(),
+        &config(llm_port, port, pods, &[]),
+        &["--drain-delay", "1s"],
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
+    let client = client();
+    let held = fill(&client, &url).await;
+    wait_for("five held requests at the backend", || backend.count() == 5).await;
+    let queued: Vec<_> = (0..3).map(|_| send(&client, &url, "standard")).collect();
+    wait_queued(&gateway, 3).await;
+    gateway.terminate();
+    for gate in 0..5 {
+        backend.release(&format!("hold-{gate}"));
+    }
+    for handle in held {
+        assert_eq!(handle.await.unwrap(), 200);
+    }
+    for handle in queued {
+        assert_eq!(handle.await.unwrap(), (200, None), "served while draining");
+    }
+    assert!(gateway.wait_exit().await, "the gateway drained and exited");
+}

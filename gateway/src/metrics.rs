@@ -518,6 +518,16 @@ impl GatewayMetrics {
             self.flow_queue_bytes
                 .with_label_values(&[qualified.as_str()])
                 .set(pool.queue.bytes() as f64);
+            // The default band (priority 0) always has a series, empty or not, and so does its
+            // dispatched outcome, so the queue's panels read 0 rather than nothing.
+            self.flow_queue_size
+                .with_label_values(&[qualified.as_str(), "0"])
+                .set(0.0);
+            self.flow_queue_age
+                .with_label_values(&[qualified.as_str(), "0"])
+                .set(0.0);
+            self.flow_queue_duration
+                .with_label_values(&[qualified.as_str(), "0", "dispatched"]);
             for (priority, waiting) in pool.queue.band_lengths() {
                 self.flow_queue_size
                     .with_label_values(&[qualified.as_str(), &priority.to_string()])

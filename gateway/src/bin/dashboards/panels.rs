@@ -1,5 +1,5 @@
-//! The gateway dashboard: traffic, latency, client connections, tokens and sizes, routing, pools
-//! and model servers, all from the gateway's own `/metrics`.
+//! The gateway dashboard: traffic, latency, client connections, tokens and sizes, routing, flow
+//! control, pools and model servers, all from the gateway's own `/metrics`.
 //!
 //! Gateway metrics are taken from [`GatewayMetrics`]' fields through the [`Catalogue`], never
 //! spelled out, so a query cannot name a metric or a label the gateway does not export.
@@ -75,6 +75,7 @@ pub fn gateway(s: &Sources) -> Dashboard {
             client_connections(s),
             tokens_and_sizes(s),
             routing(s),
+            flow_control(s),
             pools(s),
         ],
     }
@@ -261,6 +262,65 @@ fn routing(s: &Sources) -> Row {
                 "Prefix index size (blocks)",
                 vec![target(prefix_index.series().sum_by(&["pool"]), "{{pool}}")],
             ),
+        ],
+    )
+}
+
+fn flow_control(s: &Sources) -> Row {
+    let size = s.metric(|m| &m.flow_queue_size);
+    let age = s.metric(|m| &m.flow_queue_age);
+    let bytes = s.metric(|m| &m.flow_queue_bytes);
+    let duration = s.metric(|m| &m.flow_queue_duration);
+    row(
+        "Flow control",
+        vec![
+            panel(
+                "Queued requests per pool and priority",
+                vec![target(
+                    size.series().max_by(&["inference_pool", "priority"]),
+                    "{{inference_pool}} priority {{priority}}",
+                )],
+            )
+            .description(
+                "Requests waiting in the gateway for room in their pool: the signal for an \
+                 autoscaler (KEDA or an HPA on an external metric).",
+            ),
+            panel(
+                "Oldest queued request's wait",
+                vec![target(
+                    age.series().max_by(&["inference_pool", "priority"]),
+                    "{{inference_pool}} priority {{priority}}",
+                )],
+            )
+            .unit("s"),
+            panel(
+                "Queued bytes per pool",
+                vec![target(
+                    bytes.series().max_by(&["inference_pool"]),
+                    "{{inference_pool}}",
+                )],
+            )
+            .unit("bytes"),
+            panel(
+                "Queue exits/s by outcome",
+                vec![target(
+                    duration
+                        .count()
+                        .rate(RATE)
+                        .sum_by(&["inference_pool", "outcome"]),
+                    "{{inference_pool}} {{outcome}}",
+                )],
+            )
+            .unit("reqps")
+            .description(
+                "dispatched, client-gone, or the reason a refused client was given \
+                 (rejected-ttl-expired, rejected-capacity, evicted-capacity, ...).",
+            ),
+            panel(
+                "Time in the queue",
+                quantiles(&duration, Some("priority"), &[50, 95]),
+            )
+            .unit("s"),
         ],
     )
 }

@@ -57,9 +57,17 @@ impl Catalogue {
                     || word.starts_with("inference_")
                     || word.starts_with("normalized_time_per_output_token_seconds")
             })
-            .filter(|word| !self.defines(word))
+            .filter(|word| !self.defines(word) && !self.is_label(word))
             .map(str::to_owned)
             .collect()
+    }
+
+    /// Whether `word` is a label of one of the gateway's metrics (`inference_pool` looks like a
+    /// metric name but is the flow-control metrics' pool label).
+    fn is_label(&self, word: &str) -> bool {
+        self.metrics
+            .values()
+            .any(|(labels, _)| labels.iter().any(|label| label == word))
     }
 
     /// Whether `series` is a metric of the gateway, or a `_bucket`, `_sum` or `_count` series of
@@ -129,6 +137,11 @@ impl Metric {
     /// The `_sum` series of a histogram.
     pub fn sum(&self) -> Expr {
         self.part("_sum", true, None)
+    }
+
+    /// The `_count` series of a histogram.
+    pub fn count(&self) -> Expr {
+        self.part("_count", true, None)
     }
 }
 

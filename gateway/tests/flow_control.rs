@@ -56,9 +56,25 @@ async fn fill(client: &Client, url: &str) -> Vec<tokio::task::JoinHandle<u16>> {
 
 /// A request in the background: its status and the dropped-reason header, if any.
 fn send(client: &Client, url: &str, model: &str) -> tokio::task::JoinHandle<(u16, Option<String>)> {
+    send_with(client, url, model, None)
+}
+
+/// [`send`], naming an InferenceObjective.
+fn send_with(
+    client: &Client,
+    url: &str,
+    model: &str,
+    objective: Option<&str>,
+) -> tokio::task::JoinHandle<(u16, Option<String>)> {
     let (client, url, body) = (client.clone(), url.to_owned(), body(model));
+    let objective = objective.map(str::to_owned);
     tokio::spawn(async move {
-        let mut stream = Stream::open(&client, &url, &[], &body).await;
+        let headers: Vec<(&str, &str)> = objective
+            .as_deref()
+            .map(|o| ("x-gateway-inference-objective", o))
+            .into_iter()
+            .collect();
+        let mut stream = Stream::open(&client, &url, &headers, &body).await;
         let reason = stream
             .headers
             .get("x-llm-d-request-dropped-reason")
@@ -150,39 +166,63 @@ async fn a_saturated_pool_serves_higher_priority_first_then_arrival_order() {
     );
 }
 
+/// An InferenceObjective whose requests may wait in a queue for 200 ms only.
+const IMPATIENT: &str = r#"
+---
+apiVersion: llm-d.ai/v1alpha2
+kind: InferenceObjective
+metadata:
+  name: impatient
+  annotations: {flow-control.inference-gateway.dev/ttl-ms: "200"}
+spec: {priority: 0, poolRef: {name: pool}}
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_waits_past_its_ttl_gets_429_with_the_reason() {
     let (port, backends) = start_backends(131, 1).await;
     let backend = &backends[0];
     let llm_port = free_port();
     let pods = ready_pods("backend", "backend", [backend.addr.ip()]);
-    let flow = [("ttl-ms", "200")];
-    let gateway = Gateway::start(gateway_binary(), &config(llm_port, port, pods, &flow), &[]).await;
+    let objects = config(llm_port, port, pods, &[]) + IMPATIENT;
+    let gateway = Gateway::start(gateway_binary(), &objects, &[]).await;
     let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
     let client = client();
     let held = fill(&client, &url).await;
     wait_for("five held requests at the backend", || backend.count() == 5).await;
-    let (status, body_bytes) = post(&client, &url, &[], body("standard")).await;
+    // The pool's own time to live is a minute; the objective's is 200 ms.
+    let patient = send(&client, &url, "standard");
+    wait_queued(&gateway, 1).await;
+    let expired = send_with(&client, &url, "standard", Some("impatient"))
+        .await
+        .unwrap();
+    assert_eq!(expired, (429, Some("rejected-ttl-expired".to_owned())));
+    let (status, body_bytes) = post(
+        &client,
+        &url,
+        &[("x-gateway-inference-objective", "impatient")],
+        body("standard"),
+    )
+    .await;
     assert_eq!(status, 429);
     let error: serde_json::Value = serde_json::from_slice(&body_bytes).unwrap();
     assert_eq!(error["error"]["type"], "rate_limit_error", "{error}");
-    let expired = send(&client, &url, "critical").await.unwrap();
-    assert_eq!(expired, (429, Some("rejected-ttl-expired".to_owned())));
-    assert_eq!(
-        backend.count(),
-        5,
-        "expired requests never reach the backend"
-    );
     // A Sheddable request to the saturated pool is shed at once, as without flow control.
     let shed = send(&client, &url, "batch").await.unwrap();
     assert_eq!(shed, (429, Some("rejected-saturated".to_owned())));
-    for gate in 0..5 {
+    assert_eq!(
+        backend.count(),
+        5,
+        "refused requests never reach the backend"
+    );
+    wait_queued(&gateway, 1).await;
+    backend.release("hold-0");
+    assert_eq!(patient.await.unwrap(), (200, None));
+    for gate in 1..5 {
         backend.release(&format!("hold-{gate}"));
     }
     for handle in held {
         assert_eq!(handle.await.unwrap(), 200);
     }
-    wait_queued(&gateway, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

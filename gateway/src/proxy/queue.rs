@@ -135,10 +135,15 @@ pub async fn wait_turn(
             .with_label_values(&[pool.name.as_str(), priority.as_str(), outcome])
             .observe(since.elapsed().as_secs_f64());
     };
+    let objective_ttl = info
+        .objective
+        .as_deref()
+        .and_then(|name| pool.objectives.get(name))
+        .and_then(|objective| objective.ttl);
     let mut ttl = if pool_empty {
         pool.flow.empty_pool_ttl
     } else {
-        pool.flow.ttl
+        objective_ttl.unwrap_or(pool.flow.ttl)
     };
     if let Some(deadline) = deadline {
         ttl = ttl.min(deadline.saturating_duration_since(Instant::now()));

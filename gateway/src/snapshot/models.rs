@@ -153,6 +153,9 @@ pub struct Objective {
     pub object: ObjectKey,
     /// `spec.priority`, `0` when unset.
     pub priority: i32,
+    /// How long its requests may wait in a flow-control queue, when the objective's annotation
+    /// `flow-control.inference-gateway.dev/ttl-ms` sets it (else the pool's `ttl-ms`).
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// Everything a pool serves beyond its endpoints: the model names it declares, its rewrites and

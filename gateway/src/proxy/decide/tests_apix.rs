@@ -269,6 +269,50 @@ spec: {poolRef: {kind: Service, name: qwen-pool}}
 }
 
 #[test]
+fn an_objective_can_set_its_own_queue_ttl() {
+    let objectives = r#"
+---
+apiVersion: llm-d.ai/v1alpha2
+kind: InferenceObjective
+metadata:
+  name: patient
+  annotations: {flow-control.inference-gateway.dev/ttl-ms: "600000"}
+spec: {priority: 1, poolRef: {name: qwen-pool}}
+---
+apiVersion: llm-d.ai/v1alpha2
+kind: InferenceObjective
+metadata:
+  name: garbled
+  annotations: {flow-control.inference-gateway.dev/ttl-ms: "10 minutes"}
+spec: {priority: 1, poolRef: {name: qwen-pool}}
+"#;
+    let (snapshot, issues) = snapshot_of(&format!("{OBJECTS}{APIX}{objectives}"));
+    let garbled: Vec<_> = issues
+        .iter()
+        .filter(|i| i.object == "InferenceObjective default/garbled")
+        .map(|i| (i.field.as_str(), i.value.as_str()))
+        .collect();
+    assert_eq!(
+        garbled,
+        [(
+            "metadata.annotations[flow-control.inference-gateway.dev/ttl-ms]",
+            "10 minutes"
+        )]
+    );
+    let pool = snapshot
+        .pools
+        .values()
+        .find(|p| p.name == "default/qwen-pool")
+        .unwrap();
+    assert_eq!(
+        pool.objectives["patient"].ttl,
+        Some(std::time::Duration::from_secs(600))
+    );
+    assert_eq!(pool.objectives["interactive"].ttl, None);
+    assert!(!pool.objectives.contains_key("garbled"), "left out whole");
+}
+
+#[test]
 fn models_lists_rewrite_sources_beside_inference_model_names() {
     let snapshot = apix_snapshot();
     let mut request = Request::post(8081, "/v1/models");

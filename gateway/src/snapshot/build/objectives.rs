@@ -6,16 +6,18 @@
 //! oldest object wins (creation time, then source order), and within one object the first rule.
 //! Merging once here means the request path does one map lookup.
 //!
-//! An invalid object (a bad pool reference, match type or weight) is reported against the field
-//! and left out whole. Nothing here looks at requests.
+//! An invalid object (a bad pool reference, match type or weight, a bad flow-control `ttl-ms`
+//! annotation on an objective) is reported against the field and left out whole. Nothing here looks at requests.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::index::{Located, oldest_first};
 use super::models::weighted_targets;
 use crate::config::crds::apix::{Objective, PoolRef, Rewrite};
 use crate::config::{ConfigIssue, Kind, ObjectKey};
+use crate::flow::FLOW_CONTROL_PREFIX;
 use crate::snapshot::models::{self, RewriteRule, Rewrites, WeightedTargets};
 
 /// The pool group an objective or a rewrite names when it names none.
@@ -62,6 +64,35 @@ fn pool_of<T>(
     Some(key)
 }
 
+/// The objective's own flow-control time to live (`Some(None)`: none set); `None` (reported)
+/// when its annotation is invalid.
+fn objective_ttl(
+    o: &Located<'_, Objective>,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<Option<Duration>> {
+    let key = format!("{FLOW_CONTROL_PREFIX}ttl-ms");
+    let Some(value) = o
+        .object
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(&key))
+    else {
+        return Some(None);
+    };
+    match value.trim().parse::<u64>() {
+        Ok(ms @ 1..=86_400_000) => Some(Some(Duration::from_millis(ms))),
+        _ => {
+            issues.push(o.error(
+                format!("metadata.annotations[{key}]"),
+                value,
+                "must be a whole number of milliseconds between 1 and 86400000",
+            ));
+            None
+        }
+    }
+}
+
 /// Every valid objective, by the pool it names and then by its own name.
 pub(super) fn objectives_by_pool(
     objectives: &[Located<'_, Objective>],
@@ -73,9 +104,13 @@ pub(super) fn objectives_by_pool(
         let Some(pool) = pool_of(o, &o.object.spec.pool_ref, &pool_exists, issues) else {
             continue;
         };
+        let Some(ttl) = objective_ttl(o, issues) else {
+            continue;
+        };
         let objective = models::Objective {
             object: o.key.clone(),
             priority: o.object.spec.priority.unwrap_or(0),
+            ttl,
         };
         by_pool
             .entry(pool)

@@ -210,3 +210,47 @@ async fn conversations_reuse_their_history_and_legacy_bodies_count_tokens_from_t
     assert_eq!(after - before, 50.0);
     assert_eq!(observed.servers.endpoints[0].generation_tokens, 40.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_run_at_once_and_are_summarized_apart() {
+    let sim = start(&sim_flags()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = sim.server.local_addr().port().to_string();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--backend", "vllm", "--host", "127.0.0.1", "--port", &port])
+        .args(["--model", "/models/Qwen-2.5-7B-Instruct"])
+        .args(["--served-model-name", MODEL])
+        .args([
+            "--tenant",
+            "name=chat,objective=interactive,prompts=4,input=40,output=8",
+        ])
+        .args([
+            "--tenant",
+            "name=batch,fairness=team-b,prompts=6,input=80,output=16,concurrency=2",
+        ])
+        .args(["--save-result", "--result-dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "loadgen failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("== tenant chat =="), "{stdout}");
+    assert!(stdout.contains("== tenant batch =="), "{stdout}");
+    assert!(stdout.contains("Jain's fairness index"), "{stdout}");
+    let result: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("tenants.json")).unwrap())
+            .unwrap();
+    let tenants = &result["tenants"];
+    assert_eq!(tenants["chat"]["completed"], 4);
+    assert_eq!(tenants["chat"]["objective"], "interactive");
+    assert_eq!(tenants["batch"]["completed"], 6);
+    assert_eq!(tenants["batch"]["fairness_id"], "team-b");
+    assert_eq!(tenants["batch"]["total_output_tokens"], 6 * 16);
+    let jain = result["jain_index_output_throughput"].as_f64().unwrap();
+    assert!((0.5..=1.0).contains(&jain), "{jain}");
+}

@@ -16,3 +16,4 @@ pub mod scrape;
 pub mod servers;
 pub mod stats;
 pub mod summary;
+pub mod tenants;

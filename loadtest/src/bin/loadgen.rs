@@ -18,6 +18,7 @@ use loadtest::bench::request::{Backend, BodyStyle, RequestShape, default_request
 use loadtest::bench::result::{render_text, result_file_name, timestamp_utc, to_json};
 use loadtest::bench::runner::RunPlan;
 use loadtest::bench::summary::{Metric, RunSettings, SummaryOptions, summarize};
+use loadtest::bench::tenants::{TenantSpec, jain_index, run_tenants as tenant_runs};
 use loadtest::client::StreamClient;
 use serde_json::json;
 
@@ -168,6 +169,12 @@ struct Args {
     /// No progress bar (it is drawn only on a terminal anyway).
     #[arg(long)]
     disable_tqdm: bool,
+
+    /// A tenant, as `name=…,objective=…,fairness=…,model=…,rate=…,concurrency=…,prompts=…,
+    /// input=…,output=…,range=…` (repeatable): every tenant runs at once with its own random
+    /// dataset, rate and headers, and is summarized on its own (the dataset flags are ignored).
+    #[arg(long)]
+    tenant: Vec<String>,
 
     /// Model servers whose /metrics to scrape during the run (base URLs).
     #[arg(long, num_args = 1..)]
@@ -338,36 +345,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let options = summary_options(&args)?;
+    if !args.tenant.is_empty() {
+        return run_tenants(&args, &base, &endpoint, client, model_id, served, options).await;
+    }
     let workload = build_workload(&args)?;
-    let extra_headers = args
-        .header
-        .iter()
-        .map(|h| key_value(h, "header"))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let shape = RequestShape {
-        url: format!("{base}{endpoint}"),
-        backend: args.backend,
-        style: args.body_style,
-        ignore_eos: args.ignore_eos || workload.forces_ignore_eos,
-        api_key: std::env::var("OPENAI_API_KEY").ok(),
-        request_id_prefix: args
-            .request_id_prefix
-            .clone()
-            .unwrap_or_else(|| default_request_id_prefix(args.seed)),
-        extra_headers,
-    };
-    let plan = RunPlan {
-        shape,
-        served_model: served.clone(),
-        max_concurrency: args.max_concurrency,
-        request_rate: args.request_rate,
-        burstiness: args.burstiness,
-        seed: args.seed,
-        progress: !args.disable_tqdm && std::env::var_os("CI").is_none(),
-        initial_test_run: args.initial_test_run,
-        block_size: DEFAULT_BLOCK_SIZE,
-        time_scale: args.time_scale,
-    };
+    let plan = base_plan(
+        &args,
+        &base,
+        &endpoint,
+        &served,
+        args.ignore_eos || workload.forces_ignore_eos,
+    )?;
     let description = workload.description.clone();
     let num_requests = workload.num_requests();
     eprintln!("{description}");
@@ -436,6 +424,140 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .result_filename
             .clone()
             .unwrap_or_else(|| result_file_name(&settings, &date));
+        let path = match &args.result_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                dir.join(name)
+            }
+            None => PathBuf::from(name),
+        };
+        std::fs::write(&path, serde_json::to_string_pretty(&result)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("saved {}", path.display());
+    }
+    Ok(())
+}
+
+/// The run's request shape and plan before any workload (shared by the tenant mode).
+fn base_plan(
+    args: &Args,
+    base: &str,
+    endpoint: &str,
+    served: &str,
+    ignore_eos: bool,
+) -> anyhow::Result<RunPlan> {
+    let extra_headers = args
+        .header
+        .iter()
+        .map(|h| key_value(h, "header"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let shape = RequestShape {
+        url: format!("{base}{endpoint}"),
+        backend: args.backend,
+        style: args.body_style,
+        ignore_eos,
+        api_key: std::env::var("OPENAI_API_KEY").ok(),
+        request_id_prefix: args
+            .request_id_prefix
+            .clone()
+            .unwrap_or_else(|| default_request_id_prefix(args.seed)),
+        extra_headers,
+    };
+    Ok(RunPlan {
+        shape,
+        served_model: served.to_owned(),
+        max_concurrency: args.max_concurrency,
+        request_rate: args.request_rate,
+        burstiness: args.burstiness,
+        seed: args.seed,
+        progress: !args.disable_tqdm && std::env::var_os("CI").is_none(),
+        initial_test_run: args.initial_test_run,
+        block_size: DEFAULT_BLOCK_SIZE,
+        time_scale: args.time_scale,
+    })
+}
+
+/// `--tenant` mode: every tenant at once, a summary per tenant, Jain's index over their output
+/// token rates, and one JSON with a section per tenant.
+async fn run_tenants(
+    args: &Args,
+    base: &str,
+    endpoint: &str,
+    client: StreamClient,
+    model_id: String,
+    served: String,
+    options: SummaryOptions,
+) -> anyhow::Result<()> {
+    if !args.scrape.is_empty() {
+        bail!("--scrape is not supported with --tenant");
+    }
+    let tenants = args
+        .tenant
+        .iter()
+        .map(|t| TenantSpec::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The random dataset forces ignore_eos under the current rules, as in a single run.
+    let plan = base_plan(args, base, endpoint, &served, true)?;
+    for tenant in &tenants {
+        eprintln!(
+            "tenant {}: {} requests of {} in / {} out at {} req/s{}",
+            tenant.name,
+            tenant.prompts,
+            tenant.input,
+            tenant.output,
+            tenant.rate,
+            tenant
+                .objective
+                .as_deref()
+                .map(|o| format!(", objective {o}"))
+                .unwrap_or_default()
+        );
+    }
+    let outputs = tenant_runs(&tenants, &plan, client).await?;
+    let mut sections = serde_json::Map::new();
+    let mut rates = Vec::new();
+    for (tenant, output) in tenants.iter().zip(&outputs) {
+        let settings = RunSettings {
+            backend: args.backend.name().to_string(),
+            label: Some(tenant.name.clone()),
+            model_id: model_id.clone(),
+            tokenizer_id: args.tokenizer.clone().unwrap_or(model_id.clone()),
+            num_prompts: tenant.prompts,
+            request_rate: tenant.rate,
+            burstiness: args.burstiness,
+            max_concurrency: tenant.concurrency,
+            time_scale: args.time_scale,
+        };
+        let summary = summarize(&output.records, output.duration, settings, options.clone());
+        println!("== tenant {} ==", tenant.name);
+        print!("{}", render_text(&summary));
+        rates.push(summary.output_throughput);
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut section = to_json(
+            &summary,
+            &timestamp_utc(unix),
+            json!({"tenant": tenant.name}),
+        );
+        section["objective"] = json!(tenant.objective);
+        section["fairness_id"] = json!(tenant.fairness);
+        sections.insert(tenant.name.clone(), section);
+    }
+    let jain = jain_index(&rates);
+    println!("Jain's fairness index over the tenants' output token rates: {jain:.3}");
+    if args.save_result || args.result_filename.is_some() {
+        let result = json!({
+            "tenants": sections,
+            "jain_index_output_throughput": jain,
+            "time_scale": args.time_scale,
+            "served_model_name": served,
+        });
+        let name = args
+            .result_filename
+            .clone()
+            .unwrap_or_else(|| "tenants.json".to_owned());
         let path = match &args.result_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)

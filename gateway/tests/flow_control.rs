@@ -115,23 +115,81 @@ async fn wait_queued(gateway: &Gateway, n: usize) {
     }
 }
 
+/// A gateway over one test backend on 127.0.0.`ip`.
+struct Setup {
+    gateway: Gateway,
+    backends: Vec<Backend>,
+    url: String,
+    client: Client,
+    port: u16,
+    llm_port: u16,
+}
+
+impl Setup {
+    /// The pool's flow-control annotations `flow`, `extra` objects appended to the configuration,
+    /// gateway flags `args`; the backend is a ready pod unless `scaled_to_zero`.
+    async fn start(
+        ip: u8,
+        flow: &[(&str, &str)],
+        extra: &str,
+        args: &[&str],
+        scaled_to_zero: bool,
+    ) -> Setup {
+        let (port, backends) = start_backends(ip, 1).await;
+        let llm_port = free_port();
+        let pods = if scaled_to_zero {
+            vec![]
+        } else {
+            ready_pods("backend", "backend", [backends[0].addr.ip()])
+        };
+        let objects = config(llm_port, port, pods, flow) + extra;
+        let gateway = Gateway::start(gateway_binary(), &objects, args).await;
+        Setup {
+            gateway,
+            backends,
+            url: format!("http://127.0.0.1:{llm_port}/v1/completions"),
+            client: client(),
+            port,
+            llm_port,
+        }
+    }
+
+    fn backend(&self) -> &Backend {
+        &self.backends[0]
+    }
+
+    /// Fill the endpoint ([`fill`]) and wait until the backend holds all five.
+    async fn fill(&self) -> Vec<tokio::task::JoinHandle<u16>> {
+        let held = fill(&self.client, &self.url).await;
+        wait_for("five held requests at the backend", || {
+            self.backend().count() == 5
+        })
+        .await;
+        held
+    }
+
+    /// Open the gates `from..5` and check every held request ends well.
+    async fn release_held(&self, from: usize, held: Vec<tokio::task::JoinHandle<u16>>) {
+        for gate in from..5 {
+            self.backend().release(&format!("hold-{gate}"));
+        }
+        for handle in held {
+            assert_eq!(handle.await.unwrap(), 200);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_pool_serves_higher_priority_first_then_arrival_order() {
-    let (port, backends) = start_backends(130, 1).await;
-    let backend = &backends[0];
-    let llm_port = free_port();
-    let pods = ready_pods("backend", "backend", [backend.addr.ip()]);
-    let gateway = Gateway::start(gateway_binary(), &config(llm_port, port, pods, &[]), &[]).await;
-    let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
-    let client = client();
-    let held = fill(&client, &url).await;
-    wait_for("five held requests at the backend", || backend.count() == 5).await;
-    let first = send(&client, &url, "standard");
-    wait_queued(&gateway, 1).await;
-    let second = send(&client, &url, "standard");
-    wait_queued(&gateway, 2).await;
-    let urgent = send(&client, &url, "critical");
-    wait_queued(&gateway, 3).await;
+    let setup = Setup::start(130, &[], "", &[], false).await;
+    let (backend, client, url) = (setup.backend(), &setup.client, setup.url.as_str());
+    let held = setup.fill().await;
+    let first = send(client, url, "standard");
+    wait_queued(&setup.gateway, 1).await;
+    let second = send(client, url, "standard");
+    wait_queued(&setup.gateway, 2).await;
+    let urgent = send(client, url, "critical");
+    wait_queued(&setup.gateway, 3).await;
     assert_eq!(backend.count(), 5, "nothing passed the full endpoint");
     // One slot at a time: the Critical request first, then the Standard ones in arrival order.
     for (slot, expected) in ["critical", "standard", "standard"].iter().enumerate() {
@@ -149,13 +207,8 @@ async fn a_saturated_pool_serves_higher_priority_first_then_arrival_order() {
     for handle in [urgent, first, second] {
         assert_eq!(handle.await.unwrap(), (200, None));
     }
-    for gate in 3..5 {
-        backend.release(&format!("hold-{gate}"));
-    }
-    for handle in held {
-        assert_eq!(handle.await.unwrap(), 200);
-    }
-    let text = metrics(&gateway).await;
+    setup.release_held(3, held).await;
+    let text = metrics(&setup.gateway).await;
     assert_eq!(
         metric_sum(
             &text,
@@ -179,26 +232,19 @@ spec: {priority: 0, poolRef: {name: pool}}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_waits_past_its_ttl_gets_429_with_the_reason() {
-    let (port, backends) = start_backends(131, 1).await;
-    let backend = &backends[0];
-    let llm_port = free_port();
-    let pods = ready_pods("backend", "backend", [backend.addr.ip()]);
-    let objects = config(llm_port, port, pods, &[]) + IMPATIENT;
-    let gateway = Gateway::start(gateway_binary(), &objects, &[]).await;
-    let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
-    let client = client();
-    let held = fill(&client, &url).await;
-    wait_for("five held requests at the backend", || backend.count() == 5).await;
+    let setup = Setup::start(131, &[], IMPATIENT, &[], false).await;
+    let (backend, client, url) = (setup.backend(), &setup.client, setup.url.as_str());
+    let held = setup.fill().await;
     // The pool's own time to live is a minute; the objective's is 200 ms.
-    let patient = send(&client, &url, "standard");
-    wait_queued(&gateway, 1).await;
-    let expired = send_with(&client, &url, "standard", Some("impatient"))
+    let patient = send(client, url, "standard");
+    wait_queued(&setup.gateway, 1).await;
+    let expired = send_with(client, url, "standard", Some("impatient"))
         .await
         .unwrap();
     assert_eq!(expired, (429, Some("rejected-ttl-expired".to_owned())));
     let (status, body_bytes) = post(
-        &client,
-        &url,
+        client,
+        url,
         &[("x-gateway-inference-objective", "impatient")],
         body("standard"),
     )
@@ -207,40 +253,29 @@ async fn a_request_that_waits_past_its_ttl_gets_429_with_the_reason() {
     let error: serde_json::Value = serde_json::from_slice(&body_bytes).unwrap();
     assert_eq!(error["error"]["type"], "rate_limit_error", "{error}");
     // A Sheddable request to the saturated pool is shed at once, as without flow control.
-    let shed = send(&client, &url, "batch").await.unwrap();
+    let shed = send(client, url, "batch").await.unwrap();
     assert_eq!(shed, (429, Some("rejected-saturated".to_owned())));
     assert_eq!(
         backend.count(),
         5,
         "refused requests never reach the backend"
     );
-    wait_queued(&gateway, 1).await;
+    wait_queued(&setup.gateway, 1).await;
     backend.release("hold-0");
     assert_eq!(patient.await.unwrap(), (200, None));
-    for gate in 1..5 {
-        backend.release(&format!("hold-{gate}"));
-    }
-    for handle in held {
-        assert_eq!(handle.await.unwrap(), 200);
-    }
+    setup.release_held(1, held).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_while_queued_leaves_the_queue() {
-    let (port, backends) = start_backends(132, 1).await;
-    let backend = &backends[0];
-    let llm_port = free_port();
-    let pods = ready_pods("backend", "backend", [backend.addr.ip()]);
-    let gateway = Gateway::start(gateway_binary(), &config(llm_port, port, pods, &[]), &[]).await;
-    let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
-    let client = client();
-    let held = fill(&client, &url).await;
-    wait_for("five held requests at the backend", || backend.count() == 5).await;
-    let gone = send(&client, &url, "standard");
-    wait_queued(&gateway, 1).await;
+    let setup = Setup::start(132, &[], "", &[], false).await;
+    let (backend, client, url) = (setup.backend(), &setup.client, setup.url.as_str());
+    let held = setup.fill().await;
+    let gone = send(client, url, "standard");
+    wait_queued(&setup.gateway, 1).await;
     gone.abort();
-    wait_queued(&gateway, 0).await;
-    let text = metrics(&gateway).await;
+    wait_queued(&setup.gateway, 0).await;
+    let text = metrics(&setup.gateway).await;
     assert_eq!(
         metric_sum(
             &text,
@@ -250,63 +285,43 @@ async fn a_client_that_hangs_up_while_queued_leaves_the_queue() {
         "{text}"
     );
     // The freed slot goes to the next request, not to the one that left.
-    let next = send(&client, &url, "standard");
-    wait_queued(&gateway, 1).await;
+    let next = send(client, url, "standard");
+    wait_queued(&setup.gateway, 1).await;
     backend.release("hold-0");
     assert_eq!(next.await.unwrap(), (200, None));
     assert_eq!(backend.count(), 6);
-    for gate in 1..5 {
-        backend.release(&format!("hold-{gate}"));
-    }
-    for handle in held {
-        assert_eq!(handle.await.unwrap(), 200);
-    }
+    setup.release_held(1, held).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_scaled_to_zero_serves_what_waited_once_an_endpoint_is_ready() {
-    let (port, backends) = start_backends(133, 1).await;
-    let backend = &backends[0];
-    let llm_port = free_port();
-    let gateway = Gateway::start(gateway_binary(), &config(llm_port, port, vec![], &[]), &[]).await;
-    let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
-    let client = client();
-    let waiting = send(&client, &url, "standard");
-    wait_queued(&gateway, 1).await;
+    let setup = Setup::start(133, &[], "", &[], true).await;
+    let waiting = send(&setup.client, &setup.url, "standard");
+    wait_queued(&setup.gateway, 1).await;
     // The pod comes up: the request that waited is served there.
-    let pods = ready_pods("backend", "backend", [backend.addr.ip()]);
-    gateway.rewrite_config(&config(llm_port, port, pods, &[]));
+    let pods = ready_pods("backend", "backend", [setup.backend().addr.ip()]);
+    setup
+        .gateway
+        .rewrite_config(&config(setup.llm_port, setup.port, pods, &[]));
     assert_eq!(waiting.await.unwrap(), (200, None));
-    assert_eq!(backend.count(), 1);
+    assert_eq!(setup.backend().count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_serves_or_answers_every_queued_request() {
-    let (port, backends) = start_backends(134, 1).await;
-    let backend = &backends[0];
-    let llm_port = free_port();
-    let pods = ready_pods("backend", "backend", [backend.addr.ip()]);
-    let mut gateway = Gateway::start(
-        gateway_binary(),
-        &config(llm_port, port, pods, &[]),
-        &["--drain-delay", "1s"],
-    )
-    .await;
-    let url = format!("http://127.0.0.1:{llm_port}/v1/completions");
-    let client = client();
-    let held = fill(&client, &url).await;
-    wait_for("five held requests at the backend", || backend.count() == 5).await;
-    let queued: Vec<_> = (0..3).map(|_| send(&client, &url, "standard")).collect();
-    wait_queued(&gateway, 3).await;
-    gateway.terminate();
-    for gate in 0..5 {
-        backend.release(&format!("hold-{gate}"));
-    }
-    for handle in held {
-        assert_eq!(handle.await.unwrap(), 200);
-    }
+    let mut setup = Setup::start(134, &[], "", &["--drain-delay", "1s"], false).await;
+    let held = setup.fill().await;
+    let queued: Vec<_> = (0..3)
+        .map(|_| send(&setup.client, &setup.url, "standard"))
+        .collect();
+    wait_queued(&setup.gateway, 3).await;
+    setup.gateway.terminate();
+    setup.release_held(0, held).await;
     for handle in queued {
         assert_eq!(handle.await.unwrap(), (200, None), "served while draining");
     }
-    assert!(gateway.wait_exit().await, "the gateway drained and exited");
+    assert!(
+        setup.gateway.wait_exit().await,
+        "the gateway drained and exited"
+    );
 }

@@ -27,6 +27,17 @@ fn sim_flags() -> Vec<&'static str> {
     ]
 }
 
+/// `loadgen`'s standard output, after checking it exited successfully.
+fn succeeded(output: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "loadgen failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_saved_result_has_the_client_keys_and_agrees_with_the_servers_metrics() {
     let sim = start(&sim_flags()).await;
@@ -48,12 +59,7 @@ async fn the_saved_result_has_the_client_keys_and_agrees_with_the_servers_metric
         .output()
         .await
         .expect("loadgen runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "loadgen failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = succeeded(&output);
     assert!(stdout.starts_with("============ Serving Benchmark Result ============\n"));
     assert!(stdout.contains("Successful requests:                     6         \n"));
     assert!(stdout.contains("P90 E2EL (ms):"));
@@ -233,12 +239,7 @@ async fn tenants_run_at_once_and_are_summarized_apart() {
         .output()
         .await
         .expect("loadgen runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "loadgen failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = succeeded(&output);
     assert!(stdout.contains("== tenant chat =="), "{stdout}");
     assert!(stdout.contains("== tenant batch =="), "{stdout}");
     assert!(stdout.contains("Jain's fairness index"), "{stdout}");

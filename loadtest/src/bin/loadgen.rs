@@ -420,22 +420,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let (key, value) = key_value(pair, "metadata")?;
             result[key] = json!(value);
         }
-        let name = args
-            .result_filename
-            .clone()
-            .unwrap_or_else(|| result_file_name(&settings, &date));
-        let path = match &args.result_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                dir.join(name)
-            }
-            None => PathBuf::from(name),
-        };
-        std::fs::write(&path, serde_json::to_string_pretty(&result)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("saved {}", path.display());
+        save_result(&args, &result_file_name(&settings, &date), &result)?;
     }
+    Ok(())
+}
+
+/// Write `result` to `--result-filename` (else `default_name`) in `--result-dir`.
+fn save_result(args: &Args, default_name: &str, result: &serde_json::Value) -> anyhow::Result<()> {
+    let name = args
+        .result_filename
+        .clone()
+        .unwrap_or_else(|| default_name.to_owned());
+    let path = match &args.result_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.join(name)
+        }
+        None => PathBuf::from(name),
+    };
+    std::fs::write(&path, serde_json::to_string_pretty(result)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("saved {}", path.display());
     Ok(())
 }
 
@@ -554,21 +559,7 @@ async fn run_tenants(
             "time_scale": args.time_scale,
             "served_model_name": served,
         });
-        let name = args
-            .result_filename
-            .clone()
-            .unwrap_or_else(|| "tenants.json".to_owned());
-        let path = match &args.result_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                dir.join(name)
-            }
-            None => PathBuf::from(name),
-        };
-        std::fs::write(&path, serde_json::to_string_pretty(&result)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("saved {}", path.display());
+        save_result(args, "tenants.json", &result)?;
     }
     Ok(())
 }

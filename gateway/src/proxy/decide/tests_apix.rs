@@ -260,12 +260,17 @@ spec: {poolRef: {kind: Service, name: qwen-pool}}
             "{expected:?} not in {fields:#?}"
         );
     }
-    let pool = snapshot
+    let pool = qwen_pool(&snapshot);
+    assert!(pool.rewrites.is_empty() && pool.objectives.is_empty());
+}
+
+/// The pool `default/qwen-pool` of `snapshot`.
+fn qwen_pool(snapshot: &Snapshot) -> &crate::snapshot::Pool {
+    snapshot
         .pools
         .values()
         .find(|p| p.name == "default/qwen-pool")
-        .unwrap();
-    assert!(pool.rewrites.is_empty() && pool.objectives.is_empty());
+        .expect("the qwen pool")
 }
 
 #[test]
@@ -299,11 +304,7 @@ spec: {priority: 1, poolRef: {name: qwen-pool}}
             "10 minutes"
         )]
     );
-    let pool = snapshot
-        .pools
-        .values()
-        .find(|p| p.name == "default/qwen-pool")
-        .unwrap();
+    let pool = qwen_pool(&snapshot);
     assert_eq!(
         pool.objectives["patient"].ttl,
         Some(std::time::Duration::from_secs(600))

@@ -27,6 +27,17 @@ fn sim_flags() -> Vec<&'static str> {
     ]
 }
 
+/// `loadgen` against `sim`'s model, as `vllm bench serve --backend vllm` would be run.
+fn loadgen(sim: &common::TestSim) -> tokio::process::Command {
+    let port = sim.server.local_addr().port().to_string();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    command
+        .args(["--backend", "vllm", "--host", "127.0.0.1", "--port", &port])
+        .args(["--model", "/models/Qwen-2.5-7B-Instruct"])
+        .args(["--served-model-name", MODEL]);
+    command
+}
+
 /// `loadgen`'s standard output, after checking it exited successfully.
 fn succeeded(output: &std::process::Output) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -42,11 +53,8 @@ fn succeeded(output: &std::process::Output) -> String {
 async fn the_saved_result_has_the_client_keys_and_agrees_with_the_servers_metrics() {
     let sim = start(&sim_flags()).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = sim.server.local_addr().port().to_string();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["--backend", "vllm", "--host", "127.0.0.1", "--port", &port])
-        .args(["--model", "/models/Qwen-2.5-7B-Instruct"])
-        .args(["--served-model-name", MODEL, "--trust-remote-code"])
+    let output = loadgen(&sim)
+        .arg("--trust-remote-code")
         .args(["--dataset-name", "random", "--num-prompts", "6"])
         .args(["--random-prefix-len", "10", "--random-input-len", "60"])
         .args(["--random-output-len", "12", "--random-range-ratio", "0.2"])
@@ -221,11 +229,7 @@ async fn conversations_reuse_their_history_and_legacy_bodies_count_tokens_from_t
 async fn tenants_run_at_once_and_are_summarized_apart() {
     let sim = start(&sim_flags()).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = sim.server.local_addr().port().to_string();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["--backend", "vllm", "--host", "127.0.0.1", "--port", &port])
-        .args(["--model", "/models/Qwen-2.5-7B-Instruct"])
-        .args(["--served-model-name", MODEL])
+    let output = loadgen(&sim)
         .args([
             "--tenant",
             "name=chat,objective=interactive,prompts=4,input=40,output=8",

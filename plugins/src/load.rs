@@ -158,12 +158,16 @@ pub fn pool_saturation(pool: &PoolView<'_>, config: &LoadConfig) -> f64 {
     total / pool.len() as f64
 }
 
-/// Requests the pool can take before every endpoint is saturated, for flow control: per
-/// endpoint, the queue threshold less the larger of the requests this gateway sent there that
-/// await their first token (exact, never stale) and its scraped queue plus what was sent since
-/// the scrape; nothing on an endpoint at or over the KV threshold. An endpoint whose metrics are
-/// missing or stale is judged by the gateway's own count alone, so a scrape that stopped slows
-/// nothing down by itself. An empty pool has no room.
+/// Requests the pool can take before it is saturated, for flow control (0 or less: none). Per
+/// endpoint, `queue threshold × (1 − saturation)`, where an endpoint's saturation is
+/// `max(queue / queue threshold, KV usage / KV threshold)` as in [`Load::saturation`], except that
+/// its queue is the larger of the requests this gateway sent there that await their first token
+/// (exact, never stale) and its scraped queue plus what was sent since the scrape; an endpoint
+/// past its threshold counts against the others, but by one threshold at most, so an endpoint
+/// flooded from elsewhere cannot hold back requests that idle endpoints could serve. An endpoint
+/// whose metrics are missing or stale is judged by the gateway's own count alone, so a scrape that
+/// stopped slows nothing down by itself. The pool decides as a whole, so a released request goes
+/// wherever its strategy ranks best (KV usage included). An empty pool has no room.
 pub fn free_slots(pool: &PoolView<'_>, config: &LoadConfig) -> f64 {
     pool.endpoints
         .iter()
@@ -175,11 +179,8 @@ pub fn free_slots(pool: &PoolView<'_>, config: &LoadConfig) -> f64 {
             } else {
                 (awaiting, 0.0)
             };
-            if kv >= config.kv_threshold {
-                0.0
-            } else {
-                (config.queue_threshold - queue).max(0.0)
-            }
+            let saturation = (queue / config.queue_threshold).max(kv / config.kv_threshold);
+            (config.queue_threshold * (1.0 - saturation)).max(-config.queue_threshold)
         })
         .sum()
 }
@@ -190,7 +191,7 @@ mod tests {
     use crate::endpoint::{EndpointId, EndpointMetrics};
 
     #[test]
-    fn free_slots_take_the_larger_of_the_gateways_count_and_the_scrape() {
+    fn free_slots_count_each_endpoints_room_from_the_gateways_count_and_the_scrape() {
         let ids: Vec<EndpointId> = (1..=4)
             .map(|i| EndpointId::new(format!("10.0.0.{i}:8000").parse().unwrap(), "e"))
             .collect();
@@ -210,18 +211,37 @@ mod tests {
             .zip(&metrics)
             .map(|(id, m)| view(id, Some(m), 10, 0))
             .collect();
-        // 0: scrape 1 + 1 sent since, 3 awaiting a first token: 5 - 3 = 2 free.
+        // 0: scrape 1 + 1 sent since, 3 awaiting a first token: queue 3, 5 - 3 = 2 free.
         views[0].dispatched_since_scrape = 1;
         views[0].in_flight_prefill = 3;
         // 1: stale metrics, 4 awaiting: judged by the gateway's count, 1 free.
         views[1].metrics_age = Some(Duration::from_secs(5));
         views[1].in_flight_prefill = 4;
-        // 2: KV cache over the threshold: none. 3: a scraped queue of 9: none.
+        // 2: KV 0.85 over 0.8: saturation 1.0625, 0.3125 over. 3: a scraped queue of 9: 4 over.
         let pool = PoolView {
             name: "p",
             endpoints: &views,
         };
-        assert_eq!(free_slots(&pool, &LoadConfig::default()), 3.0);
+        assert_eq!(free_slots(&pool, &LoadConfig::default()), -1.3125);
+        // An endpoint far past its threshold takes at most one threshold's worth from the others.
+        let flooded = [scraped(40, 0.3)];
+        let mut two = vec![views[0], view(&ids[3], Some(&flooded[0]), 10, 0)];
+        two[0].in_flight_prefill = 0;
+        let pool = PoolView {
+            name: "p",
+            endpoints: &two,
+        };
+        // 5 − 2 (scrape 1 + 1 sent since) = 3, and −5 for the flooded one.
+        assert_eq!(free_slots(&pool, &LoadConfig::default()), -2.0);
+        // KV usage counts before the threshold: 0.6 of 0.8 leaves a quarter of the queue.
+        let half_full = [scraped(0, 0.6)];
+        let view = [view(&ids[0], Some(&half_full[0]), 10, 0)];
+        let pool = PoolView {
+            name: "p",
+            endpoints: &view,
+        };
+        let room = free_slots(&pool, &LoadConfig::default());
+        assert!((room - 1.25).abs() < 1e-9, "{room}");
         let empty = PoolView {
             name: "p",
             endpoints: &[],

@@ -38,6 +38,17 @@ fn loadgen(sim: &common::TestSim) -> tokio::process::Command {
     command
 }
 
+/// Run `command`, saving its result in `dir`; its standard output, after checking it succeeded.
+async fn run_saving(mut command: tokio::process::Command, dir: &std::path::Path) -> String {
+    let output = command
+        .args(["--save-result", "--result-dir"])
+        .arg(dir)
+        .output()
+        .await
+        .expect("loadgen runs");
+    succeeded(&output)
+}
+
 /// `loadgen`'s standard output, after checking it exited successfully.
 fn succeeded(output: &std::process::Output) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -53,7 +64,8 @@ fn succeeded(output: &std::process::Output) -> String {
 async fn the_saved_result_has_the_client_keys_and_agrees_with_the_servers_metrics() {
     let sim = start(&sim_flags()).await;
     let dir = tempfile::tempdir().unwrap();
-    let output = loadgen(&sim)
+    let mut command = loadgen(&sim);
+    command
         .arg("--trust-remote-code")
         .args(["--dataset-name", "random", "--num-prompts", "6"])
         .args(["--random-prefix-len", "10", "--random-input-len", "60"])
@@ -61,13 +73,8 @@ async fn the_saved_result_has_the_client_keys_and_agrees_with_the_servers_metric
         .args(["--max-concurrency", "3", "--seed", "4"])
         .args(["--percentile-metrics", "ttft,tpot,itl,e2el"])
         .args(["--metric-percentiles", "50,90,99"])
-        .args(["--scrape", &sim.base, "--scrape-interval-ms", "20"])
-        .args(["--save-result", "--result-dir"])
-        .arg(dir.path())
-        .output()
-        .await
-        .expect("loadgen runs");
-    let stdout = succeeded(&output);
+        .args(["--scrape", &sim.base, "--scrape-interval-ms", "20"]);
+    let stdout = run_saving(command, dir.path()).await;
     assert!(stdout.starts_with("============ Serving Benchmark Result ============\n"));
     assert!(stdout.contains("Successful requests:                     6         \n"));
     assert!(stdout.contains("P90 E2EL (ms):"));
@@ -229,7 +236,8 @@ async fn conversations_reuse_their_history_and_legacy_bodies_count_tokens_from_t
 async fn tenants_run_at_once_and_are_summarized_apart() {
     let sim = start(&sim_flags()).await;
     let dir = tempfile::tempdir().unwrap();
-    let output = loadgen(&sim)
+    let mut command = loadgen(&sim);
+    command
         .args([
             "--tenant",
             "name=chat,objective=interactive,prompts=4,input=40,output=8",
@@ -237,13 +245,8 @@ async fn tenants_run_at_once_and_are_summarized_apart() {
         .args([
             "--tenant",
             "name=batch,fairness=team-b,prompts=6,input=80,output=16,concurrency=2",
-        ])
-        .args(["--save-result", "--result-dir"])
-        .arg(dir.path())
-        .output()
-        .await
-        .expect("loadgen runs");
-    let stdout = succeeded(&output);
+        ]);
+    let stdout = run_saving(command, dir.path()).await;
     assert!(stdout.contains("== tenant chat =="), "{stdout}");
     assert!(stdout.contains("== tenant batch =="), "{stdout}");
     assert!(stdout.contains("Jain's fairness index"), "{stdout}");

@@ -240,6 +240,11 @@ impl<T> FlowQueue<T> {
         self.bytes
     }
 
+    /// The priority of the request [`FlowQueue::pop`] would return next.
+    pub fn top_priority(&self) -> Option<i32> {
+        self.bands.keys().next().map(|&Reverse(priority)| priority)
+    }
+
     /// Requests queued per priority, highest first.
     pub fn band_lengths(&self) -> impl Iterator<Item = (i32, usize)> + '_ {
         self.bands

@@ -54,8 +54,10 @@ fn higher_bands_go_first_and_a_flow_is_first_come_first_served() {
     );
     let oldest: Vec<(i32, u32)> = q.oldest_per_band().map(|(p, &v)| (p, v)).collect();
     assert_eq!(oldest, [(5, 3), (0, 2), (-1, 1)]);
+    assert_eq!(q.top_priority(), Some(5));
     assert_eq!(drain(&mut q), [3, 2, 4, 1, 5]);
     assert!(q.is_empty());
+    assert_eq!(q.top_priority(), None);
     assert_eq!(q.bytes(), 0);
 }
 

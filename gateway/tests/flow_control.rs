@@ -191,23 +191,40 @@ async fn a_saturated_pool_serves_higher_priority_first_then_arrival_order() {
     let urgent = send(client, url, "critical");
     wait_queued(&setup.gateway, 3).await;
     assert_eq!(backend.count(), 5, "nothing passed the full endpoint");
-    // One slot at a time: the Critical request first, then the Standard ones in arrival order.
-    for (slot, expected) in ["critical", "standard", "standard"].iter().enumerate() {
-        backend.release(&format!("hold-{slot}"));
-        wait_for("the next request at the backend", || {
-            backend.count() == 6 + slot
-        })
-        .await;
-        assert_eq!(
-            backend.seen()[5 + slot].model.as_deref(),
-            Some(*expected),
-            "request {slot} through the queue"
-        );
+    // One slot: the Critical request goes first.
+    backend.release("hold-0");
+    wait_for("the critical request at the backend", || {
+        backend.count() == 6
+    })
+    .await;
+    assert_eq!(backend.seen()[5].model.as_deref(), Some("critical"));
+    // While Critical is active, Standard keeps headroom for it (at most 0.75 requests awaiting a
+    // first token per endpoint): the Standard ones go once the held prefills are done, in
+    // arrival order.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        backend.count(),
+        6,
+        "no Standard request while four prefills are held"
+    );
+    for gate in 1..5 {
+        backend.release(&format!("hold-{gate}"));
     }
+    wait_for("both standard requests at the backend", || {
+        backend.count() == 8
+    })
+    .await;
+    assert_eq!(
+        backend.seen()[6..]
+            .iter()
+            .map(|r| r.model.as_deref())
+            .collect::<Vec<_>>(),
+        [Some("standard"), Some("standard")]
+    );
     for handle in [urgent, first, second] {
         assert_eq!(handle.await.unwrap(), (200, None));
     }
-    setup.release_held(3, held).await;
+    setup.release_held(5, held).await;
     let text = metrics(&setup.gateway).await;
     assert_eq!(
         metric_sum(

@@ -37,6 +37,37 @@ impl Default for LoadConfig {
     }
 }
 
+/// The highest KV threshold headroom raises a priority to: vLLM admits a request only while
+/// free blocks remain (and keeps a 1% watermark), and a cache this full preempts on the next
+/// burst of decode growth.
+pub const MAX_KV_THRESHOLD: f64 = 0.95;
+
+impl LoadConfig {
+    /// The thresholds a lower priority is judged by while a higher one is active: at most
+    /// `queue` requests awaiting their first token per endpoint (if below the usual threshold),
+    /// and the KV threshold lowered by the share `kv_headroom`. The pool looks saturated to the
+    /// lower priority earlier, and the room it leaves is the higher one's.
+    pub fn with_headroom(self, queue: f64, kv_headroom: f64) -> LoadConfig {
+        LoadConfig {
+            queue_threshold: self.queue_threshold.min(queue),
+            kv_threshold: self.kv_threshold * (1.0 - kv_headroom).clamp(0.0, 1.0),
+            ..self
+        }
+    }
+
+    /// The thresholds of the highest active priority while a lower one keeps headroom for it:
+    /// the KV threshold raised by the share `kv_headroom`, at most to [`MAX_KV_THRESHOLD`]. The
+    /// lower priority's requests stop at `kv × (1 − headroom)` but keep growing as they decode;
+    /// the higher one's room is measured above that growth.
+    pub fn with_headroom_above(self, kv_headroom: f64) -> LoadConfig {
+        LoadConfig {
+            kv_threshold: (self.kv_threshold * (1.0 + kv_headroom.max(0.0)))
+                .min(MAX_KV_THRESHOLD.max(self.kv_threshold)),
+            ..self
+        }
+    }
+}
+
 /// The load estimate of one endpoint.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Load {
@@ -242,6 +273,19 @@ mod tests {
         };
         let room = free_slots(&pool, &LoadConfig::default());
         assert!((room - 1.25).abs() < 1e-9, "{room}");
+        // With headroom for a higher priority: 0.6 of 0.64, a sixteenth of a queue of 1.
+        let lower = LoadConfig::default().with_headroom(1.0, 0.2);
+        assert_eq!(lower.queue_threshold, 1.0);
+        assert!((lower.kv_threshold - 0.64).abs() < 1e-9);
+        let room = free_slots(&pool, &lower);
+        assert!((room - 0.0625).abs() < 1e-9, "{room}");
+        let upper = LoadConfig::default().with_headroom_above(0.1);
+        assert!((upper.kv_threshold - 0.88).abs() < 1e-9);
+        assert_eq!(upper.queue_threshold, 5.0);
+        assert_eq!(
+            LoadConfig::default().with_headroom_above(0.5).kv_threshold,
+            MAX_KV_THRESHOLD
+        );
         let empty = PoolView {
             name: "p",
             endpoints: &[],

@@ -111,6 +111,8 @@ pub struct PoolQueue {
     released: AtomicUsize,
     wake: Notify,
     dispatching: AtomicBool,
+    /// When each priority last sent a request (few priorities: a short list).
+    arrivals: Mutex<Vec<(i32, Instant)>>,
 }
 
 /// A request waiting in a [`PoolQueue`].
@@ -130,7 +132,47 @@ impl PoolQueue {
             released: AtomicUsize::new(0),
             wake: Notify::new(),
             dispatching: AtomicBool::new(false),
+            arrivals: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Record that a request of `priority` arrived at `now` (queued or not).
+    pub fn note_arrival(&self, priority: i32, now: Instant) {
+        let mut arrivals = self.arrivals.lock();
+        match arrivals.iter_mut().find(|(p, _)| *p == priority) {
+            Some((_, at)) => *at = now,
+            None => arrivals.push((priority, now)),
+        }
+    }
+
+    /// Whether a priority above `priority` sent a request within `window` of `now`: then
+    /// `priority` leaves headroom for it.
+    pub fn higher_active(&self, priority: i32, now: Instant, window: Duration) -> bool {
+        self.active(now, window, |p| p > priority)
+    }
+
+    /// Whether a priority below `priority` sent a request within `window` of `now`: then
+    /// `priority` may use the headroom the lower one leaves.
+    pub fn lower_active(&self, priority: i32, now: Instant, window: Duration) -> bool {
+        self.active(now, window, |p| p < priority)
+    }
+
+    fn active(&self, now: Instant, window: Duration, which: impl Fn(i32) -> bool) -> bool {
+        self.arrivals
+            .lock()
+            .iter()
+            .any(|&(p, at)| which(p) && now.saturating_duration_since(at) <= window)
+    }
+
+    /// Whether a request of `priority` or higher waits (a newcomer of `priority` queues behind
+    /// it rather than overtake it).
+    pub fn waiting_at_or_above(&self, priority: i32) -> bool {
+        !self.is_empty()
+            && self
+                .queue
+                .lock()
+                .top_priority()
+                .is_some_and(|top| top >= priority)
     }
 
     /// Apply new bounds; requests already queued stay.
@@ -206,11 +248,12 @@ impl PoolQueue {
     }
 
     /// Start the dispatcher unless it runs: it releases requests while `room` says the pool has
-    /// room (given the released requests not yet dispatched) and stops when the queue is empty.
-    /// Call after every [`PoolQueue::enqueue`], from within the Tokio runtime.
+    /// room for the next one (given the released requests not yet dispatched, and the next
+    /// one's priority) and stops when the queue is empty. Call after every
+    /// [`PoolQueue::enqueue`], from within the Tokio runtime.
     pub fn dispatch<F>(self: &Arc<Self>, room: F)
     where
-        F: Fn(usize) -> Room + Send + Sync + 'static,
+        F: Fn(usize, i32) -> Room + Send + Sync + 'static,
     {
         if self.dispatching.swap(true, Ordering::AcqRel) {
             self.wake();
@@ -237,10 +280,14 @@ impl PoolQueue {
         });
     }
 
-    /// Release requests while the pool has room.
-    fn release(self: &Arc<Self>, room: &impl Fn(usize) -> Room) {
+    /// Release requests while the pool has room for the next one. A next one without room
+    /// stops the release: what follows it has the same priority or a lower one.
+    fn release(self: &Arc<Self>, room: &impl Fn(usize, i32) -> Room) {
         loop {
-            match room(self.released()) {
+            let Some(next) = self.queue.lock().top_priority() else {
+                return;
+            };
+            match room(self.released(), next) {
                 Room::Full => return,
                 Room::Gone => {
                     while let Some(departure) = self.with_queue(FlowQueue::pop) {

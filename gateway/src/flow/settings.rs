@@ -10,6 +10,9 @@
 //! | `ttl-ms` | 60000 | How long a request may wait for room before it is answered 429: a minute, the patience of an interactive client |
 //! | `empty-pool-ttl-ms` | 300000 | How long a request may wait while the pool has no endpoint at all (scaled to zero, or every pod restarting): five minutes, about what a vLLM pod takes to pull its image and load a 7B model |
 //! | `shed-negative-priority` | `true` | Requests of negative priority (`Sheddable`) are answered 429 at once while the pool is saturated, as without flow control, rather than queued behind everything else |
+//! | `priority-headroom-kv` | 0.1 | While priorities mix, the KV budget splits around the threshold: a lower priority sees the cache full at 0.8 × (1 − 0.1) = 0.72, the highest active one at 0.8 × (1 + 0.1) = 0.88 (never above 0.95). Lower-priority requests keep growing after they are sent (each decoded token takes KV), and the higher priority must find room above that growth instead of waiting for a lower-priority request to finish; the lower one still keeps most of the cache, so its throughput holds. Measured on `compare --scenario qos`, see `docs/flow-control.md` |
+//! | `priority-headroom-queue` | 0.75 | While a higher priority is active, a lower one keeps at most this many requests awaiting their first token per endpoint, counted over the pool (instead of the strategy's queue threshold, 5): on five endpoints at most three prefill lower-priority work at once, so a higher-priority request usually finds one with no prefill ahead of it. Measured on `compare --scenario qos --size 120` (KV headroom 0.1): 1 left every endpoint prefilling batch work (interactive TTFT p95 4.2× alone), 0.5 starved the batch tenant's prefills (0.74× its throughput); the table is in `docs/flow-control.md` |
+//! | `priority-headroom-window-ms` | 30000 | How recently a higher priority must have sent a request for the headroom to be kept: long enough to bridge the gaps of an interactive tenant's traffic, short enough that a tenant gone quiet stops costing the others capacity |
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,6 +40,13 @@ pub struct FlowSettings {
     pub empty_pool_ttl: Duration,
     /// Whether negative priorities are shed at once when the pool is saturated.
     pub shed_negative_priority: bool,
+    /// Share of the KV threshold a lower priority leaves free while a higher one is active.
+    pub priority_headroom_kv: f64,
+    /// Requests awaiting a first token per endpoint a lower priority may keep while a higher one
+    /// is active.
+    pub priority_headroom_queue: f64,
+    /// How recently a higher priority must have sent a request to count as active.
+    pub priority_headroom_window: Duration,
 }
 
 impl Default for FlowSettings {
@@ -71,6 +81,13 @@ impl FlowSettings {
             1..=86_400_000,
         )?;
         let shed_negative_priority = params.bool("shed-negative-priority", true)?;
+        let priority_headroom_kv = params.f64("priority-headroom-kv", 0.1, 0.0..=0.9)?;
+        let priority_headroom_queue = params.f64("priority-headroom-queue", 0.75, 0.0..=1000.0)?;
+        let priority_headroom_window = params.millis(
+            "priority-headroom-window-ms",
+            Duration::from_secs(30),
+            1..=86_400_000,
+        )?;
         params.finish()?;
         Ok(Self {
             enabled,
@@ -79,6 +96,9 @@ impl FlowSettings {
             ttl,
             empty_pool_ttl,
             shed_negative_priority,
+            priority_headroom_kv,
+            priority_headroom_queue,
+            priority_headroom_window,
         })
     }
 }
@@ -103,6 +123,11 @@ mod tests {
         assert_eq!(s.band.bytes, 1 << 30);
         assert_eq!(s.ttl, Duration::from_secs(60));
         assert_eq!(s.empty_pool_ttl, Duration::from_secs(300));
+        assert_eq!(
+            (s.priority_headroom_kv, s.priority_headroom_queue),
+            (0.1, 0.75)
+        );
+        assert_eq!(s.priority_headroom_window, Duration::from_secs(30));
     }
 
     #[test]
@@ -111,8 +136,10 @@ mod tests {
             ("enabled", "false"),
             ("ttl-ms", "1500"),
             ("band-max-requests", "10"),
+            ("priority-headroom-kv", "0"),
         ]))
         .unwrap();
+        assert_eq!(s.priority_headroom_kv, 0.0);
         assert!(!s.enabled);
         assert_eq!(s.ttl, Duration::from_millis(1500));
         assert_eq!(s.band.requests, 10);
@@ -122,6 +149,9 @@ mod tests {
             (err.parameter.as_str(), err.value.as_str()),
             ("max-requests", "0")
         );
+        let err = FlowSettings::from_annotations(&annotations(&[("priority-headroom-kv", "1")]))
+            .unwrap_err();
+        assert!(err.reason.contains("between 0 and 0.9"), "{}", err.reason);
         let err = FlowSettings::from_annotations(&annotations(&[("ttl", "60s")])).unwrap_err();
         assert_eq!(err.parameter, "ttl");
         assert!(

@@ -11,18 +11,25 @@ fn admission(priority: i32, flow: &str) -> Admission {
     }
 }
 
-/// A pool with `capacity` slots: room while fewer than that are in flight or released.
+/// A pool with `capacity` slots: room while fewer than that are in flight or released; priorities
+/// below [`TOP`] leave `headroom` slots free.
 #[derive(Debug, Default)]
 struct Slots {
     capacity: AtomicUsize,
     in_flight: AtomicUsize,
+    headroom: AtomicUsize,
 }
 
+const TOP: i32 = 10;
+
 impl Slots {
-    fn room(self: &Arc<Self>) -> impl Fn(usize) -> Room + Send + Sync + 'static {
+    fn room(self: &Arc<Self>) -> impl Fn(usize, i32) -> Room + Send + Sync + 'static {
         let slots = Arc::clone(self);
-        move |released| {
-            let used = slots.in_flight.load(Ordering::Relaxed) + released;
+        move |released, priority| {
+            let mut used = slots.in_flight.load(Ordering::Relaxed) + released;
+            if priority < TOP {
+                used += slots.headroom.load(Ordering::Relaxed);
+            }
             if used < slots.capacity.load(Ordering::Relaxed) {
                 Room::Free
             } else {
@@ -157,7 +164,7 @@ async fn a_pool_that_goes_away_answers_everyone_waiting() {
     let waiting: Vec<Queued> = (0..3)
         .map(|i| queue.enqueue(admission(i, "a")).unwrap())
         .collect();
-    queue.dispatch(|_| Room::Gone);
+    queue.dispatch(|_, _| Room::Gone);
     for w in waiting {
         let outcome = w.wait(FOREVER, std::future::pending()).await;
         assert!(
@@ -193,4 +200,48 @@ async fn an_abandoned_wait_leaves_the_queue() {
     task.abort();
     let _ = task.await;
     assert_eq!(queue.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_band_without_room_stops_the_release_while_a_higher_one_goes() {
+    let queue = PoolQueue::new(&FlowSettings::default());
+    let slots = Arc::new(Slots::default());
+    slots.capacity.store(2, Ordering::Relaxed);
+    slots.headroom.store(1, Ordering::Relaxed);
+    // One slot in use: a low-priority request would take the one kept for the top band.
+    slots.in_flight.store(1, Ordering::Relaxed);
+    let low = queue.enqueue(admission(0, "a")).unwrap();
+    queue.dispatch(slots.room());
+    let low = tokio::spawn(low.wait(FOREVER, std::future::pending()));
+    tokio::time::sleep(RECHECK * 3).await;
+    assert!(!low.is_finished(), "the headroom is kept");
+    assert!(queue.waiting_at_or_above(0) && !queue.waiting_at_or_above(TOP));
+    let top = queue.enqueue(admission(TOP, "b")).unwrap();
+    queue.dispatch(slots.room());
+    let top = tokio::spawn(top.wait(FOREVER, std::future::pending()));
+    let Waited::Admitted(admit) = top.await.unwrap() else {
+        panic!("the top band uses the headroom")
+    };
+    drop(admit);
+    tokio::time::sleep(RECHECK * 3).await;
+    assert!(!low.is_finished());
+    slots.in_flight.store(0, Ordering::Relaxed);
+    queue.wake();
+    assert!(matches!(low.await.unwrap(), Waited::Admitted(_)));
+}
+
+#[test]
+fn a_priority_is_active_for_its_window_after_its_last_request() {
+    let queue = PoolQueue::new(&FlowSettings::default());
+    let start = Instant::now();
+    let window = Duration::from_secs(30);
+    assert!(!queue.higher_active(0, start, window));
+    queue.note_arrival(10, start);
+    queue.note_arrival(0, start);
+    assert!(queue.higher_active(0, start + window, window));
+    assert!(!queue.higher_active(10, start, window), "only higher ones");
+    assert!(queue.lower_active(10, start, window) && !queue.lower_active(0, start, window));
+    assert!(!queue.higher_active(0, start + window * 2, window));
+    queue.note_arrival(10, start + window * 2);
+    assert!(queue.higher_active(-1, start + window * 2, window));
 }

@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use flowcontrol::Admission;
 use plugins::PoolView;
-use plugins::load::free_slots;
+use plugins::load::{LoadConfig, free_slots};
 
 use super::decide::{InferenceInfo, Waiting};
 use super::error::ClientError;
 use crate::config::ObjectKey;
 use crate::flow::{Admit, Refusal, Room, Waited};
+use crate::snapshot::Pool;
 use crate::snapshot::endpoint::{EndpointSample, eligible};
 use crate::state::GatewayState;
 
@@ -47,9 +48,25 @@ pub enum Turn {
     ClientGone(Box<InferenceInfo>),
 }
 
-/// Whether the pool `key` names in the current snapshot has room for another request, given
-/// `released` requests about to be dispatched to it.
-pub fn room(state: &GatewayState, key: &ObjectKey, released: usize) -> Room {
+/// The thresholds a request of `priority` is judged by: the strategy's, lowered by the pool's
+/// priority headroom while a higher priority is active, and with the KV threshold raised by the
+/// same share while only lower ones are ([`crate::flow::FlowSettings`]).
+pub fn load_config_for(pool: &Pool, priority: i32, now: Instant) -> LoadConfig {
+    let config = pool.strategy.load_config();
+    let flow = &pool.flow;
+    let window = flow.priority_headroom_window;
+    if pool.queue.higher_active(priority, now, window) {
+        config.with_headroom(flow.priority_headroom_queue, flow.priority_headroom_kv)
+    } else if pool.queue.lower_active(priority, now, window) {
+        config.with_headroom_above(flow.priority_headroom_kv)
+    } else {
+        config
+    }
+}
+
+/// Whether the pool `key` names in the current snapshot has room for another request of
+/// `priority`, given `released` requests about to be dispatched to it.
+pub fn room(state: &GatewayState, key: &ObjectKey, released: usize, priority: i32) -> Room {
     let snapshot = state.snapshots.load();
     let Some(pool) = snapshot.pools.get(key) else {
         return Room::Gone;
@@ -70,7 +87,7 @@ pub fn room(state: &GatewayState, key: &ObjectKey, released: usize) -> Room {
         name: &pool.name,
         endpoints: &views,
     };
-    if free_slots(&view, &pool.strategy.load_config()) > released as f64 {
+    if free_slots(&view, &load_config_for(pool, priority, now)) > released as f64 {
         Room::Free
     } else {
         Room::Full
@@ -125,7 +142,7 @@ pub async fn wait_turn(
     let dispatcher_state = Arc::clone(state);
     let key = pool.key.clone();
     pool.queue
-        .dispatch(move |released| room(&dispatcher_state, &key, released));
+        .dispatch(move |released, priority| room(&dispatcher_state, &key, released, priority));
     let since = Instant::now();
     let priority = info.priority.to_string();
     let observe = |outcome: &str| {

@@ -16,6 +16,7 @@
 //! | `prompts` | 100 | requests |
 //! | `input` / `output` | 1024 / 128 | prompt and output tokens (the random dataset's lengths) |
 //! | `range` | 0 | the random dataset's range ratio |
+//! | `delay` | 0 | seconds (simulated, under a time scale) before the tenant's first request |
 
 use std::collections::BTreeSet;
 
@@ -43,6 +44,8 @@ pub struct TenantSpec {
     pub input: usize,
     pub output: usize,
     pub range: f64,
+    /// Simulated seconds before the tenant starts sending.
+    pub delay: f64,
 }
 
 /// Why a tenant's text was refused.
@@ -71,6 +74,7 @@ impl TenantSpec {
             input: 1024,
             output: 128,
             range: 0.0,
+            delay: 0.0,
         };
         let mut seen = BTreeSet::new();
         for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -111,10 +115,11 @@ impl TenantSpec {
                 "input" => spec.input = count("positive token count")?,
                 "output" => spec.output = count("positive token count")?,
                 "range" => spec.range = number("ratio")?.min(1.0),
+                "delay" => spec.delay = number("number of seconds")?,
                 _ => {
                     return Err(error(format!(
                         "unknown key {key:?}; known: name, objective, fairness, model, rate, \
-                         concurrency, prompts, input, output, range"
+                         concurrency, prompts, input, output, range, delay"
                     )));
                 }
             }
@@ -179,8 +184,9 @@ pub enum TenantsError {
     Run(String, RunError),
 }
 
-/// Run every tenant at once over `client`, each with its own plan derived from `base` and its own
-/// dataset seed (`seed` plus its position). The outputs are in `tenants`' order.
+/// Run every tenant at once (each after its delay) over `client`, each with its own plan derived
+/// from `base` and its own dataset seed (`seed` plus its position). The outputs are in
+/// `tenants`' order.
 pub async fn run_tenants(
     tenants: &[TenantSpec],
     base: &RunPlan,
@@ -201,7 +207,11 @@ pub async fn run_tenants(
         plan.seed = base.seed + i as u64;
         let client = client.clone();
         let name = tenant.name.clone();
+        let delay = std::time::Duration::from_secs_f64(
+            tenant.delay / base.time_scale.max(f64::MIN_POSITIVE),
+        );
         runs.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
             run(plan, workload, client)
                 .await
                 .map_err(|e| TenantsError::Run(name, e))
@@ -240,8 +250,10 @@ mod tests {
         );
         assert_eq!((t.rate, t.prompts, t.input, t.output), (4.0, 50, 256, 64));
         assert_eq!(t.concurrency, None);
-        let batch = TenantSpec::parse("name=batch,fairness=team-b,concurrency=16").unwrap();
+        let batch =
+            TenantSpec::parse("name=batch,fairness=team-b,concurrency=16,delay=2.5").unwrap();
         assert_eq!(batch.fairness, "team-b");
+        assert_eq!((t.delay, batch.delay), (0.0, 2.5));
         assert!(batch.rate.is_infinite());
         for (text, reason) in [
             ("objective=x", "name=… is required"),

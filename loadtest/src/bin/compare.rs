@@ -14,7 +14,7 @@ use loadtest::compare::report::{ReportContext, results_table, servers_table};
 use loadtest::compare::scenario::{Route, Scenario, ScenarioName};
 use loadtest::compare::sweep::stage_tables;
 use loadtest::compare::targets::targets;
-use loadtest::compare::{ComparePlan, run_all, table, write_report};
+use loadtest::compare::{ComparePlan, qos, run_all, table, write_report};
 use loadtest::procs::sibling_binary;
 use loadtest::sim::profile::{PROFILES, Profile};
 
@@ -32,12 +32,14 @@ struct Args {
     #[arg(long, num_args = 1.., value_name = "DATA_JSON", conflicts_with = "scenario")]
     table: Vec<PathBuf>,
     /// Routes, comma-separated: `plain` (port 8080) and strategy names for port 8081
-    /// (DEFAULT, PREFIX_CACHE, LORA_AFFINITY, ROUND_ROBIN, RANDOM). A route named twice runs twice
+    /// (DEFAULT, PREFIX_CACHE, LORA_AFFINITY, ROUND_ROBIN, RANDOM), a strategy with `/flow-off`
+    /// for its pool with flow control turned off (`DEFAULT/flow-off`). A route named twice runs twice
     /// (`plain,plain,DEFAULT` measures round-robin's run-to-run noise). Default: the scenario's.
     #[arg(long, value_delimiter = ',')]
     routes: Vec<String>,
     /// The scenario's size (seed: prompts; prefix: prompts per group; multi-turn: sessions;
-    /// lora, uniform, heterogeneous: requests; optimized-baseline: simulated seconds per stage).
+    /// lora, uniform, heterogeneous: requests; optimized-baseline: simulated seconds per stage;
+    /// qos: interactive requests per phase).
     /// Default: the scenario's.
     #[arg(long, alias = "num-prompts")]
     size: Option<usize>,
@@ -189,6 +191,22 @@ async fn interrupted() {
     }
 }
 
+/// The command line, commit and date of the report.
+fn report_context() -> ReportContext {
+    let command = std::iter::once("cargo run --release -p loadtest --bin compare --".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    ReportContext {
+        command,
+        commit: git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into()),
+        date: timestamp_utc(unix),
+    }
+}
+
 fn print_table(files: &[PathBuf]) -> anyhow::Result<()> {
     let scenarios = files
         .iter()
@@ -210,22 +228,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
             binary.display()
         );
     }
+    if name == ScenarioName::Qos {
+        let runs = tokio::select! {
+            result = qos::run_all(&plan) => result?,
+            _ = interrupted() => anyhow::bail!("interrupted; every child process was stopped"),
+        };
+        let context = report_context();
+        let written = qos::write_report(&plan, &runs, &args.out, &context, args.font.as_deref())?;
+        println!("{}", qos::tenants_table(&runs));
+        println!("{}", qos::targets(&runs));
+        for path in written {
+            eprintln!("wrote {}", path.display());
+        }
+        return Ok(());
+    }
     let runs = tokio::select! {
         result = run_all(&plan) => result?,
         _ = interrupted() => anyhow::bail!("interrupted; every child process was stopped"),
     };
-    let command = std::iter::once("cargo run --release -p loadtest --bin compare --".to_string())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let context = ReportContext {
-        command,
-        commit: git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into()),
-        date: timestamp_utc(unix),
-    };
+    let context = report_context();
     let written = write_report(&plan, &runs, &args.out, &context, args.font.as_deref())?;
     println!("{}", results_table(&runs));
     println!("{}", servers_table(&runs));

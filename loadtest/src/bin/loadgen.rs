@@ -171,7 +171,8 @@ struct Args {
     disable_tqdm: bool,
 
     /// A tenant, as `name=…,objective=…,fairness=…,model=…,rate=…,concurrency=…,prompts=…,
-    /// input=…,output=…,range=…` (repeatable): every tenant runs at once with its own random
+    /// input=…,output=…,range=…,delay=…` (repeatable): every tenant runs at once (after its
+    /// delay in seconds) with its own random
     /// dataset, rate and headers, and is summarized on its own (the dataset flags are ignored).
     #[arg(long)]
     tenant: Vec<String>,

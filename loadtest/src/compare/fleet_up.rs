@@ -34,6 +34,8 @@ pub const ADMIN_ADDR: &str = "127.0.0.1:9090";
 pub const STRATEGY_ANNOTATION: &str = "inference.networking.x-k8s.io/routing-strategy";
 /// The example's pool.
 pub const POOL_NAME: &str = "vllm-qwen-pool";
+/// The pool annotation that turns the gateway's queue off (`gateway/src/flow/settings.rs`).
+pub const FLOW_CONTROL_ENABLED_ANNOTATION: &str = "flow-control.inference-gateway.dev/enabled";
 
 /// How long a process may take to become ready. Simulators bind in milliseconds and the gateway
 /// is ready after its first scrape round (50 ms); these bound a broken start, not a normal one.
@@ -79,6 +81,11 @@ pub struct StackPlan {
     pub gateway_models: Vec<String>,
     /// The pool's strategy; `None` leaves the example's annotation-less pool (DEFAULT).
     pub strategy: Option<String>,
+    /// Whether the pool queues requests while saturated (the gateway's default); `false`
+    /// annotates it off.
+    pub flow_control: bool,
+    /// InferenceObjectives on the pool, for requests that name one.
+    pub objectives: Vec<ObjectiveSpec>,
     /// Where configs and logs go.
     pub scratch: PathBuf,
     /// The gateway's `RUST_LOG`.
@@ -100,8 +107,35 @@ pub fn profile_for(profiles: &[String], index: usize) -> &str {
     }
 }
 
-/// Inserts the strategy annotation into the InferencePool named [`POOL_NAME`].
-pub fn annotate_pool(yaml: &str, strategy: &str) -> Option<String> {
+/// An InferenceObjective the stack declares on its pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectiveSpec {
+    pub name: String,
+    pub priority: i32,
+    /// Its own time to live in the gateway's queue, when not the pool's.
+    pub ttl_ms: Option<u64>,
+}
+
+/// The InferenceObjectives of `objectives` on the example's pool (a v1alpha2 pool, so the
+/// reference names its group).
+pub fn objectives_yaml(objectives: &[ObjectiveSpec]) -> String {
+    objectives
+        .iter()
+        .map(|o| {
+            let annotations = o.ttl_ms.map_or_else(String::new, |ttl| {
+                format!("  annotations:\n    flow-control.inference-gateway.dev/ttl-ms: \"{ttl}\"\n")
+            });
+            format!(
+                "apiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferenceObjective\nmetadata:\n  name: {}\n{annotations}spec:\n  priority: {}\n  poolRef:\n    group: inference.networking.x-k8s.io\n    name: {POOL_NAME}\n",
+                o.name, o.priority
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// Inserts `annotations` (name, value) into the InferencePool named [`POOL_NAME`].
+pub fn annotate_pool(yaml: &str, annotations: &[(&str, &str)]) -> Option<String> {
     let mut out = String::with_capacity(yaml.len() + 100);
     let mut in_pool = false;
     let mut done = false;
@@ -112,9 +146,10 @@ pub fn annotate_pool(yaml: &str, strategy: &str) -> Option<String> {
         out.push_str(line);
         out.push('\n');
         if in_pool && !done && line.trim_end() == format!("  name: {POOL_NAME}") {
-            out.push_str(&format!(
-                "  annotations:\n    {STRATEGY_ANNOTATION}: \"{strategy}\"\n"
-            ));
+            out.push_str("  annotations:\n");
+            for (name, value) in annotations {
+                out.push_str(&format!("    {name}: \"{value}\"\n"));
+            }
             done = true;
         }
     }
@@ -138,15 +173,22 @@ pub fn inference_models_yaml(names: &[String]) -> String {
 pub fn write_config(plan: &StackPlan, dir: &Path) -> Result<(), StackError> {
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let entries = std::fs::read_dir(&plan.manifests).map_err(io_error(&plan.manifests))?;
-    let mut annotated = plan.strategy.is_none();
+    let mut annotations = Vec::new();
+    if let Some(strategy) = &plan.strategy {
+        annotations.push((STRATEGY_ANNOTATION, strategy.as_str()));
+    }
+    if !plan.flow_control {
+        annotations.push((FLOW_CONTROL_ENABLED_ANNOTATION, "false"));
+    }
+    let mut annotated = annotations.is_empty();
     for entry in entries {
         let path = entry.map_err(io_error(&plan.manifests))?.path();
         if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
             continue;
         }
         let mut text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
-        if let Some(strategy) = &plan.strategy
-            && let Some(with) = annotate_pool(&text, strategy)
+        if !annotations.is_empty()
+            && let Some(with) = annotate_pool(&text, &annotations)
         {
             text = with;
             annotated = true;
@@ -161,6 +203,10 @@ pub fn write_config(plan: &StackPlan, dir: &Path) -> Result<(), StackError> {
         let target = dir.join("extra-models.yaml");
         std::fs::write(&target, inference_models_yaml(&plan.gateway_models))
             .map_err(io_error(&target))?;
+    }
+    if !plan.objectives.is_empty() {
+        let target = dir.join("objectives.yaml");
+        std::fs::write(&target, objectives_yaml(&plan.objectives)).map_err(io_error(&target))?;
     }
     Ok(())
 }
@@ -251,12 +297,20 @@ mod tests {
 
     #[test]
     fn the_pool_and_only_the_pool_is_annotated() {
-        let out = annotate_pool(POOL, "PREFIX_CACHE").unwrap();
+        let out = annotate_pool(
+            POOL,
+            &[
+                (STRATEGY_ANNOTATION, "PREFIX_CACHE"),
+                (FLOW_CONTROL_ENABLED_ANNOTATION, "false"),
+            ],
+        )
+        .unwrap();
         assert_eq!(out.matches("routing-strategy").count(), 1);
         assert!(out.contains(
-            "  name: vllm-qwen-pool\n  annotations:\n    inference.networking.x-k8s.io/routing-strategy: \"PREFIX_CACHE\"\nspec:"
+            "  name: vllm-qwen-pool\n  annotations:\n    inference.networking.x-k8s.io/routing-strategy: \"PREFIX_CACHE\"\n    flow-control.inference-gateway.dev/enabled: \"false\"\nspec:"
         ));
-        assert!(annotate_pool("kind: Service\nmetadata:\n  name: x\n", "DEFAULT").is_none());
+        let service = "kind: Service\nmetadata:\n  name: x\n";
+        assert!(annotate_pool(service, &[(STRATEGY_ANNOTATION, "DEFAULT")]).is_none());
     }
 
     #[test]
@@ -273,6 +327,12 @@ mod tests {
             lora_modules: Vec::new(),
             gateway_models: vec!["adapter-1".into()],
             strategy: Some("LORA_AFFINITY".into()),
+            flow_control: false,
+            objectives: vec![ObjectiveSpec {
+                name: "batch".into(),
+                priority: -1,
+                ttl_ms: Some(600_000),
+            }],
             scratch: dir.path().to_path_buf(),
             gateway_log: "warn".into(),
         };
@@ -281,6 +341,11 @@ mod tests {
         assert!(pool.contains("routing-strategy: \"LORA_AFFINITY\""));
         let extra = std::fs::read_to_string(dir.path().join("extra-models.yaml")).unwrap();
         assert!(extra.contains("modelName: adapter-1"));
+        assert!(pool.contains("flow-control.inference-gateway.dev/enabled: \"false\""));
+        let objectives = std::fs::read_to_string(dir.path().join("objectives.yaml")).unwrap();
+        assert!(objectives.contains(
+            "  name: batch\n  annotations:\n    flow-control.inference-gateway.dev/ttl-ms: \"600000\"\nspec:\n  priority: -1\n"
+        ));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod capacity;
 pub mod fleet_up;
 pub mod llm_d;
 pub mod plot;
+pub mod qos;
 pub mod report;
 pub mod scenario;
 pub mod sweep;
@@ -24,7 +25,7 @@ pub mod targets;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use self::fleet_up::{INFERENCE_PORT, PLAIN_PORT, StackError, StackPlan, start_stack};
+use self::fleet_up::{StackError, StackPlan, start_stack};
 use self::scenario::{Route, Scenario};
 use self::sweep::{StageResult, stage_results};
 use crate::bench::dataset::DatasetError;
@@ -45,6 +46,11 @@ pub enum CompareError {
     Dataset(#[from] DatasetError),
     #[error("route {route}: {source}")]
     Run { route: String, source: RunError },
+    #[error("route {route}: {source}")]
+    Tenants {
+        route: String,
+        source: crate::bench::tenants::TenantsError,
+    },
     #[error("route {route}: a process died during the run: {source}")]
     Died {
         route: String,
@@ -155,10 +161,53 @@ pub fn summary_options() -> SummaryOptions {
     }
 }
 
-fn cpu_now(pids: &[u32]) -> Vec<f64> {
+pub(crate) fn cpu_now(pids: &[u32]) -> Vec<f64> {
     pids.iter()
         .map(|&pid| process_cpu_seconds(pid).unwrap_or(0.0))
         .collect()
+}
+
+/// The stack of `plan`'s scenario for `route`, its configuration and logs in `scratch`.
+pub(crate) fn stack_plan(
+    plan: &ComparePlan,
+    route: &Route,
+    scratch: &std::path::Path,
+) -> StackPlan {
+    let scenario = &plan.scenario;
+    StackPlan {
+        sim_binary: plan.sim_binary.clone(),
+        gateway_binary: plan.gateway_binary.clone(),
+        manifests: plan.manifests.clone(),
+        profiles: plan.profiles.clone(),
+        time_scale: plan.time_scale,
+        seed: plan.seed,
+        lora_modules: scenario.lora_modules.clone(),
+        gateway_models: scenario.gateway_models.clone(),
+        strategy: route.strategy().map(str::to_owned),
+        flow_control: route.flow_control(),
+        objectives: scenario.objectives.clone(),
+        scratch: scratch.to_path_buf(),
+        gateway_log: plan.gateway_log.clone(),
+    }
+}
+
+/// After a run: check that every process of `stack` lived through it, stop them all, and keep
+/// the scratch directory when asked to.
+pub(crate) fn finish_stack(
+    mut stack: fleet_up::Stack,
+    route: &Route,
+    scratch: tempfile::TempDir,
+    keep: bool,
+) -> Result<(), CompareError> {
+    let alive = stack.processes.check_alive();
+    stack.processes.stop_all();
+    if keep {
+        eprintln!("kept {}", scratch.keep().display());
+    }
+    alive.map_err(|source| CompareError::Died {
+        route: route.short(),
+        source,
+    })
 }
 
 /// Runs the scenario through one route on a fresh stack; `repeat` numbers the route's runs.
@@ -172,23 +221,7 @@ pub async fn run_route(
         .tempdir()
         .map_err(CompareError::Scratch)?;
     let scenario = &plan.scenario;
-    let stack_plan = StackPlan {
-        sim_binary: plan.sim_binary.clone(),
-        gateway_binary: plan.gateway_binary.clone(),
-        manifests: plan.manifests.clone(),
-        profiles: plan.profiles.clone(),
-        time_scale: plan.time_scale,
-        seed: plan.seed,
-        lora_modules: scenario.lora_modules.clone(),
-        gateway_models: scenario.gateway_models.clone(),
-        strategy: match route {
-            Route::Plain => None,
-            Route::Inference(strategy) => Some(strategy.clone()),
-        },
-        scratch: scratch.path().to_path_buf(),
-        gateway_log: plan.gateway_log.clone(),
-    };
-    let mut stack = start_stack(&stack_plan).await?;
+    let stack = start_stack(&stack_plan(plan, route, scratch.path())).await?;
     let workload = scenario.workload(plan.size, plan.seed)?;
     let requests = workload.num_requests();
     let sending = &scenario.sending;
@@ -197,10 +230,7 @@ pub async fn run_route(
     let request_rate = sweep.as_ref().map_or(sending.request_rate, |s| {
         s.total_requests() as f64 / (s.stage_seconds * s.rates.len() as f64)
     });
-    let port = match route {
-        Route::Plain => PLAIN_PORT,
-        Route::Inference(_) => INFERENCE_PORT,
-    };
+    let port = route.port();
     let run_plan = RunPlan {
         shape: RequestShape {
             url: format!(
@@ -244,17 +274,7 @@ pub async fn run_route(
     })?;
     let wall = started.elapsed().as_secs_f64();
     let after = cpu_now(&pids);
-    stack
-        .processes
-        .check_alive()
-        .map_err(|source| CompareError::Died {
-            route: route.short(),
-            source,
-        })?;
-    stack.processes.stop_all();
-    if plan.keep_scratch {
-        eprintln!("kept {}", scratch.keep().display());
-    }
+    finish_stack(stack, route, scratch, plan.keep_scratch)?;
     let used: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     let sims = used.len() - 2;
     let cpu = CpuUse {
@@ -340,6 +360,21 @@ pub async fn run_all(plan: &ComparePlan) -> Result<Vec<RouteRun>, CompareError> 
     Ok(runs)
 }
 
+/// Writes `text` to `path`, creating its directory; returns the path.
+pub(crate) fn write_file(path: PathBuf, text: String) -> Result<PathBuf, CompareError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| CompareError::Write {
+            path: parent.display().to_string(),
+            source,
+        })?;
+    }
+    std::fs::write(&path, text).map_err(|source| CompareError::Write {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(path)
+}
+
 /// Writes `NAME.md`, `data/NAME.json` and the plots into `dir`; returns the paths written.
 pub fn write_report(
     plan: &ComparePlan,
@@ -348,26 +383,13 @@ pub fn write_report(
     context: &report::ReportContext,
     font: Option<&std::path::Path>,
 ) -> Result<Vec<PathBuf>, CompareError> {
-    let write = |path: PathBuf, text: String| -> Result<PathBuf, CompareError> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| CompareError::Write {
-                path: parent.display().to_string(),
-                source,
-            })?;
-        }
-        std::fs::write(&path, text).map_err(|source| CompareError::Write {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Ok(path)
-    };
     let stem = plan.scenario.name.file_stem();
     let mut written = vec![
-        write(
+        write_file(
             dir.join(format!("{stem}.md")),
             report::markdown(plan, runs, context),
         )?,
-        write(
+        write_file(
             dir.join("data").join(format!("{stem}.json")),
             serde_json::to_string_pretty(&report::data_json(plan, runs, context))
                 .unwrap_or_default(),

@@ -70,40 +70,43 @@ pub fn register_font(explicit: Option<&Path>) -> Result<(), PlotError> {
     })
 }
 
-/// One route's KV series: (simulated seconds since the run started, usage per endpoint).
-struct KvPanel {
-    title: String,
-    hosts: Vec<String>,
-    points: Vec<(f64, Vec<Option<f64>>)>,
+/// One panel of several named lines: (x, y) points each.
+pub struct Panel {
+    pub title: String,
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
 }
 
-fn kv_panels(runs: &[RouteRun], time_scale: f64) -> Vec<KvPanel> {
+/// One route's KV series: per endpoint, (simulated seconds since the run started, usage in %).
+fn kv_panels(runs: &[RouteRun], time_scale: f64) -> Vec<Panel> {
     runs.iter()
         .map(|run| {
             let (from, to) = run.observed.window;
-            KvPanel {
+            let ticks: Vec<_> = run
+                .observed
+                .ticks
+                .iter()
+                .filter(|t| t.at >= from && t.at <= to)
+                .collect();
+            let series = run
+                .observed
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(index, endpoint)| {
+                    let host = endpoint.trim_start_matches("http://").replace(":8000", "");
+                    let points = ticks
+                        .iter()
+                        .filter_map(|t| {
+                            let sample = t.samples.get(index)?.as_ref()?;
+                            Some(((t.at - from) * time_scale, sample.kv_usage * 100.0))
+                        })
+                        .collect();
+                    (host, points)
+                })
+                .collect();
+            Panel {
                 title: run.label(),
-                hosts: run
-                    .observed
-                    .endpoints
-                    .iter()
-                    .map(|e| e.trim_start_matches("http://").replace(":8000", ""))
-                    .collect(),
-                points: run
-                    .observed
-                    .ticks
-                    .iter()
-                    .filter(|t| t.at >= from && t.at <= to)
-                    .map(|t| {
-                        (
-                            (t.at - from) * time_scale,
-                            t.samples
-                                .iter()
-                                .map(|s| s.as_ref().map(|s| s.kv_usage * 100.0))
-                                .collect(),
-                        )
-                    })
-                    .collect(),
+                series,
             }
         })
         .collect()
@@ -116,16 +119,30 @@ fn draw_error<E: std::fmt::Debug>(path: &Path) -> impl FnOnce(E) -> PlotError + 
     }
 }
 
-fn draw_kv<DB: DrawingBackend>(
+/// Axis texts and the y range of a row of panels.
+pub struct PanelAxes<'a> {
+    pub x_desc: &'a str,
+    pub y_desc: &'a str,
+    /// The top of the y axis; `None` fits the highest point.
+    pub y_max: Option<f64>,
+}
+
+fn draw_panels<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    panels: &[KvPanel],
+    panels: &[Panel],
+    axes: &PanelAxes,
     path: &Path,
 ) -> Result<(), PlotError> {
     root.fill(&WHITE).map_err(draw_error(path))?;
-    let longest = panels
-        .iter()
-        .filter_map(|p| p.points.last().map(|(t, _)| *t))
-        .fold(1.0f64, f64::max);
+    let points = || {
+        panels
+            .iter()
+            .flat_map(|p| p.series.iter().flat_map(|(_, points)| points.iter()))
+    };
+    let longest = points().map(|(x, _)| *x).fold(1.0f64, f64::max);
+    let y_max = axes
+        .y_max
+        .unwrap_or_else(|| points().map(|(_, y)| *y).fold(1.0f64, f64::max) * 1.1);
     let areas = root.split_evenly((1, panels.len().max(1)));
     for (panel, area) in panels.iter().zip(areas) {
         let mut chart = ChartBuilder::on(&area)
@@ -133,25 +150,24 @@ fn draw_kv<DB: DrawingBackend>(
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(55)
-            .build_cartesian_2d(0f64..longest, 0f64..100f64)
+            .build_cartesian_2d(0f64..longest, 0f64..y_max)
             .map_err(draw_error(path))?;
         chart
             .configure_mesh()
-            .x_desc("simulated seconds since the run started")
-            .y_desc("KV-cache usage (%)")
+            .x_desc(axes.x_desc)
+            .y_desc(axes.y_desc)
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(draw_error(path))?;
-        for (index, host) in panel.hosts.iter().enumerate() {
+        for (index, (name, points)) in panel.series.iter().enumerate() {
             let color = Palette99::pick(index).to_rgba();
-            let series = panel
-                .points
-                .iter()
-                .filter_map(|(t, values)| values.get(index).copied().flatten().map(|v| (*t, v)));
             chart
-                .draw_series(LineSeries::new(series, color.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(2),
+                ))
                 .map_err(draw_error(path))?
-                .label(host.clone())
+                .label(name.clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
                 });
@@ -169,15 +185,42 @@ fn draw_kv<DB: DrawingBackend>(
     Ok(())
 }
 
-fn draw_ttft<DB: DrawingBackend>(
+/// Writes `NAME.png` and `NAME.svg` into `dir`: `panels` side by side.
+pub fn write_panels(
+    dir: &Path,
+    name: &str,
+    panels: &[Panel],
+    axes: &PanelAxes,
+) -> Result<Vec<PathBuf>, PlotError> {
+    let size = (560 * panels.len().max(1) as u32, 420);
+    let png = dir.join(format!("{name}.png"));
+    draw_panels(
+        &BitMapBackend::new(&png, size).into_drawing_area(),
+        panels,
+        axes,
+        &png,
+    )?;
+    let svg = dir.join(format!("{name}.svg"));
+    draw_panels(
+        &SVGBackend::new(&svg, size).into_drawing_area(),
+        panels,
+        axes,
+        &svg,
+    )?;
+    Ok(vec![png, svg])
+}
+
+/// A distribution to draw: its label and its values in ascending order.
+pub type Distribution<'a> = (String, &'a [f64]);
+
+fn draw_cdf<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    runs: &[RouteRun],
+    caption: &str,
+    series: &[Distribution],
     path: &Path,
 ) -> Result<(), PlotError> {
     root.fill(&WHITE).map_err(draw_error(path))?;
-    let all = runs
-        .iter()
-        .flat_map(|r| r.summary.ttft.samples.values().iter().copied());
+    let all = series.iter().flat_map(|(_, values)| values.iter().copied());
     let (low, high) = all.fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let low = if low.is_finite() && low > 0.0 {
         low * 0.8
@@ -186,7 +229,7 @@ fn draw_ttft<DB: DrawingBackend>(
     };
     let high = (high * 1.25).max(low * 10.0);
     let mut chart = ChartBuilder::on(root)
-        .caption("TTFT distribution per route", ("sans-serif", 22))
+        .caption(caption, ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
@@ -199,8 +242,7 @@ fn draw_ttft<DB: DrawingBackend>(
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(draw_error(path))?;
-    for (index, run) in runs.iter().enumerate() {
-        let values = run.summary.ttft.samples.values();
+    for (index, (label, values)) in series.iter().enumerate() {
         let n = values.len().max(1) as f64;
         let color = Palette99::pick(index).to_rgba();
         let points = values
@@ -210,7 +252,7 @@ fn draw_ttft<DB: DrawingBackend>(
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(3)))
             .map_err(draw_error(path))?
-            .label(run.label())
+            .label(label.clone())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
             });
@@ -227,6 +269,31 @@ fn draw_ttft<DB: DrawingBackend>(
     Ok(())
 }
 
+/// Writes `NAME.png` and `NAME.svg` into `dir`: the distributions of TTFT in `series`.
+pub fn write_cdf(
+    dir: &Path,
+    name: &str,
+    caption: &str,
+    series: &[Distribution],
+) -> Result<Vec<PathBuf>, PlotError> {
+    let size = (900, 520);
+    let png = dir.join(format!("{name}.png"));
+    draw_cdf(
+        &BitMapBackend::new(&png, size).into_drawing_area(),
+        caption,
+        series,
+        &png,
+    )?;
+    let svg = dir.join(format!("{name}.svg"));
+    draw_cdf(
+        &SVGBackend::new(&svg, size).into_drawing_area(),
+        caption,
+        series,
+        &svg,
+    )?;
+    Ok(vec![png, svg])
+}
+
 /// Writes `STEM-kv.{png,svg}` and `STEM-ttft.{png,svg}` into `dir`; returns the paths.
 pub fn write_plots(
     dir: &Path,
@@ -234,39 +301,28 @@ pub fn write_plots(
     runs: &[RouteRun],
     time_scale: f64,
 ) -> Result<Vec<PathBuf>, PlotError> {
-    let panels = kv_panels(runs, time_scale);
-    let kv_size = (560 * panels.len().max(1) as u32, 420);
-    let ttft_size = (900, 520);
-    let mut written = Vec::new();
-
-    let path = dir.join(format!("{stem}-kv.png"));
-    draw_kv(
-        &BitMapBackend::new(&path, kv_size).into_drawing_area(),
-        &panels,
-        &path,
+    let mut written = write_panels(
+        dir,
+        &format!("{stem}-kv"),
+        &kv_panels(runs, time_scale),
+        &PanelAxes {
+            x_desc: "simulated seconds since the run started",
+            y_desc: "KV-cache usage (%)",
+            y_max: Some(100.0),
+        },
     )?;
-    written.push(path);
-    let path = dir.join(format!("{stem}-kv.svg"));
-    draw_kv(
-        &SVGBackend::new(&path, kv_size).into_drawing_area(),
-        &panels,
-        &path,
-    )?;
-    written.push(path);
-    let path = dir.join(format!("{stem}-ttft.png"));
-    draw_ttft(
-        &BitMapBackend::new(&path, ttft_size).into_drawing_area(),
-        runs,
-        &path,
-    )?;
-    written.push(path);
-    let path = dir.join(format!("{stem}-ttft.svg"));
-    draw_ttft(
-        &SVGBackend::new(&path, ttft_size).into_drawing_area(),
-        runs,
-        &path,
-    )?;
-    written.push(path);
+    let labels: Vec<String> = runs.iter().map(RouteRun::label).collect();
+    let series: Vec<Distribution> = runs
+        .iter()
+        .zip(labels)
+        .map(|(run, label)| (label, run.summary.ttft.samples.values()))
+        .collect();
+    written.extend(write_cdf(
+        dir,
+        &format!("{stem}-ttft"),
+        "TTFT distribution per route",
+        &series,
+    )?);
     Ok(written)
 }
 

@@ -264,19 +264,24 @@ pub struct ReportContext {
     pub date: String,
 }
 
+impl ReportContext {
+    /// A report's title and the paragraph naming its command, date and commit.
+    pub fn header(&self, stem: &str, title: &str) -> String {
+        format!(
+            "# `{stem}`: {title}\n\nProduced by `{}` on {} UTC at commit `{}`, on this project's \
+             2-core development machine. Regenerate with the same command; every figure below \
+             comes from that run.\n\n",
+            self.command, self.date, self.commit
+        )
+    }
+}
+
 /// The Markdown report.
 pub fn markdown(plan: &ComparePlan, runs: &[RouteRun], context: &ReportContext) -> String {
     let scenario = &plan.scenario;
     let stem = scenario.name.file_stem();
     let sending = &scenario.sending;
-    let mut out = String::new();
-    let _ = writeln!(out, "# `{stem}`: {}\n", scenario.title);
-    let _ = writeln!(
-        out,
-        "Produced by `{}` on {} UTC at commit `{}`, on this project's 2-core development machine. \
-         Regenerate with the same command; every figure below comes from that run.\n",
-        context.command, context.date, context.commit
-    );
+    let mut out = context.header(stem, scenario.title);
     let workload_description = runs
         .first()
         .map(|_| {

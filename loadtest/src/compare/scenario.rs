@@ -18,6 +18,7 @@ use crate::bench::dataset::shared_prefix::SharedPrefixSpec;
 use crate::bench::dataset::{DatasetError, Workload};
 use crate::bench::request::{Backend, BodyStyle};
 
+use super::fleet_up::ObjectiveSpec;
 use super::llm_d;
 use super::sweep::Sweep;
 
@@ -39,6 +40,9 @@ pub enum ScenarioName {
     Heterogeneous,
     /// llm-d's optimized baseline (6k-token prefixes per group) at a staircase of rates.
     OptimizedBaseline,
+    /// Tenants sharing the pool: an interactive tenant alone and under a batch flood, and two
+    /// equal-priority tenants of different appetite (flow control on, off, and the plain route).
+    Qos,
 }
 
 impl ScenarioName {
@@ -51,9 +55,11 @@ impl ScenarioName {
             ScenarioName::Uniform => "uniform",
             ScenarioName::Heterogeneous => "heterogeneous",
             ScenarioName::OptimizedBaseline => "optimized-baseline",
+            ScenarioName::Qos => "qos",
         }
     }
 
+    /// The scenarios of the strategies' table (not `qos`, whose tenants run in phases).
     pub const ALL: [ScenarioName; 7] = [
         ScenarioName::Seed,
         ScenarioName::Prefix,
@@ -72,20 +78,32 @@ pub enum Route {
     Plain,
     /// Port 8081: the InferencePool with this routing strategy.
     Inference(String),
+    /// Port 8081 with the pool's flow control turned off (`STRATEGY/flow-off`): a saturated pool
+    /// sends every request on to the model servers' own queues, as before flow control.
+    Unqueued(String),
 }
+
+/// The suffix that turns a strategy route's flow control off.
+const FLOW_OFF_SUFFIX: &str = "/flow-off";
 
 impl Route {
     pub fn parse(text: &str) -> Route {
-        match text.trim() {
-            "plain" | "8080" => Route::Plain,
-            strategy => Route::Inference(strategy.to_ascii_uppercase()),
+        let text = text.trim();
+        if text == "plain" || text == "8080" {
+            return Route::Plain;
+        }
+        let upper = text.to_ascii_uppercase();
+        match upper.strip_suffix(&FLOW_OFF_SUFFIX.to_ascii_uppercase()) {
+            Some(strategy) => Route::Unqueued(strategy.to_owned()),
+            None => Route::Inference(upper),
         }
     }
 
     pub fn label(&self) -> String {
         match self {
             Route::Plain => "8080 plain (Service round-robin)".into(),
-            Route::Inference(strategy) => format!("8081 {strategy}"),
+            Route::Inference(_) => self.short(),
+            Route::Unqueued(strategy) => format!("8081 {strategy}, flow control off"),
         }
     }
 
@@ -93,6 +111,28 @@ impl Route {
         match self {
             Route::Plain => "8080 plain".into(),
             Route::Inference(strategy) => format!("8081 {strategy}"),
+            Route::Unqueued(strategy) => format!("8081 {strategy}{FLOW_OFF_SUFFIX}"),
+        }
+    }
+
+    /// The pool's routing strategy (none for the plain route).
+    pub fn strategy(&self) -> Option<&str> {
+        match self {
+            Route::Plain => None,
+            Route::Inference(strategy) | Route::Unqueued(strategy) => Some(strategy),
+        }
+    }
+
+    /// Whether the pool queues requests while saturated.
+    pub fn flow_control(&self) -> bool {
+        !matches!(self, Route::Unqueued(_))
+    }
+
+    /// The gateway listener the route is served on.
+    pub fn port(&self) -> u16 {
+        match self {
+            Route::Plain => super::fleet_up::PLAIN_PORT,
+            _ => super::fleet_up::INFERENCE_PORT,
         }
     }
 }
@@ -110,6 +150,22 @@ pub struct Sending {
     pub model_id: String,
 }
 
+impl Sending {
+    /// Today's `vllm bench serve` body with ignore_eos, every request sent on its own schedule
+    /// (no concurrency limit, no test request first).
+    fn open_loop() -> Sending {
+        Sending {
+            backend: Backend::Vllm,
+            style: BodyStyle::Current,
+            ignore_eos: true,
+            max_concurrency: None,
+            request_rate: f64::INFINITY,
+            initial_test_run: false,
+            model_id: "/models/Qwen-2.5-7B-Instruct".into(),
+        }
+    }
+}
+
 /// Everything a scenario fixes.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -122,6 +178,8 @@ pub struct Scenario {
     pub lora_modules: Vec<String>,
     /// Adapter names the gateway must know as InferenceModels.
     pub gateway_models: Vec<String>,
+    /// InferenceObjectives on the pool (the tenants' priorities).
+    pub objectives: Vec<ObjectiveSpec>,
     pub default_routes: Vec<Route>,
     /// Each simulator's `--profile` in pod order when the scenario fixes a mix (empty: the
     /// `--profile` flag for all five).
@@ -166,6 +224,7 @@ impl Scenario {
                 },
                 lora_modules: Vec::new(),
                 gateway_models: Vec::new(),
+                objectives: Vec::new(),
                 default_routes: vec![Route::Plain, Route::Inference("DEFAULT".into())],
                 default_profiles: Vec::new(),
                 sweep_rates: Vec::new(),
@@ -195,6 +254,7 @@ impl Scenario {
                 },
                 lora_modules: Vec::new(),
                 gateway_models: Vec::new(),
+                objectives: Vec::new(),
                 default_routes: vec![
                     Route::Plain,
                     Route::Inference("DEFAULT".into()),
@@ -227,6 +287,7 @@ impl Scenario {
                 },
                 lora_modules: Vec::new(),
                 gateway_models: Vec::new(),
+                objectives: Vec::new(),
                 default_routes: vec![
                     Route::Plain,
                     Route::Inference("DEFAULT".into()),
@@ -262,6 +323,7 @@ impl Scenario {
                     .map(|name| format!("{name}=/models/loras/{name}"))
                     .collect(),
                 gateway_models: lora_adapter_names(),
+                objectives: Vec::new(),
                 default_routes: vec![
                     Route::Plain,
                     Route::Inference("DEFAULT".into()),
@@ -298,6 +360,7 @@ impl Scenario {
                 },
                 lora_modules: Vec::new(),
                 gateway_models: Vec::new(),
+                objectives: Vec::new(),
                 default_routes: four_routes(),
                 default_profiles: Vec::new(),
                 sweep_rates: Vec::new(),
@@ -332,6 +395,7 @@ impl Scenario {
                 },
                 lora_modules: Vec::new(),
                 gateway_models: Vec::new(),
+                objectives: Vec::new(),
                 default_routes: four_routes(),
                 default_profiles: heterogeneous_profiles(),
                 sweep_rates: Vec::new(),
@@ -364,17 +428,10 @@ impl Scenario {
                     then round-robin drains the backlog of its overloaded stages (about \
                     (0.8 + 1.8 + 2.8) × 50 = 270 requests at 1.2/s, 225 s) and a last answer \
                     (about 60 s): under 5 minutes at time scale 2.",
-                sending: Sending {
-                    backend: Backend::Vllm,
-                    style: BodyStyle::Current,
-                    ignore_eos: true,
-                    max_concurrency: None,
-                    request_rate: f64::INFINITY,
-                    initial_test_run: false,
-                    model_id: "/models/Qwen-2.5-7B-Instruct".into(),
-                },
+                sending: Sending::open_loop(),
                 lora_modules: Vec::new(),
                 gateway_models: Vec::new(),
+                objectives: Vec::new(),
                 default_routes: vec![
                     Route::Plain,
                     Route::Inference("DEFAULT".into()),
@@ -385,6 +442,40 @@ impl Scenario {
                 default_time_scale: 2.0,
                 default_size: 50,
                 size_meaning: "simulated seconds per stage",
+            },
+            ScenarioName::Qos => Scenario {
+                name,
+                title: "Tenants sharing one pool: priority and fairness under load",
+                rationale: "Platform teams share a pool between an interactive product, batch \
+                    jobs and tenants of unequal appetite. Three phases per route, each on fresh \
+                    simulators and gateway: the interactive tenant (256-token prompts ±50%, 128 \
+                    output tokens, 4 requests per simulated second, objective `interactive`, \
+                    priority 10) alone; the same with a batch tenant (2,048-token prompts and 512 \
+                    output tokens ±20%, 256 in flight, objective `batch`, priority 0) that alone \
+                    saturates the pool (five A10 pods hold about 165 such requests below the KV \
+                    threshold of 0.8); and two tenants of equal priority (objective `standard`, \
+                    the batch shape), `steady` with 128 requests in flight and `greedy` with 512 \
+                    (and twice the requests), both more than their half of the pool. \
+                    The batch and standard objectives may wait ten minutes in the queue, as \
+                    throughput work can. Without flow control the model servers' first-come-first-\
+                    served queues decide: the interactive tenant waits behind the batch backlog \
+                    and the greedy tenant, with more requests queued, gets more service.",
+                sending: Sending::open_loop(),
+                lora_modules: Vec::new(),
+                gateway_models: Vec::new(),
+                objectives: super::qos::objectives(),
+                default_routes: vec![
+                    Route::Inference("DEFAULT".into()),
+                    Route::Unqueued("DEFAULT".into()),
+                    Route::Plain,
+                ],
+                default_profiles: Vec::new(),
+                sweep_rates: Vec::new(),
+                default_time_scale: 2.0,
+                default_size: 240,
+                size_meaning: "interactive requests per phase (4 per simulated second); the \
+                    batch tenant sends twice as many, the steady one as many, the greedy one twice \
+                    as many",
             },
         }
     }
@@ -400,6 +491,10 @@ impl Scenario {
     /// The workload for `size` (see [`Scenario::size_meaning`]) and `seed`.
     pub fn workload(&self, size: usize, seed: u64) -> Result<Workload, DatasetError> {
         match self.name {
+            ScenarioName::Qos => Err(crate::bench::dataset::invalid(
+                "scenario",
+                "qos sends one workload per tenant (compare::qos::phases), not one for all",
+            )),
             ScenarioName::Seed => RandomSpec {
                 num_prompts: size,
                 prefix_len: 10,
@@ -629,5 +724,11 @@ mod tests {
             Route::parse("prefix_cache"),
             Route::Inference("PREFIX_CACHE".into())
         );
+        let off = Route::parse("default/flow-off");
+        assert_eq!(off, Route::Unqueued("DEFAULT".into()));
+        assert_eq!(off.short(), "8081 DEFAULT/flow-off");
+        assert_eq!(Route::parse(&off.short().replace("8081 ", "")), off);
+        assert!(!off.flow_control() && Route::Plain.flow_control());
+        assert_eq!((off.port(), Route::Plain.port()), (8081, 8080));
     }
 }

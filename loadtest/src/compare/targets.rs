@@ -139,6 +139,8 @@ pub fn targets(plan: &ComparePlan, runs: &[RouteRun]) -> String {
                 );
             }
         }
+        // Its figures come from its tenants' phases (`qos::targets`), not from single runs.
+        ScenarioName::Qos => {}
     }
     if out.is_empty() {
         out.push_str("- (the routes needed for the target figures were not run)\n");

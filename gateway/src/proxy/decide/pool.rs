@@ -18,6 +18,7 @@ use super::plan::{
 };
 use crate::openai;
 use crate::proxy::error::{ClientError, ShedCause};
+use crate::proxy::queue::load_config_for;
 use crate::snapshot::endpoint::eligible;
 use crate::snapshot::{EndpointSample, Pool, UnknownModel};
 
@@ -228,9 +229,14 @@ fn pick_with(
         name: &pool.name,
         endpoints: &views,
     };
-    let load_config = pool.strategy.load_config();
+    if admit.is_none() && pool.flow.enabled {
+        pool.queue.note_arrival(info.priority, sampled_at);
+    }
     if admit.is_none() && info.priority < 0 && shed_negative(&pool) {
-        let saturation = pool_saturation(&pool_view, &load_config);
+        // Saturated for this priority: with a higher one active, the tighter thresholds that
+        // keep its headroom.
+        let config = load_config_for(&pool, info.priority, sampled_at);
+        let saturation = pool_saturation(&pool_view, &config);
         if saturation >= 1.0 {
             let cause = ShedCause::Saturation(saturation);
             return answer(
@@ -242,10 +248,11 @@ fn pick_with(
             );
         }
     }
-    // Flow control: with no room left, or others already waiting, the request waits its turn.
+    // Flow control: with no room left for its priority, or others of its priority or higher
+    // already waiting, the request waits its turn.
     if admit.is_none()
         && pool.flow.enabled
-        && (!pool.queue.is_empty() || free_slots(&pool_view, &load_config) <= 0.0)
+        && queue_first(&pool, &pool_view, info.priority, sampled_at)
     {
         let pool_empty = pool.endpoints.is_empty();
         drop(views);
@@ -300,6 +307,14 @@ fn pick_with(
 
 /// Whether negative priorities are shed while the pool is saturated: always without flow
 /// control, and by default with it (`shed-negative-priority`).
+/// Whether a request of `priority` arriving at `now` must wait in the pool's queue: a request of
+/// its priority or higher already waits (it does not overtake), or the pool has no room for it
+/// (a lower priority keeps headroom for an active higher one).
+fn queue_first(pool: &Pool, view: &PoolView<'_>, priority: i32, now: Instant) -> bool {
+    pool.queue.waiting_at_or_above(priority)
+        || free_slots(view, &load_config_for(pool, priority, now)) <= 0.0
+}
+
 fn shed_negative(pool: &Pool) -> bool {
     !pool.flow.enabled || pool.flow.shed_negative_priority
 }

@@ -531,7 +531,7 @@ async fn a_request_queued_for_a_saturated_pool_is_ranked_when_admitted() {
             bytes: 1,
         })
         .unwrap();
-    queue.dispatch(|_| crate::flow::Room::Free);
+    queue.dispatch(|_, _| crate::flow::Room::Free);
     let crate::flow::Waited::Admitted(admit) = queued
         .wait(std::time::Duration::from_secs(5), std::future::pending())
         .await

@@ -195,6 +195,44 @@ fn negative_priorities_are_shed_while_saturated_and_an_objective_can_lift_a_shed
 }
 
 #[test]
+fn a_lower_priority_keeps_headroom_while_a_higher_one_is_active() {
+    let snapshot = apix_snapshot();
+    // KV 0.75 on every endpoint: under the KV threshold (0.8), over the one a lower priority sees
+    // while a higher one is active (0.8 × 0.9 = 0.72).
+    for pool in snapshot.pools.values() {
+        for endpoint in &pool.endpoints {
+            endpoint.publish_metrics(crate::snapshot::ScrapedMetrics {
+                metrics: plugins::EndpointMetrics {
+                    kv_usage: 0.75,
+                    ..Default::default()
+                },
+                at: std::time::Instant::now(),
+            });
+        }
+    }
+    let decide = |objective: Option<&str>| {
+        let mut request = Request::post(8081, "/v1/completions");
+        request.hints.objective = objective.map(str::to_owned);
+        decide_fully(
+            &snapshot,
+            &request,
+            r#"{"model":"travel-helper","prompt":"x"}"#,
+        )
+        .step
+    };
+    assert!(
+        matches!(decide(None), Step::Forward(_)),
+        "nothing of higher priority has been seen: the whole threshold"
+    );
+    assert!(matches!(decide(Some("interactive")), Step::Forward(_)));
+    assert!(
+        matches!(decide(None), Step::Queue(w) if w.info.priority == 0),
+        "priority 0 leaves the rest to the active priority 10"
+    );
+    assert!(matches!(decide(Some("interactive")), Step::Forward(_)));
+}
+
+#[test]
 fn the_llm_d_group_wins_over_the_older_group_for_the_same_name() {
     let shadowing = r#"
 ---

@@ -115,6 +115,15 @@ pub struct PoolQueue {
     arrivals: Mutex<Vec<(i32, Instant)>>,
 }
 
+/// Whether priorities above and below a request's were active lately ([`PoolQueue::activity`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// A higher priority sent a request: this one leaves headroom for it.
+    pub higher: bool,
+    /// A lower priority sent a request: this one may use the headroom the lower one leaves.
+    pub lower: bool,
+}
+
 /// A request waiting in a [`PoolQueue`].
 #[derive(Debug)]
 pub struct Queued {
@@ -145,23 +154,17 @@ impl PoolQueue {
         }
     }
 
-    /// Whether a priority above `priority` sent a request within `window` of `now`: then
-    /// `priority` leaves headroom for it.
-    pub fn higher_active(&self, priority: i32, now: Instant, window: Duration) -> bool {
-        self.active(now, window, |p| p > priority)
-    }
-
-    /// Whether a priority below `priority` sent a request within `window` of `now`: then
-    /// `priority` may use the headroom the lower one leaves.
-    pub fn lower_active(&self, priority: i32, now: Instant, window: Duration) -> bool {
-        self.active(now, window, |p| p < priority)
-    }
-
-    fn active(&self, now: Instant, window: Duration, which: impl Fn(i32) -> bool) -> bool {
-        self.arrivals
-            .lock()
-            .iter()
-            .any(|&(p, at)| which(p) && now.saturating_duration_since(at) <= window)
+    /// Which priorities other than `priority` sent a request within `window` of `now` (one look
+    /// at the list, as every request to the pool asks).
+    pub fn activity(&self, priority: i32, now: Instant, window: Duration) -> Activity {
+        let mut activity = Activity::default();
+        for &(p, at) in self.arrivals.lock().iter() {
+            if now.saturating_duration_since(at) <= window {
+                activity.higher |= p > priority;
+                activity.lower |= p < priority;
+            }
+        }
+        activity
     }
 
     /// Whether a request of `priority` or higher waits (a newcomer of `priority` queues behind

@@ -235,13 +235,21 @@ fn a_priority_is_active_for_its_window_after_its_last_request() {
     let queue = PoolQueue::new(&FlowSettings::default());
     let start = Instant::now();
     let window = Duration::from_secs(30);
-    assert!(!queue.higher_active(0, start, window));
+    let active = |priority, at| {
+        let a = queue.activity(priority, at, window);
+        (a.higher, a.lower)
+    };
+    assert_eq!(active(0, start), (false, false));
     queue.note_arrival(10, start);
     queue.note_arrival(0, start);
-    assert!(queue.higher_active(0, start + window, window));
-    assert!(!queue.higher_active(10, start, window), "only higher ones");
-    assert!(queue.lower_active(10, start, window) && !queue.lower_active(0, start, window));
-    assert!(!queue.higher_active(0, start + window * 2, window));
+    assert_eq!(active(0, start + window), (true, false));
+    assert_eq!(
+        active(10, start),
+        (false, true),
+        "only higher ones are higher"
+    );
+    assert_eq!(active(5, start), (true, true));
+    assert_eq!(active(0, start + window * 2), (false, false));
     queue.note_arrival(10, start + window * 2);
-    assert!(queue.higher_active(-1, start + window * 2, window));
+    assert_eq!(active(-1, start + window * 2), (true, false));
 }

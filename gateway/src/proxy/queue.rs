@@ -54,10 +54,12 @@ pub enum Turn {
 pub fn load_config_for(pool: &Pool, priority: i32, now: Instant) -> LoadConfig {
     let config = pool.strategy.load_config();
     let flow = &pool.flow;
-    let window = flow.priority_headroom_window;
-    if pool.queue.higher_active(priority, now, window) {
+    let activity = pool
+        .queue
+        .activity(priority, now, flow.priority_headroom_window);
+    if activity.higher {
         config.with_headroom(flow.priority_headroom_queue, flow.priority_headroom_kv)
-    } else if pool.queue.lower_active(priority, now, window) {
+    } else if activity.lower {
         config.with_headroom_above(flow.priority_headroom_kv)
     } else {
         config

@@ -305,8 +305,6 @@ fn pick_with(
     }
 }
 
-/// Whether negative priorities are shed while the pool is saturated: always without flow
-/// control, and by default with it (`shed-negative-priority`).
 /// Whether a request of `priority` arriving at `now` must wait in the pool's queue: a request of
 /// its priority or higher already waits (it does not overtake), or the pool has no room for it
 /// (a lower priority keeps headroom for an active higher one).
@@ -315,6 +313,8 @@ fn queue_first(pool: &Pool, view: &PoolView<'_>, priority: i32, now: Instant) ->
         || free_slots(view, &load_config_for(pool, priority, now)) <= 0.0
 }
 
+/// Whether negative priorities are shed while the pool is saturated: always without flow
+/// control, and by default with it (`shed-negative-priority`).
 fn shed_negative(pool: &Pool) -> bool {
     !pool.flow.enabled || pool.flow.shed_negative_priority
 }

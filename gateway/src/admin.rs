@@ -194,6 +194,7 @@ fn pools_json(snapshot: &Snapshot) -> Vec<Value> {
                         "in_flight_tokens": e.in_flight_tokens(),
                         "in_flight_prefill": e.in_flight_prefill(),
                         "in_flight_prefill_tokens": e.in_flight_prefill_tokens(),
+                        "in_flight_output_tokens": e.in_flight_output_tokens(),
                         "dispatched_total": e.dispatched_total(),
                         "engine": e.engine,
                         "metrics": scraped.as_ref().map(|s| json!({

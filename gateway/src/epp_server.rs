@@ -200,11 +200,11 @@ impl Picker for GatewayPicker {
                         candidate.endpoint.id.name(),
                     ])
                     .inc();
-                held = Some(
-                    candidate
-                        .endpoint
-                        .dispatch(candidate.tokens, candidate.prefill_tokens),
-                );
+                held = Some(candidate.endpoint.dispatch(
+                    candidate.tokens,
+                    candidate.prefill_tokens,
+                    candidate.output_tokens,
+                ));
             }
             if held.is_some() {
                 dispatch.dispatched();

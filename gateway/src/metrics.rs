@@ -174,6 +174,9 @@ pub struct GatewayMetrics {
     /// Prompt tokens of requests in flight per endpoint that have not produced their first token
     /// (the prefill work the cost model waits for; computed at scrape time).
     pub endpoint_prefill_tokens: prometheus::GaugeVec,
+    /// Output tokens requests in flight per endpoint may still generate (their `max_tokens` less
+    /// what streamed back; computed at scrape time).
+    pub endpoint_output_tokens: prometheus::GaugeVec,
     /// Configuration reloads by result (`applied`, `rejected`).
     pub config_reloads: IntCounterVec,
     /// Generation of the snapshot being served.
@@ -406,6 +409,11 @@ impl GatewayMetrics {
                 "Prompt tokens the gateway expects each endpoint to prefill for requests that have not produced their first token.",
                 &["pool", "endpoint"],
             ),
+            endpoint_output_tokens: gauge_vec(
+                "gateway_endpoint_in_flight_output_tokens",
+                "Output tokens the gateway's requests in flight on each endpoint may still generate (their max_tokens, or 256, less the tokens streamed back).",
+                &["pool", "endpoint"],
+            ),
             config_reloads: counter_vec(
                 "gateway_config_reloads_total",
                 "Configuration reloads by result.",
@@ -461,6 +469,7 @@ impl GatewayMetrics {
             &self.scrape_age,
             &self.endpoint_in_flight,
             &self.endpoint_prefill_tokens,
+            &self.endpoint_output_tokens,
             &self.prefix_index_size,
             &self.flow_queue_size,
             &self.flow_queue_bytes,
@@ -494,6 +503,9 @@ impl GatewayMetrics {
                 self.endpoint_prefill_tokens
                     .with_label_values(&[qualified.as_str(), endpoint_name])
                     .set(endpoint.in_flight_prefill_tokens() as f64);
+                self.endpoint_output_tokens
+                    .with_label_values(&[qualified.as_str(), endpoint_name])
+                    .set(endpoint.in_flight_output_tokens() as f64);
                 if let Some(scraped) = endpoint.metrics() {
                     let age = now.saturating_duration_since(scraped.at).as_secs_f64();
                     self.scrape_age
@@ -604,6 +616,7 @@ impl GatewayMetrics {
             Box::new(self.flow_queue_duration.clone()),
             Box::new(self.endpoint_in_flight.clone()),
             Box::new(self.endpoint_prefill_tokens.clone()),
+            Box::new(self.endpoint_output_tokens.clone()),
             Box::new(self.config_reloads.clone()),
             Box::new(self.snapshot_generation.clone()),
             Box::new(self.connections_open.clone()),

@@ -260,9 +260,10 @@ async fn sheddable_requests_are_shed_while_metrics_are_stale() {
     );
 }
 
-/// The gateway's prefill accounting on real paths: a retry past a dead endpoint, non-streamed
-/// answers, a stream past its first token, a request queued behind it (credited as prefill work
-/// until it hangs up) and the stream's end all leave both endpoints' counters at zero.
+/// The gateway's prefill and output accounting on real paths: a retry past a dead endpoint,
+/// non-streamed answers, a stream past its first token (its output to come shrinking as tokens
+/// stream back), a request queued behind it (credited as prefill work until it hangs up) and the
+/// stream's end all leave both endpoints' counters at zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefill_work_is_credited_until_the_first_token_and_released_on_every_path() {
     // One running slot: a second request waits in the queue, before its first token. Round-robin
@@ -279,6 +280,11 @@ async fn prefill_work_is_credited_until_the_first_token_and_released_on_every_pa
             e["in_flight_prefill"].as_u64().unwrap(),
             e["in_flight_prefill_tokens"].as_u64().unwrap(),
         )
+    };
+    let output = |snapshot: &serde_json::Value, address| {
+        endpoint(snapshot, address)["in_flight_output_tokens"]
+            .as_u64()
+            .unwrap()
     };
     for _ in 0..4 {
         let (status, served) = complete(
@@ -300,6 +306,7 @@ async fn prefill_work_is_credited_until_the_first_token_and_released_on_every_pa
     let snapshot = s.gateway.snapshot().await;
     assert_eq!(counters(&snapshot, dead), (0, 0, 0), "the failed attempt");
     assert_eq!(counters(&snapshot, live), (0, 0, 0), "non-streamed answers");
+    assert_eq!((output(&snapshot, dead), output(&snapshot, live)), (0, 0));
 
     let long = r#"{"model":"/model/qwen","prompt":"hold the line","max_tokens":30000,"ignore_eos":true,"stream":true}"#;
     let mut first = Stream::open(&client, &s.url, &[], long).await;
@@ -310,6 +317,17 @@ async fn prefill_work_is_credited_until_the_first_token_and_released_on_every_pa
             counters(snapshot, live) == (1, 0, 0)
         })
         .await;
+    // Its 30,000 output tokens to come, less those streamed back (kept flowing by reading).
+    let mut streamed = 1;
+    while streamed < 20 {
+        first.next_chunk().await.expect("more tokens");
+        streamed += 1;
+    }
+    let left = output(&s.gateway.snapshot().await, live);
+    assert!(
+        (1..30_000 - 10).contains(&left),
+        "output to come shrinks as tokens stream: {left}"
+    );
     let queued_body = format!(
         r#"{{"model":"/model/qwen","prompt":"{}","max_tokens":5,"stream":true}}"#,
         "queued behind it ".repeat(100)
@@ -339,7 +357,9 @@ async fn prefill_work_is_credited_until_the_first_token_and_released_on_every_pa
     drop(first);
     s.gateway
         .wait_for_snapshot("everything released", |snapshot| {
-            counters(snapshot, live) == (0, 0, 0) && counters(snapshot, dead) == (0, 0, 0)
+            counters(snapshot, live) == (0, 0, 0)
+                && counters(snapshot, dead) == (0, 0, 0)
+                && output(snapshot, live) == 0
         })
         .await;
 }

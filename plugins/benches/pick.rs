@@ -67,6 +67,7 @@ impl Fixture {
                 in_flight_tokens: 0,
                 in_flight_prefill: (i % 3) as u32,
                 in_flight_prefill_tokens: (i % 3) as u64 * 1_000,
+                in_flight_output_tokens: (i % 5) as u64 * 256,
                 prefill_elapsed: std::time::Duration::ZERO,
                 dispatched_since_scrape: (i % 3) as u32,
             })

@@ -150,6 +150,10 @@ pub struct EndpointView<'a> {
     /// when its strategy gave one ([`crate::Candidates::with_prefill_tokens`]), else its whole
     /// prompt. Released at each request's first token, or at its end on every other path.
     pub in_flight_prefill_tokens: u64,
+    /// Output tokens the requests in flight may still generate: each one's `max_tokens` (or 256
+    /// when it names none) less the tokens streamed back so far. With the prefill tokens above,
+    /// the KV cache the requests already sent will still take ([`crate::load::Load::kv_projected`]).
+    pub in_flight_output_tokens: u64,
     /// How long the endpoint has been working on the oldest of those prefills: the time since
     /// the latest first token it returned while more prefills were waiting, or since the prefill
     /// was dispatched to an endpoint that had none. Zero when no prefill is in flight. The part

@@ -25,6 +25,12 @@ pub struct LoadConfig {
     /// KV-cache usage this high counts as saturated. Default 0.8: above it vLLM starts preempting
     /// under bursty decode growth.
     pub kv_threshold: f64,
+    /// The share of the KV cache a priority may fill while it keeps headroom for a higher one
+    /// ([`LoadConfig::with_headroom`]): an endpoint whose capacity is known is then also judged by
+    /// its projected usage ([`Load::kv_projected`]: what the requests already sent will take once
+    /// prefilled and grown to their full length) against this share; one whose capacity is
+    /// unknown by its current usage against `kv_threshold` times this share. Unset by default.
+    pub projected_kv_threshold: Option<f64>,
 }
 
 impl Default for LoadConfig {
@@ -33,6 +39,7 @@ impl Default for LoadConfig {
             stale_after: Duration::from_millis(200),
             queue_threshold: 5.0,
             kv_threshold: 0.8,
+            projected_kv_threshold: None,
         }
     }
 }
@@ -45,24 +52,30 @@ pub const MAX_KV_THRESHOLD: f64 = 0.95;
 impl LoadConfig {
     /// The thresholds a lower priority is judged by while a higher one is active: at most
     /// `queue` requests awaiting their first token per endpoint (if below the usual threshold),
-    /// and the KV threshold lowered by the share `kv_headroom`. The pool looks saturated to the
-    /// lower priority earlier, and the room it leaves is the higher one's.
+    /// and the share `kv_headroom` of the KV cache left to the higher one. Where an endpoint's
+    /// capacity is known, the requests already sent there, grown to their full length, may fill
+    /// `1 − kv_headroom` of it (projected usage), and its current usage stays under the usual
+    /// KV threshold; elsewhere the current usage is judged against the KV threshold lowered by
+    /// the same share. The pool looks saturated to the lower priority earlier, and the room it
+    /// leaves is the higher one's.
     pub fn with_headroom(self, queue: f64, kv_headroom: f64) -> LoadConfig {
         LoadConfig {
             queue_threshold: self.queue_threshold.min(queue),
-            kv_threshold: self.kv_threshold * (1.0 - kv_headroom).clamp(0.0, 1.0),
+            projected_kv_threshold: Some((1.0 - kv_headroom).clamp(0.0, 1.0)),
             ..self
         }
     }
 
     /// The thresholds of the highest active priority while a lower one keeps headroom for it:
-    /// the KV threshold raised by the share `kv_headroom`, at most to [`MAX_KV_THRESHOLD`]. The
-    /// lower priority's requests stop at `kv × (1 − headroom)` but keep growing as they decode;
-    /// the higher one's room is measured above that growth.
+    /// the KV threshold raised by the share `kv_headroom`, at least to `1 − kv_headroom / 2` and
+    /// at most to [`MAX_KV_THRESHOLD`]. The lower priority's requests are bounded by what they
+    /// will take once grown (`1 − headroom` of the cache where its size is known), and the higher
+    /// one's room is measured above that bound.
     pub fn with_headroom_above(self, kv_headroom: f64) -> LoadConfig {
+        let headroom = kv_headroom.clamp(0.0, 1.0);
+        let raised = (self.kv_threshold * (1.0 + headroom)).max(1.0 - headroom / 2.0);
         LoadConfig {
-            kv_threshold: (self.kv_threshold * (1.0 + kv_headroom.max(0.0)))
-                .min(MAX_KV_THRESHOLD.max(self.kv_threshold)),
+            kv_threshold: raised.min(MAX_KV_THRESHOLD.max(self.kv_threshold)),
             ..self
         }
     }
@@ -79,6 +92,13 @@ pub struct Load {
     pub running: f64,
     /// KV-cache usage in `0..=1`, as scraped.
     pub kv: f64,
+    /// The KV-cache usage the requests already sent will reach: the scraped usage plus, over the
+    /// capacity the endpoint reports, the prompt tokens of this gateway's requests still awaiting
+    /// their first token and the output tokens its requests may still generate. An upper bound
+    /// (prompts being prefilled are partly counted twice, prefix sharing is ignored, and not
+    /// every request runs to its `max_tokens`). `None` when the capacity is unknown or the
+    /// metrics are not fresh.
+    pub kv_projected: Option<f64>,
     /// Requests this gateway has in flight there.
     pub in_flight: u32,
 }
@@ -91,20 +111,44 @@ impl Load {
                 .is_some_and(|age| age <= config.stale_after)
         });
         match fresh_metrics {
-            Some(m) => Load {
-                fresh: true,
-                queue: f64::from(m.waiting) + f64::from(view.dispatched_since_scrape),
-                running: f64::from(m.running),
-                kv: m.kv_usage.clamp(0.0, 1.0),
-                in_flight: view.in_flight,
-            },
+            Some(m) => {
+                let kv = m.kv_usage.clamp(0.0, 1.0);
+                let kv_projected = m.kv_capacity_tokens().filter(|&c| c > 0).map(|capacity| {
+                    let coming = view
+                        .in_flight_prefill_tokens
+                        .saturating_add(view.in_flight_output_tokens);
+                    kv + coming as f64 / capacity as f64
+                });
+                Load {
+                    fresh: true,
+                    queue: f64::from(m.waiting) + f64::from(view.dispatched_since_scrape),
+                    running: f64::from(m.running),
+                    kv,
+                    kv_projected,
+                    in_flight: view.in_flight,
+                }
+            }
             None => Load {
                 fresh: false,
                 queue: config.queue_threshold,
                 running: 0.0,
                 kv: 1.0,
+                kv_projected: None,
                 in_flight: view.in_flight,
             },
+        }
+    }
+
+    /// The KV part of saturation, 1 or more when the cache counts as full: the current usage
+    /// over the KV threshold, and with a [`LoadConfig::projected_kv_threshold`] also the
+    /// projected usage over it (or, when the capacity is unknown, the current usage over the KV
+    /// threshold lowered by that share).
+    pub fn kv_saturation(&self, config: &LoadConfig) -> f64 {
+        let current = self.kv / config.kv_threshold;
+        match (config.projected_kv_threshold, self.kv_projected) {
+            (None, _) => current,
+            (Some(share), Some(projected)) => current.max(projected / share),
+            (Some(share), None) => current / share,
         }
     }
 
@@ -115,7 +159,7 @@ impl Load {
 
     /// Saturation: `max(queue / queue threshold, kv / kv threshold)`; at least 1 when stale.
     pub fn saturation(&self, config: &LoadConfig) -> f64 {
-        let value = (self.queue / config.queue_threshold).max(self.kv / config.kv_threshold);
+        let value = (self.queue / config.queue_threshold).max(self.kv_saturation(config));
         if self.fresh { value } else { value.max(1.0) }
     }
 }
@@ -162,10 +206,11 @@ impl LoadWindow {
             .map(measure)
             .fold(f64::INFINITY, f64::min);
         let limit = minimum + self.requests.max(self.ratio * minimum);
-        let kv_room = loads.iter().any(|l| l.fresh && l.kv < config.kv_threshold);
+        let under = |l: &Load| l.kv_saturation(config) < 1.0;
+        let kv_room = loads.iter().any(|l| l.fresh && under(l));
         loads
             .iter()
-            .map(|l| eligible(l) && measure(l) <= limit && (!kv_room || l.kv < config.kv_threshold))
+            .map(|l| eligible(l) && measure(l) <= limit && (!kv_room || under(l)))
             .collect()
     }
 }
@@ -191,7 +236,7 @@ pub fn pool_saturation(pool: &PoolView<'_>, config: &LoadConfig) -> f64 {
 
 /// Requests the pool can take before it is saturated, for flow control (0 or less: none). Per
 /// endpoint, `queue threshold × (1 − saturation)`, where an endpoint's saturation is
-/// `max(queue / queue threshold, KV usage / KV threshold)` as in [`Load::saturation`], except that
+/// `max(queue / queue threshold, KV saturation)` as in [`Load::saturation`], except that
 /// its queue is the larger of the requests this gateway sent there that await their first token
 /// (exact, never stale) and its scraped queue plus what was sent since the scrape; an endpoint
 /// past its threshold counts against the others, but by one threshold at most, so an endpoint
@@ -206,11 +251,11 @@ pub fn free_slots(pool: &PoolView<'_>, config: &LoadConfig) -> f64 {
             let awaiting = f64::from(view.in_flight_prefill);
             let load = Load::of(view, config);
             let (queue, kv) = if load.fresh {
-                (load.queue.max(awaiting), load.kv)
+                (load.queue.max(awaiting), load.kv_saturation(config))
             } else {
                 (awaiting, 0.0)
             };
-            let saturation = (queue / config.queue_threshold).max(kv / config.kv_threshold);
+            let saturation = (queue / config.queue_threshold).max(kv);
             (config.queue_threshold * (1.0 - saturation)).max(-config.queue_threshold)
         })
         .sum()
@@ -273,15 +318,22 @@ mod tests {
         };
         let room = free_slots(&pool, &LoadConfig::default());
         assert!((room - 1.25).abs() < 1e-9, "{room}");
-        // With headroom for a higher priority: 0.6 of 0.64, a sixteenth of a queue of 1.
+        // With headroom for a higher priority and no capacity reported: 0.6 of 0.8 × 0.8, a
+        // sixteenth of a queue of 1.
         let lower = LoadConfig::default().with_headroom(1.0, 0.2);
         assert_eq!(lower.queue_threshold, 1.0);
-        assert!((lower.kv_threshold - 0.64).abs() < 1e-9);
+        assert_eq!(lower.projected_kv_threshold, Some(0.8));
         let room = free_slots(&pool, &lower);
         assert!((room - 0.0625).abs() < 1e-9, "{room}");
+        // The highest active priority's threshold sits inside the headroom the lower one keeps.
         let upper = LoadConfig::default().with_headroom_above(0.1);
-        assert!((upper.kv_threshold - 0.88).abs() < 1e-9);
+        assert!((upper.kv_threshold - 0.95).abs() < 1e-9);
         assert_eq!(upper.queue_threshold, 5.0);
+        let big_threshold = LoadConfig {
+            kv_threshold: 0.5,
+            ..LoadConfig::default()
+        };
+        assert!((big_threshold.with_headroom_above(0.4).kv_threshold - 0.8).abs() < 1e-9);
         assert_eq!(
             LoadConfig::default().with_headroom_above(0.5).kv_threshold,
             MAX_KV_THRESHOLD
@@ -307,9 +359,61 @@ mod tests {
             in_flight_tokens: 0,
             in_flight_prefill: 0,
             in_flight_prefill_tokens: 0,
+            in_flight_output_tokens: 0,
             prefill_elapsed: std::time::Duration::ZERO,
             dispatched_since_scrape: since,
         }
+    }
+
+    #[test]
+    fn headroom_projects_the_kv_the_requests_in_flight_will_take() {
+        let id = EndpointId::new("10.0.0.1:8000".parse().unwrap(), "a");
+        // 1,000 blocks of 16 tokens; half full now.
+        let m = EndpointMetrics {
+            kv_usage: 0.5,
+            block_size: Some(16),
+            num_blocks: Some(1_000),
+            ..Default::default()
+        };
+        let mut v = view(&id, Some(&m), 10, 0);
+        v.in_flight_prefill_tokens = 2_000;
+        v.in_flight_output_tokens = 4_000;
+        let config = LoadConfig::default();
+        let load = Load::of(&v, &config);
+        // 0.5 + 6,000 / 16,000.
+        assert_eq!(load.kv_projected, Some(0.875));
+        // Alone, the current usage counts: 0.5 / 0.8.
+        assert!((load.kv_saturation(&config) - 0.625).abs() < 1e-9);
+        // Keeping a tenth for a higher priority: 0.875 of 0.9.
+        let lower = config.with_headroom(5.0, 0.1);
+        assert!((load.kv_saturation(&lower) - 0.875 / 0.9).abs() < 1e-9);
+        let pool = PoolView {
+            name: "p",
+            endpoints: std::slice::from_ref(&v),
+        };
+        let room = free_slots(&pool, &lower);
+        assert!((room - 5.0 * (1.0 - 0.875 / 0.9)).abs() < 1e-9, "{room}");
+        // More output to come than the cache holds past 0.9: no room for the lower priority.
+        v.in_flight_output_tokens = 6_000;
+        let pool = PoolView {
+            name: "p",
+            endpoints: std::slice::from_ref(&v),
+        };
+        assert!(free_slots(&pool, &lower) < 0.0);
+        assert!(free_slots(&pool, &config) > 0.0);
+        // The current usage still bounds it: 0.85 now is past 0.8 whatever the projection.
+        let full_now = EndpointMetrics {
+            kv_usage: 0.85,
+            ..m.clone()
+        };
+        let mut idle = view(&id, Some(&full_now), 10, 0);
+        idle.in_flight_output_tokens = 0;
+        assert!(Load::of(&idle, &config).kv_saturation(&lower) > 1.0);
+        // Stale metrics project nothing.
+        assert_eq!(
+            Load::of(&view(&id, Some(&m), 500, 0), &config).kv_projected,
+            None
+        );
     }
 
     #[test]
@@ -350,6 +454,7 @@ mod tests {
             queue: 0.0,
             running: requests,
             kv,
+            kv_projected: None,
             in_flight: 0,
         };
         let config = LoadConfig::default();
@@ -372,6 +477,7 @@ mod tests {
             queue: 5.0,
             running: 0.0,
             kv: 1.0,
+            kv_projected: None,
             in_flight: 1,
         };
         let mut mixed = loads.to_vec();

@@ -214,6 +214,7 @@ mod tests {
                 in_flight_tokens: 0,
                 in_flight_prefill: 0,
                 in_flight_prefill_tokens: 0,
+                in_flight_output_tokens: 0,
                 prefill_elapsed: std::time::Duration::ZERO,
                 dispatched_since_scrape: 0,
             })

@@ -111,13 +111,15 @@ impl Exchange {
     }
 
     /// A response body chunk passed to the client: observe it, and once the first token has
-    /// arrived release the request's prefill work on its endpoint.
+    /// arrived release the request's prefill work on its endpoint, then its output to come as
+    /// tokens stream back (one per event with a choice).
     pub fn on_body(&mut self, chunk: &[u8]) {
         self.observer.on_body(chunk);
         if let Some(in_flight) = &mut self.in_flight
             && self.observer.first_token_seen()
         {
             in_flight.first_token();
+            in_flight.streamed(u64::from(self.observer.token_events()));
         }
     }
 

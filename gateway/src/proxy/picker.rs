@@ -139,11 +139,13 @@ pub async fn consult(
             let inference =
                 pool::external_info(&call.pool, &head, &call.body, &route.body, elapsed);
             let tokens = inference.as_ref().map_or(0, |i| u64::from(i.prompt_tokens));
+            let output_tokens = inference.as_ref().map_or(0, |i| i.output_budget());
             let upstreams = Upstreams::Picked(PickedUpstreams {
                 pool: call.pool,
                 destinations: route.destinations,
                 served: Some(route.served),
                 tokens,
+                output_tokens,
             });
             let forward = Forward {
                 body: route.body,

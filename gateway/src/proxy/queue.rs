@@ -115,8 +115,7 @@ pub async fn wait_turn(
     let admission = Admission {
         priority: info.priority,
         flow: flow.into(),
-        cost: u64::from(info.prompt_tokens)
-            + info.max_tokens.map_or(DEFAULT_OUTPUT_TOKENS, u64::from),
+        cost: u64::from(info.prompt_tokens) + info.output_budget(),
         bytes: body.len() as u64,
     };
     let refused = |info: InferenceInfo, refusal: Refusal| {

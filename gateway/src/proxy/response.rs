@@ -81,6 +81,11 @@ impl ResponseObserver {
         self.scanner.first_token_at().is_some()
     }
 
+    /// Streamed events that carried a choice so far (about one per output token for vLLM).
+    pub fn token_events(&self) -> u32 {
+        self.scanner.token_events()
+    }
+
     /// Average time per output token after the first: (end − first token) / (tokens − 1).
     pub fn time_per_output_token(&self) -> Option<Duration> {
         let first = self.scanner.first_token_at()?;

@@ -66,7 +66,11 @@ impl Targets for PoolTargets<'_> {
             .inc();
         let target = Target {
             address: endpoint.id.address(),
-            in_flight: Some(endpoint.dispatch(candidate.tokens, candidate.prefill_tokens)),
+            in_flight: Some(endpoint.dispatch(
+                candidate.tokens,
+                candidate.prefill_tokens,
+                candidate.output_tokens,
+            )),
         };
         self.dispatch.dispatched();
         Some(target)
@@ -108,7 +112,7 @@ impl Targets for PickedTargets<'_> {
             // A picker gives no cache estimate: the whole prompt counts as prefill work.
             in_flight: endpoint.map(|e| {
                 let prefill = u32::try_from(self.picked.tokens).unwrap_or(u32::MAX);
-                e.dispatch(self.picked.tokens, prefill)
+                e.dispatch(self.picked.tokens, prefill, self.picked.output_tokens)
             }),
         })
     }

@@ -82,6 +82,7 @@ pub struct Endpoint {
     in_flight_tokens: AtomicU64,
     in_flight_prefill: AtomicU32,
     in_flight_prefill_tokens: AtomicU64,
+    in_flight_output_tokens: AtomicU64,
     /// When the oldest prefill in flight started ([`now_us`]): set by a dispatch that finds none
     /// in flight and by a first token that leaves others waiting. Read only while
     /// `in_flight_prefill` is above zero.
@@ -107,6 +108,7 @@ impl Endpoint {
             in_flight_tokens: AtomicU64::new(0),
             in_flight_prefill: AtomicU32::new(0),
             in_flight_prefill_tokens: AtomicU64::new(0),
+            in_flight_output_tokens: AtomicU64::new(0),
             prefill_head_since_us: AtomicU64::new(0),
             dispatched_total: AtomicU64::new(0),
             dispatched_since_scrape: AtomicU32::new(0),
@@ -197,6 +199,12 @@ impl Endpoint {
         self.in_flight_prefill_tokens.load(Ordering::Relaxed)
     }
 
+    /// Output tokens the requests in flight here may still generate (each one's budget less
+    /// what it streamed back so far).
+    pub fn in_flight_output_tokens(&self) -> u64 {
+        self.in_flight_output_tokens.load(Ordering::Relaxed)
+    }
+
     /// How long the oldest prefill in flight has been under way; zero when none is.
     pub fn prefill_elapsed(&self) -> Duration {
         prefill_elapsed(
@@ -230,8 +238,14 @@ impl Endpoint {
 
     /// Count a request as in flight here until the returned guard is dropped: `tokens` estimated
     /// prompt tokens, of which `prefill_tokens` are expected to be prefilled here (the rest
-    /// cached) and count as prefill work until [`InFlight::first_token`].
-    pub fn dispatch(self: &Arc<Self>, tokens: u64, prefill_tokens: u32) -> InFlight {
+    /// cached) and count as prefill work until [`InFlight::first_token`], and up to
+    /// `output_tokens` to generate, counted until they stream back ([`InFlight::streamed`]).
+    pub fn dispatch(
+        self: &Arc<Self>,
+        tokens: u64,
+        prefill_tokens: u32,
+        output_tokens: u64,
+    ) -> InFlight {
         let head_since = self.prefill_head_since_us.load(Ordering::Relaxed);
         let prefilling = self.in_flight_prefill.fetch_add(1, Ordering::Relaxed);
         let now = now_us();
@@ -254,6 +268,8 @@ impl Endpoint {
             running: self.metrics.load().as_ref().map(|s| s.metrics.running),
         };
         self.in_flight_tokens.fetch_add(tokens, Ordering::Relaxed);
+        self.in_flight_output_tokens
+            .fetch_add(output_tokens, Ordering::Relaxed);
         self.dispatched_total.fetch_add(1, Ordering::Relaxed);
         self.dispatched_since_scrape.fetch_add(1, Ordering::Relaxed);
         InFlight {
@@ -261,6 +277,8 @@ impl Endpoint {
             tokens,
             prefill_tokens,
             prefilling: true,
+            output_budget: output_tokens,
+            output_left: output_tokens,
             at_dispatch,
         }
     }
@@ -276,6 +294,9 @@ pub struct InFlight {
     tokens: u64,
     prefill_tokens: u32,
     prefilling: bool,
+    /// Output tokens it was counted for, and those of them not yet streamed back.
+    output_budget: u64,
+    output_left: u64,
     at_dispatch: DispatchedLoad,
 }
 
@@ -316,9 +337,26 @@ impl InFlight {
     }
 }
 
+impl InFlight {
+    /// `tokens` output tokens have streamed back so far: those of its budget stop counting as
+    /// output to come. Counts only go up; beyond the budget nothing is left to release.
+    pub fn streamed(&mut self, tokens: u64) {
+        let left = self.output_budget.saturating_sub(tokens);
+        if left < self.output_left {
+            self.endpoint
+                .in_flight_output_tokens
+                .fetch_sub(self.output_left - left, Ordering::Relaxed);
+            self.output_left = left;
+        }
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.first_token();
+        self.endpoint
+            .in_flight_output_tokens
+            .fetch_sub(self.output_left, Ordering::Relaxed);
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.endpoint
             .in_flight_tokens
@@ -360,6 +398,8 @@ pub struct EndpointSample {
     pub in_flight_prefill: u32,
     /// Prefill tokens of those requests.
     pub in_flight_prefill_tokens: u64,
+    /// Output tokens the requests in flight may still generate.
+    pub in_flight_output_tokens: u64,
     /// When the oldest of them started ([`now_us`]; meaningful while `in_flight_prefill` > 0).
     pub prefill_head_since_us: u64,
     /// Requests dispatched since the scrape.
@@ -375,6 +415,7 @@ impl EndpointSample {
             in_flight_tokens: endpoint.in_flight_tokens(),
             in_flight_prefill: endpoint.in_flight_prefill(),
             in_flight_prefill_tokens: endpoint.in_flight_prefill_tokens(),
+            in_flight_output_tokens: endpoint.in_flight_output_tokens(),
             prefill_head_since_us: endpoint.prefill_head_since_us.load(Ordering::Relaxed),
             dispatched_since_scrape: endpoint.dispatched_since_scrape(),
         }
@@ -393,6 +434,7 @@ impl EndpointSample {
             in_flight_tokens: self.in_flight_tokens,
             in_flight_prefill: self.in_flight_prefill,
             in_flight_prefill_tokens: self.in_flight_prefill_tokens,
+            in_flight_output_tokens: self.in_flight_output_tokens,
             prefill_elapsed: prefill_elapsed(
                 self.in_flight_prefill,
                 self.prefill_head_since_us,
@@ -467,8 +509,8 @@ mod tests {
             EndpointId::new("127.0.0.1:1".parse().unwrap(), "e"),
             Engine::Vllm,
         ));
-        let a = endpoint.dispatch(100, 100);
-        let b = endpoint.dispatch(50, 50);
+        let a = endpoint.dispatch(100, 100, 0);
+        let b = endpoint.dispatch(50, 50, 0);
         assert_eq!(
             (endpoint.in_flight(), endpoint.in_flight_tokens()),
             (2, 150)
@@ -492,8 +534,8 @@ mod tests {
             EndpointId::new("127.0.0.1:1".parse().unwrap(), "e"),
             Engine::Vllm,
         ));
-        let mut a = endpoint.dispatch(1000, 200);
-        let b = endpoint.dispatch(500, 500);
+        let mut a = endpoint.dispatch(1000, 200, 64);
+        let b = endpoint.dispatch(500, 500, 32);
         assert_eq!(
             b.at_dispatch(),
             DispatchedLoad {
@@ -544,8 +586,17 @@ mod tests {
             Duration::ZERO,
             "no prefill in flight"
         );
+        assert_eq!(
+            endpoint.in_flight_output_tokens(),
+            64,
+            "b's output to come released"
+        );
+        a.streamed(10);
+        a.streamed(4);
+        assert_eq!(endpoint.in_flight_output_tokens(), 54, "counts only go up");
         drop(a);
         assert_eq!((endpoint.in_flight(), endpoint.in_flight_tokens()), (0, 0));
+        assert_eq!(endpoint.in_flight_output_tokens(), 0);
     }
 
     proptest::proptest! {
@@ -553,42 +604,57 @@ mod tests {
         /// the sums over the requests still held, and zero once every guard is gone.
         #[test]
         fn credit_and_release_balance(
-            ops in proptest::collection::vec((0u8..3, 0usize..8, 1u32..5000), 1..200),
+            ops in proptest::collection::vec((0u8..4, 0usize..8, 1u32..5000), 1..200),
         ) {
             let endpoint = Arc::new(Endpoint::new(
                 EndpointId::new("127.0.0.1:1".parse().unwrap(), "e"),
                 Engine::Vllm,
             ));
-            let mut held: Vec<(InFlight, bool)> = Vec::new();
+            // Each guard, whether it still prefills, its output budget and what it streamed.
+            let mut held: Vec<(InFlight, bool, u64, u64)> = Vec::new();
             for (op, which, tokens) in ops {
                 match op {
-                    0 => held.push((endpoint.dispatch(u64::from(tokens) * 2, tokens), true)),
+                    0 => {
+                        let budget = u64::from(tokens % 700);
+                        let guard = endpoint.dispatch(u64::from(tokens) * 2, tokens, budget);
+                        held.push((guard, true, budget, 0));
+                    }
                     1 if !held.is_empty() => {
                         let i = which % held.len();
                         held[i].0.first_token();
                         held[i].1 = false;
+                    }
+                    2 if !held.is_empty() => {
+                        let i = which % held.len();
+                        held[i].3 += u64::from(tokens % 300);
+                        let streamed = held[i].3;
+                        held[i].0.streamed(streamed);
                     }
                     _ if !held.is_empty() => {
                         held.swap_remove(which % held.len());
                     }
                     _ => {}
                 }
-                let prefilling = held.iter().filter(|(_, p)| *p);
+                proptest::prop_assert_eq!(
+                    endpoint.in_flight_output_tokens(),
+                    held.iter().map(|(_, _, budget, streamed)| budget.saturating_sub(*streamed)).sum::<u64>()
+                );
+                let prefilling = held.iter().filter(|(_, p, _, _)| *p);
                 proptest::prop_assert_eq!(endpoint.in_flight() as usize, held.len());
                 proptest::prop_assert_eq!(endpoint.in_flight_prefill() as usize, prefilling.clone().count());
                 proptest::prop_assert_eq!(
                     endpoint.in_flight_prefill_tokens(),
-                    prefilling.map(|(g, _)| u64::from(g.prefill_tokens())).sum::<u64>()
+                    prefilling.map(|(g, _, _, _)| u64::from(g.prefill_tokens())).sum::<u64>()
                 );
                 proptest::prop_assert_eq!(
                     endpoint.in_flight_tokens(),
-                    held.iter().map(|(g, _)| u64::from(g.prefill_tokens()) * 2).sum::<u64>()
+                    held.iter().map(|(g, _, _, _)| u64::from(g.prefill_tokens()) * 2).sum::<u64>()
                 );
             }
             held.clear();
             proptest::prop_assert_eq!(
-                (endpoint.in_flight(), endpoint.in_flight_tokens(), endpoint.in_flight_prefill(), endpoint.in_flight_prefill_tokens()),
-                (0, 0, 0, 0)
+                (endpoint.in_flight(), endpoint.in_flight_tokens(), endpoint.in_flight_prefill(), endpoint.in_flight_prefill_tokens(), endpoint.in_flight_output_tokens()),
+                (0, 0, 0, 0, 0)
             );
         }
     }

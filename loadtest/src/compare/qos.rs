@@ -37,7 +37,8 @@ use super::{
 use crate::bench::prefix_bound::DEFAULT_BLOCK_SIZE;
 use crate::bench::request::{RequestShape, default_request_id_prefix};
 use crate::bench::runner::{RunOutput, RunPlan};
-use crate::bench::scrape::sim_stats;
+use crate::bench::scrape::{Scraper, sim_stats};
+use crate::bench::servers::{ServerSummary, summarize_servers};
 use crate::bench::stats::Sorted;
 use crate::bench::summary::{
     BenchSummary, Metric, RequestRecord, RunSettings, SummaryOptions, summarize,
@@ -229,8 +230,10 @@ pub struct TenantRun {
     pub completions: Vec<(f64, usize)>,
     /// (simulated seconds since the phase started, TTFT in ms) per served request, at its send.
     pub sends: Vec<(f64, f64)>,
-    /// Simulated seconds from the phase's start to the tenant's first send and last answer.
+    /// Simulated seconds from the phase's start to the tenant's first send, last send and last
+    /// answer.
     pub first_send: f64,
+    pub last_send: f64,
     pub last_answer: f64,
 }
 
@@ -288,9 +291,31 @@ pub struct PhaseRun {
     /// Wall seconds and the gateway's CPU seconds over the phase.
     pub wall: f64,
     pub gateway_cpu: f64,
+    /// What the model servers did over the phase (KV usage, preemptions), from their `/metrics`.
+    pub servers: ServerSummary,
+    /// The wall seconds the KV figures cover: while every tenant was active.
+    pub kv_window: (f64, f64),
 }
 
 impl PhaseRun {
+    /// KV-cache usage over the phase, averaged over time and the five simulators.
+    pub fn kv_mean(&self) -> f64 {
+        let endpoints = &self.servers.endpoints;
+        if endpoints.is_empty() {
+            return 0.0;
+        }
+        endpoints.iter().map(|e| e.kv_mean).sum::<f64>() / endpoints.len() as f64
+    }
+
+    /// The highest KV-cache usage any simulator reported over the phase.
+    pub fn kv_max(&self) -> f64 {
+        self.servers
+            .endpoints
+            .iter()
+            .map(|e| e.kv_max)
+            .fold(0.0, f64::max)
+    }
+
     pub fn tenant(&self, name: &str) -> Option<&TenantRun> {
         self.tenants.iter().find(|t| t.spec.name == name)
     }
@@ -391,6 +416,11 @@ fn tenant_run(
         .iter()
         .map(|r| at(r.start))
         .fold(f64::INFINITY, f64::min);
+    let last_send = output
+        .records
+        .iter()
+        .map(|r| at(r.start))
+        .fold(0.0, f64::max);
     let last_answer = output
         .records
         .iter()
@@ -418,7 +448,24 @@ fn tenant_run(
         } else {
             0.0
         },
+        last_send,
         last_answer,
+    }
+}
+
+/// Wall seconds from the phase's start during which every tenant was active: from the last
+/// tenant's first send to the first tenant's last answer (the whole phase when that is empty).
+fn active_window(tenants: &[TenantRun], time_scale: f64, wall: f64) -> (f64, f64) {
+    let from = tenants.iter().map(|t| t.first_send).fold(0.0, f64::max) / time_scale;
+    let until = tenants
+        .iter()
+        .map(|t| t.last_answer)
+        .fold(f64::INFINITY, f64::min)
+        / time_scale;
+    if until > from {
+        (from, until)
+    } else {
+        (0.0, wall)
     }
 }
 
@@ -466,34 +513,57 @@ pub async fn run_phase(
     let client = StreamClient::new(in_flight.max(1));
     let pids = [stack.gateway_pid];
     let before = cpu_now(&pids);
+    let stats_client = StreamClient::new(4);
+    let mut stats_before = Vec::new();
+    for endpoint in &stack.endpoints {
+        stats_before.push(sim_stats(&stats_client, endpoint).await);
+    }
     let origin = Instant::now();
-    let outputs = run_tenants(&phase.tenants, &base, client)
-        .await
-        .map_err(|e| CompareError::Tenants {
-            route: route.short(),
-            source: e,
-        })?;
+    let scraper = Scraper::start(stack.endpoints.clone(), plan.scrape_interval, origin).await;
+    let outputs = run_tenants(&phase.tenants, &base, client).await;
+    let ticks = scraper.finish().await;
+    let outputs = outputs.map_err(|e| CompareError::Tenants {
+        route: route.short(),
+        source: e,
+    })?;
     let wall = origin.elapsed().as_secs_f64();
     let gateway_cpu = cpu_now(&pids)[0] - before[0];
-    let stats_client = StreamClient::new(4);
-    let mut slips = 0.0;
+    let mut stats_after = Vec::new();
     for endpoint in &stack.endpoints {
-        slips += sim_stats(&stats_client, endpoint).await["slips"]
-            .as_f64()
-            .unwrap_or(0.0);
+        stats_after.push(sim_stats(&stats_client, endpoint).await);
     }
+    let slips = stats_after
+        .iter()
+        .zip(&stats_before)
+        .map(|(after, before)| {
+            after["slips"].as_f64().unwrap_or(0.0) - before["slips"].as_f64().unwrap_or(0.0)
+        })
+        .sum();
+    let stack_endpoints = stack.endpoints.clone();
     super::finish_stack(stack, route, scratch, plan.keep_scratch)?;
+    let tenants: Vec<TenantRun> = phase
+        .tenants
+        .iter()
+        .zip(&outputs)
+        .map(|(spec, output)| tenant_run(spec, output, origin, plan))
+        .collect();
+    let window = active_window(&tenants, plan.time_scale, wall);
+    let servers = summarize_servers(
+        &stack_endpoints,
+        &ticks,
+        &stats_before,
+        &stats_after,
+        window,
+        window,
+    );
     Ok(PhaseRun {
         phase: phase.name,
-        tenants: phase
-            .tenants
-            .iter()
-            .zip(&outputs)
-            .map(|(spec, output)| tenant_run(spec, output, origin, plan))
-            .collect(),
+        tenants,
         slips,
         wall,
         gateway_cpu,
+        servers,
+        kv_window: window,
     })
 }
 
@@ -523,6 +593,15 @@ pub async fn run_all(plan: &ComparePlan) -> Result<Vec<QosRouteRun>, CompareErro
                     t.output_rate(),
                 );
             }
+            eprintln!(
+                "  servers: KV usage mean {:.2}, max {:.2} over {} scrapes from {:.1} to {:.1} wall s; {:.0} preemptions",
+                run.kv_mean(),
+                run.kv_max(),
+                run.servers.kv_ticks,
+                run.kv_window.0,
+                run.kv_window.1,
+                run.servers.preemptions
+            );
             if phase.tenants.len() > 1 && phase.name == "fairness" {
                 let (jain, window) = run.fairness();
                 eprintln!("  Jain's index {jain:.3} over the first {window:.0} simulated s");
@@ -673,13 +752,13 @@ pub fn tenants_table(runs: &[QosRouteRun]) -> String {
 
 fn processes_table(runs: &[QosRouteRun]) -> String {
     let mut out = String::from(
-        "| route | phase | wall time (s) | gateway CPU (% of a core) | simulator slips |\n|---|---|---:|---:|---:|\n",
+        "| route | phase | wall time (s) | gateway CPU (% of a core) | simulator slips | KV usage while every tenant was active, mean / max | preemptions |\n|---|---|---:|---:|---:|---:|---:|\n",
     );
     for run in runs {
         for phase in &run.phases {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.0} | {:.0} |",
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} / {:.2} | {:.0} |",
                 run.label(),
                 phase.phase,
                 phase.wall,
@@ -688,7 +767,10 @@ fn processes_table(runs: &[QosRouteRun]) -> String {
                 } else {
                     0.0
                 },
-                phase.slips
+                phase.slips,
+                phase.kv_mean(),
+                phase.kv_max(),
+                phase.servers.preemptions,
             );
         }
     }
@@ -829,6 +911,7 @@ pub fn data_json(plan: &ComparePlan, runs: &[QosRouteRun], context: &ReportConte
                                 "e2el_ms": {"p50": s.e2el.percentile(50.0), "p95": s.e2el.percentile(95.0)},
                                 "output_tokens_per_second": t.output_rate(),
                                 "first_send_s": t.first_send,
+                        "last_send_s": t.last_send,
                                 "last_answer_s": t.last_answer,
                             })
                         })
@@ -839,6 +922,9 @@ pub fn data_json(plan: &ComparePlan, runs: &[QosRouteRun], context: &ReportConte
                         "wall_seconds": phase.wall,
                         "gateway_cpu_seconds": phase.gateway_cpu,
                         "simulator_slips": phase.slips,
+                        "kv_usage_mean": phase.kv_mean(),
+                        "kv_usage_max": phase.kv_max(),
+                        "preemptions": phase.servers.preemptions,
                     });
                     if phase.phase == "fairness" {
                         let (jain, window) = phase.fairness();
@@ -1033,8 +1119,25 @@ mod tests {
             completions,
             sends: Vec::new(),
             first_send: 0.0,
+            last_send: last_answer / 2.0,
             last_answer,
         }
+    }
+
+    #[test]
+    fn servers_are_judged_while_every_tenant_is_active() {
+        let first = run("a", Vec::new(), 60.0);
+        let mut second = run("b", Vec::new(), 80.0);
+        second.first_send = 10.0;
+        // Simulated seconds 10..60 at time scale 2.
+        assert_eq!(
+            active_window(&[first.clone(), second], 2.0, 40.0),
+            (5.0, 30.0)
+        );
+        // A tenant that was done before the other started: the whole phase.
+        let mut late = run("c", Vec::new(), 90.0);
+        late.first_send = 70.0;
+        assert_eq!(active_window(&[first, late], 2.0, 45.0), (0.0, 45.0));
     }
 
     #[test]
@@ -1050,6 +1153,8 @@ mod tests {
             slips: 0.0,
             wall: 1.0,
             gateway_cpu: 0.0,
+            servers: ServerSummary::default(),
+            kv_window: (0.0, 1.0),
         };
         let (jain, window) = phase.fairness();
         assert_eq!(window, 10.0);

@@ -183,6 +183,8 @@ pub struct PickedUpstreams {
     pub served: Option<epp::ServedReport>,
     /// Estimated prompt tokens, counted in flight on the endpoint that takes the request.
     pub tokens: u64,
+    /// Output tokens it may generate, counted in flight until they stream back.
+    pub output_tokens: u64,
 }
 
 impl Decision {
@@ -242,6 +244,13 @@ pub struct InferenceInfo {
 }
 
 impl InferenceInfo {
+    /// The output tokens the request may generate: its `max_tokens`, else
+    /// [`crate::proxy::queue::DEFAULT_OUTPUT_TOKENS`].
+    pub fn output_budget(&self) -> u64 {
+        self.max_tokens
+            .map_or(crate::proxy::queue::DEFAULT_OUTPUT_TOKENS, u64::from)
+    }
+
     /// The `(model_name, target_model_name)` metric labels. A name no InferenceModel declares
     /// becomes a label only once a model server answered it with success, so clients cannot mint
     /// series with made-up names.
@@ -294,6 +303,8 @@ pub struct Dispatch {
     pub(super) tokens: u64,
     /// The strategy's estimate of the prompt tokens each endpoint would prefill, by index.
     pub(super) prefill_tokens: Option<Vec<u32>>,
+    /// Output tokens the request may generate, counted in flight until they stream back.
+    pub(super) output_tokens: u64,
     /// The queue's release of a request that waited its turn: the pool counts it as about to be
     /// dispatched until it is counted in flight on an endpoint ([`Dispatch::dispatched`]).
     pub(super) admit: Option<crate::flow::Admit>,
@@ -313,6 +324,8 @@ pub struct Candidate<'a> {
     /// The prompt tokens this endpoint is expected to prefill (the strategy's estimate, else all
     /// of them), to count as prefill work until the first token.
     pub prefill_tokens: u32,
+    /// Output tokens the request may generate.
+    pub output_tokens: u64,
 }
 
 impl Dispatch {
@@ -334,6 +347,7 @@ impl Dispatch {
                 .get(index)
                 .map(|sample| sample.view(endpoint, self.sampled_at)),
             tokens: self.tokens,
+            output_tokens: self.output_tokens,
             prefill_tokens: self
                 .prefill_tokens
                 .as_ref()

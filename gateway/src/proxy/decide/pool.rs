@@ -64,6 +64,7 @@ pub fn decide_builtin(pool: Arc<Pool>, head: &Head<'_>, body: Bytes) -> Decision
             order: order.into_iter(),
             tokens: 0,
             prefill_tokens: None,
+            output_tokens: 0,
             admit: None,
         };
         return forward(None, dispatch, body);
@@ -298,6 +299,7 @@ fn pick_with(
                 order: resolved.order.into_iter(),
                 tokens: u64::from(info.prompt_tokens),
                 prefill_tokens: resolved.prefill_tokens,
+                output_tokens: info.output_budget(),
                 admit,
             };
             forward(Some(info), dispatch, body)

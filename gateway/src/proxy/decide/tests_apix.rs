@@ -194,6 +194,18 @@ fn negative_priorities_are_shed_while_saturated_and_an_objective_can_lift_a_shed
     ));
 }
 
+/// Where a request for `travel-helper` with `objective` goes.
+fn travel_helper_step(snapshot: &Snapshot, objective: Option<&str>) -> Step {
+    let mut request = Request::post(8081, "/v1/completions");
+    request.hints.objective = objective.map(str::to_owned);
+    decide_fully(
+        snapshot,
+        &request,
+        r#"{"model":"travel-helper","prompt":"x"}"#,
+    )
+    .step
+}
+
 #[test]
 fn a_lower_priority_keeps_headroom_while_a_higher_one_is_active() {
     let snapshot = apix_snapshot();
@@ -210,16 +222,7 @@ fn a_lower_priority_keeps_headroom_while_a_higher_one_is_active() {
             });
         }
     }
-    let decide = |objective: Option<&str>| {
-        let mut request = Request::post(8081, "/v1/completions");
-        request.hints.objective = objective.map(str::to_owned);
-        decide_fully(
-            &snapshot,
-            &request,
-            r#"{"model":"travel-helper","prompt":"x"}"#,
-        )
-        .step
-    };
+    let decide = |objective: Option<&str>| travel_helper_step(&snapshot, objective);
     assert!(
         matches!(decide(None), Step::Forward(_)),
         "nothing of higher priority has been seen: the whole threshold"
@@ -230,6 +233,50 @@ fn a_lower_priority_keeps_headroom_while_a_higher_one_is_active() {
         "priority 0 leaves the rest to the active priority 10"
     );
     assert!(matches!(decide(Some("interactive")), Step::Forward(_)));
+}
+
+#[test]
+fn a_lower_priority_is_held_back_by_the_growth_its_requests_will_take() {
+    let snapshot = apix_snapshot();
+    // Every endpoint half full now, with room for 16,000 tokens, and one request in flight past
+    // its first token with `output` tokens still to come.
+    let with_output_to_come = |output: u64| {
+        let mut held = Vec::new();
+        for pool in snapshot.pools.values() {
+            for endpoint in &pool.endpoints {
+                let mut guard = endpoint.dispatch(0, 0, output);
+                guard.first_token();
+                held.push(guard);
+                endpoint.publish_metrics(crate::snapshot::ScrapedMetrics {
+                    metrics: plugins::EndpointMetrics {
+                        kv_usage: 0.5,
+                        block_size: Some(16),
+                        num_blocks: Some(1_000),
+                        ..Default::default()
+                    },
+                    at: std::time::Instant::now(),
+                });
+            }
+        }
+        held
+    };
+    let decide = |objective: Option<&str>| travel_helper_step(&snapshot, objective);
+    // 0.5 + 7,000 / 16,000 = 0.94 once grown: past the 0.9 a lower priority may fill.
+    let held = with_output_to_come(7_000);
+    assert!(
+        matches!(decide(None), Step::Forward(_)),
+        "alone, the current usage counts (0.5 of 0.8)"
+    );
+    assert!(matches!(decide(Some("interactive")), Step::Forward(_)));
+    assert!(
+        matches!(decide(None), Step::Queue(w) if w.info.priority == 0),
+        "the growth to come leaves no room for priority 0 under the active priority 10"
+    );
+    drop(held);
+    // 0.5 + 4,000 / 16,000 = 0.75: room for the lower priority too.
+    let _held = with_output_to_come(4_000);
+    assert!(matches!(decide(Some("interactive")), Step::Forward(_)));
+    assert!(matches!(decide(None), Step::Forward(_)));
 }
 
 #[test]

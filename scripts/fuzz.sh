@@ -13,7 +13,7 @@ SECONDS_EACH=${1:-60}
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=(openai_body metrics_page route_match yaml_config sse_usage)
+  TARGETS=(openai_body metrics_page route_match yaml_config sse_usage kv_events)
 fi
 ./scripts/setup.sh
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked

@@ -78,10 +78,7 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    fn optional_int<T: int_fields::Int>(
-        &mut self,
-        field: &str,
-    ) -> Result<Option<T>, DecodeError> {
+    fn optional_int<T: int_fields::Int>(&mut self, field: &str) -> Result<Option<T>, DecodeError> {
         if self.nil()? {
             return Ok(None);
         }

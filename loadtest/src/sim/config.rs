@@ -127,6 +127,11 @@ pub struct ServeArgs {
     pub metrics_fail_rate: f64,
     #[arg(long, default_value_t = 500)]
     pub metrics_fail_status: u16,
+    /// vLLM's KV-event publisher configuration as JSON, e.g.
+    /// `{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557",
+    /// "replay_endpoint": "tcp://*:5558", "topic": "kv"}`.
+    #[arg(long)]
+    pub kv_events_config: Option<String>,
 }
 
 /// An invalid flag: its name, the value given and why it is refused.
@@ -171,6 +176,8 @@ pub struct SimConfig {
     pub legacy_metrics: bool,
     pub natural_output_len: NaturalLength,
     pub faults: FaultConfig,
+    /// KV events, when `--kv-events-config` turns them on.
+    pub kv_events: Option<crate::sim::kv_events::KvEventsConfig>,
 }
 
 fn parse_lora_module(text: &str) -> Result<LoraModule, ConfigError> {
@@ -283,6 +290,13 @@ impl SimConfig {
             .parse()
             .map_err(|_| invalid("host", &args.host, "not an IP address"))?;
         let faults = FaultConfig::from_args(args)?;
+        let kv_events = match &args.kv_events_config {
+            Some(text) => Some(
+                crate::sim::kv_events::KvEventsConfig::parse(text)
+                    .map_err(|reason| invalid("kv-events-config", text, reason))?,
+            ),
+            None => None,
+        };
         Ok(SimConfig {
             listen,
             model_root,
@@ -307,6 +321,7 @@ impl SimConfig {
             legacy_metrics: args.legacy_metrics,
             natural_output_len: args.natural_output_len,
             faults,
+            kv_events,
         })
     }
 

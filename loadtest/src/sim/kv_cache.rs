@@ -7,6 +7,10 @@
 //! pops the head and drops that block's hash, and a cache hit on a free block pulls it out of the
 //! queue. Free blocks include cached-but-unreferenced ones, which is what `kv_cache_usage_perc`
 //! counts as free. This module does no scheduling: it hands out and takes back blocks.
+//!
+//! With KV events on ([`KvCache::enable_events`]) it logs what vLLM's block pool reports: a
+//! `BlockRemoved` for every hashed block whose hash allocation evicts (the engine logs the
+//! matching `BlockStored` when it registers full blocks, [`KvCache::log_event`]).
 
 use std::collections::HashMap;
 
@@ -42,6 +46,8 @@ pub struct KvCache {
     num_free: usize,
     cached: HashMap<BlockHash, BlockId>,
     prefix_caching: bool,
+    /// KV events since the last [`KvCache::take_events`], when they are on.
+    events: Option<Vec<kvevents::Event>>,
 }
 
 impl KvCache {
@@ -58,6 +64,7 @@ impl KvCache {
             num_free: 0,
             cached: HashMap::new(),
             prefix_caching,
+            events: None,
         };
         cache.ref_counts[0] = 1; // the null block is never handed out
         for block in 1..num_blocks as u32 {
@@ -132,10 +139,17 @@ impl KvCache {
             return None;
         }
         self.unlink(block);
-        if let Some(hash) = self.hashes[block as usize].take()
-            && self.cached.get(&hash) == Some(&block)
-        {
-            self.cached.remove(&hash);
+        if let Some(hash) = self.hashes[block as usize].take() {
+            if self.cached.get(&hash) == Some(&block) {
+                self.cached.remove(&hash);
+            }
+            // Every block that was stored under a hash is reported removed, duplicates too,
+            // so a subscriber counting stores and removals per hash stays balanced.
+            self.log_event(kvevents::Event::BlockRemoved(kvevents::BlockRemoved {
+                block_hashes: vec![hash],
+                medium: Some(kvevents::Medium::Gpu),
+                group_idx: None,
+            }));
         }
         self.ref_counts[block as usize] = 1;
         Some(block)
@@ -162,6 +176,28 @@ impl KvCache {
         }
         self.hashes[block as usize] = Some(hash);
         self.cached.entry(hash).or_insert(block);
+    }
+
+    /// Start logging KV events.
+    pub fn enable_events(&mut self) {
+        self.events.get_or_insert_with(Vec::new);
+    }
+
+    /// Whether KV events are logged.
+    pub fn events_enabled(&self) -> bool {
+        self.events.is_some()
+    }
+
+    /// Log `event` if events are on.
+    pub fn log_event(&mut self, event: kvevents::Event) {
+        if let Some(events) = &mut self.events {
+            events.push(event);
+        }
+    }
+
+    /// The events logged since the last call.
+    pub fn take_events(&mut self) -> Vec<kvevents::Event> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Number of blocks in the hash index (cached, referenced or not).

@@ -12,6 +12,7 @@ pub mod config;
 pub mod engine;
 pub mod faults;
 pub mod kv_cache;
+pub mod kv_events;
 pub mod lora;
 pub mod metrics;
 pub mod openai;

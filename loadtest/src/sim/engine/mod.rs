@@ -176,6 +176,16 @@ impl Engine {
         &self.kv
     }
 
+    /// Log KV-cache events (vLLM's `--kv-events-config`), collected by [`Engine::take_kv_events`].
+    pub fn enable_kv_events(&mut self) {
+        self.kv.enable_events();
+    }
+
+    /// The KV-cache events since the last call: what vLLM publishes as one batch per step.
+    pub fn take_kv_events(&mut self) -> Vec<kvevents::Event> {
+        self.kv.take_events()
+    }
+
     pub fn counters(&self) -> EngineCounters {
         self.counters
     }
@@ -440,6 +450,36 @@ impl Engine {
                 continue;
             };
             sequence.num_computed += new_tokens;
+            // The computed blocks enter the prefix cache in the step that computed them, whether or
+            // not the request finishes in it (vLLM caches them when it schedules the step).
+            if self.kv.prefix_caching() {
+                let full = sequence.num_computed / block_size;
+                if full > sequence.num_registered_blocks {
+                    sequence.ensure_hashes(block_size);
+                    let first = sequence.num_registered_blocks;
+                    for block in first..full {
+                        self.kv
+                            .cache_full_block(sequence.blocks[block], sequence.hashes[block]);
+                    }
+                    if self.kv.events_enabled() {
+                        // One event per registration, as vLLM's `cache_full_blocks` sends.
+                        let stored = kvevents::BlockStored {
+                            block_hashes: sequence.hashes[first..full].to_vec(),
+                            parent_block_hash: first.checked_sub(1).map(|p| sequence.hashes[p]),
+                            token_ids: (first * block_size..full * block_size)
+                                .map(|position| sequence.token_at(position))
+                                .collect(),
+                            block_size: block_size as u32,
+                            lora_id: sequence.lora.map(i64::from),
+                            medium: Some(kvevents::Medium::Gpu),
+                            lora_name: None,
+                            group_idx: None,
+                        };
+                        self.kv.log_event(kvevents::Event::BlockStored(stored));
+                    }
+                    sequence.num_registered_blocks = full;
+                }
+            }
             if sequence.num_computed == sequence.total_tokens() {
                 let index = sequence.num_output;
                 sequence.num_output += 1;
@@ -466,18 +506,6 @@ impl Engine {
                         .finished
                         .push(finished_record(sequence, reason, end));
                     finished_ids.push(id);
-                    continue;
-                }
-            }
-            if self.kv.prefix_caching() {
-                let full = sequence.num_computed / block_size;
-                if full > sequence.num_registered_blocks {
-                    sequence.ensure_hashes(block_size);
-                    for block in sequence.num_registered_blocks..full {
-                        self.kv
-                            .cache_full_block(sequence.blocks[block], sequence.hashes[block]);
-                    }
-                    sequence.num_registered_blocks = full;
                 }
             }
         }

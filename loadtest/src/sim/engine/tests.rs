@@ -255,3 +255,27 @@ proptest! {
         prop_assert_eq!(queries as usize, second.len());
     }
 }
+
+#[test]
+fn a_request_that_finishes_in_its_prefill_step_still_caches_its_prompt() {
+    let mut engine = engine(config(1_000));
+    engine.enable_kv_events();
+    let prompt = distinct_prompt(7, 100);
+    engine.add_request(request(1, prompt.clone(), 1, None));
+    run_to_completion(&mut engine, 0.0);
+    // Six full blocks of the 100 tokens were stored, in one event.
+    let events = engine.take_kv_events();
+    let [kvevents::Event::BlockStored(stored)] = events.as_slice() else {
+        panic!("{events:?}");
+    };
+    assert_eq!(stored.block_hashes.len(), 6);
+    assert_eq!(stored.token_ids[..], prompt[..96]);
+    let before = engine.counters();
+    engine.add_request(request(2, prompt, 1, None));
+    run_to_completion(&mut engine, 1.0);
+    assert_eq!(engine.counters().prefix_hits - before.prefix_hits, 96);
+    assert!(
+        engine.take_kv_events().is_empty(),
+        "a cache hit stores nothing new"
+    );
+}

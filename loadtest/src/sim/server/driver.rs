@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::models::ModelRegistry;
 use crate::sim::engine::{Engine, FinishReason, NewRequest, RequestId, StepOutcome};
+use crate::sim::kv_events::Publisher;
 use crate::sim::lora::LoraId;
 use crate::sim::metrics::{EngineGauges, SimMetrics};
 
@@ -82,6 +83,8 @@ pub struct DriverContext {
     pub stats: Arc<Mutex<PacingStats>>,
     pub models: Arc<ModelRegistry>,
     pub time_scale: f64,
+    /// Where each step's KV events go, when they are on.
+    pub kv_events: Option<Publisher>,
 }
 
 fn gauges(engine: &Engine) -> EngineGauges {
@@ -223,6 +226,30 @@ impl Driver {
         stats.lora_disk_loads = loads.disk;
     }
 
+    /// Publish the step's KV events as one batch, adapters named as the server knows them.
+    fn publish_kv_events(&mut self) {
+        let Some(publisher) = &mut self.context.kv_events else {
+            return;
+        };
+        let mut events = self.engine.take_kv_events();
+        if events.is_empty() {
+            return;
+        }
+        for event in &mut events {
+            if let kvevents::Event::BlockStored(stored) = event
+                && let Some(id) = stored.lora_id.and_then(|id| u32::try_from(id).ok())
+            {
+                let name = self.context.models.lora_names(&[id]);
+                stored.lora_name = (!name.is_empty()).then_some(name);
+            }
+        }
+        publisher.publish(kvevents::EventBatch {
+            ts: unix_now(),
+            events,
+            data_parallel_rank: Some(0),
+        });
+    }
+
     fn resync_if_late(&mut self) {
         let wall_now = Instant::now();
         let due = self.wall_at(self.now);
@@ -273,6 +300,7 @@ pub async fn run_engine(
             continue;
         }
         let outcome = driver.engine.step(driver.now);
+        driver.publish_kv_events();
         let end = driver.now + outcome.duration;
         let deadline = driver.wall_at(end);
         tokio::select! {

@@ -34,6 +34,7 @@ pub use self::models::{LoraCard, ModelRegistry};
 use super::config::SimConfig;
 use super::engine::Engine;
 use super::faults::{FaultState, RequestFault, StartupMode};
+use super::kv_events::Publisher;
 use super::metrics::{MetricsInfo, SimMetrics};
 use super::openai::ApiError;
 use super::openai::request::Endpoint;
@@ -147,6 +148,13 @@ impl SimServer {
                 engine.preload_lora(id);
             }
         }
+        let kv_events = match &config.kv_events {
+            Some(events) if events.publishes() && config.engine.enable_prefix_caching => {
+                engine.enable_kv_events();
+                Some(Publisher::start(events).map_err(std::io::Error::other)?)
+            }
+            _ => None,
+        };
         let (engine_tx, engine_rx) = mpsc::unbounded_channel();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (crash_tx, crash_rx) = watch::channel(None);
@@ -155,6 +163,7 @@ impl SimServer {
             stats: pacing.clone(),
             models: models.clone(),
             time_scale: config.time_scale,
+            kv_events,
         };
         let state = Arc::new(SimState {
             config,

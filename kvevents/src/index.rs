@@ -1,0 +1,416 @@
+//! Which endpoint holds which block, built from the endpoints' KV events, bounded.
+//!
+//! Block hashes in the events are each engine's own (vLLM's sha256 over CBOR with a per-deployment
+//! seed, or anything a simulator chooses), so a request cannot be matched against them directly.
+//! The index keys blocks the way llm-d's KV-cache manager does, by recomputing from the tokens the
+//! events carry: a block's key ([`block_key`]) chains its parent's key, its token ids and its
+//! adapter's name. The gateway computes the same keys from a request's token ids and asks how
+//! many leading blocks each endpoint holds ([`BlockIndex::prefix_matches`]). Each endpoint also
+//! maps its engine hashes to keys, so a `BlockRemoved` (which carries only engine hashes) finds
+//! its block, and counts stores per hash, since an engine may store the same block twice and
+//! remove it twice.
+//!
+//! The index holds at most `max_blocks` (endpoint, block) entries: past that, the oldest stores
+//! are forgotten first, as if removed. A store whose parent the index does not know (its events
+//! were missed) cannot be keyed by its prefix and is skipped, and counted.
+
+use std::collections::VecDeque;
+
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+use crate::{BlockHash, Event};
+
+/// A block's key: the chain of token ids (and adapter) from the start of the prompt to it.
+pub type BlockKey = u64;
+
+/// An endpoint as the index knows it: a small number the caller assigns (a slot).
+pub type EndpointSlot = u32;
+
+/// The first block's parent in the chain.
+const ROOT: BlockKey = 0x6b76_2d72_6f6f_7431;
+
+/// The key of a block holding `tokens` after the block keyed `parent` (`None` at the start of a
+/// prompt), for the adapter `lora` (`None`: the base model).
+pub fn block_key(parent: Option<BlockKey>, tokens: &[u32], lora: Option<&str>) -> BlockKey {
+    let mut seed = parent.unwrap_or(ROOT);
+    if let Some(name) = lora {
+        seed = xxh3_64_with_seed(name.as_bytes(), seed ^ 0x6c6f_7261);
+    }
+    let mut bytes = [0u8; 4 * 64];
+    for chunk in tokens.chunks(64) {
+        for (slot, token) in bytes.chunks_exact_mut(4).zip(chunk) {
+            slot.copy_from_slice(&token.to_le_bytes());
+        }
+        seed = xxh3_64_with_seed(&bytes[..chunk.len() * 4], seed);
+    }
+    seed
+}
+
+/// The keys of a prompt's full blocks of `block_size` tokens, in order.
+pub fn prompt_keys(tokens: &[u32], block_size: usize, lora: Option<&str>) -> Vec<BlockKey> {
+    let mut keys = Vec::with_capacity(tokens.len() / block_size.max(1));
+    let mut parent = None;
+    for block in tokens.chunks_exact(block_size.max(1)) {
+        let key = block_key(parent, block, lora);
+        keys.push(key);
+        parent = Some(key);
+    }
+    keys
+}
+
+/// What applying events did, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Blocks stored.
+    pub stored: u64,
+    /// Blocks removed.
+    pub removed: u64,
+    /// Stored blocks skipped because their parent was unknown.
+    pub orphans: u64,
+    /// Removals of blocks the index did not hold.
+    pub unknown_removals: u64,
+}
+
+#[derive(Debug, Default)]
+struct EndpointBlocks {
+    /// Engine hash → (key, stores not yet removed).
+    engine: foldhash::HashMap<BlockHash, (BlockKey, u32)>,
+}
+
+/// The index (see the module documentation).
+#[derive(Debug)]
+pub struct BlockIndex {
+    max_blocks: usize,
+    /// Key → the endpoints holding it, with how many of their engine hashes map to it.
+    holders: foldhash::HashMap<BlockKey, Vec<(EndpointSlot, u32)>>,
+    endpoints: foldhash::HashMap<EndpointSlot, EndpointBlocks>,
+    /// Stores in order, for forgetting the oldest; entries already removed are skipped lazily.
+    order: VecDeque<(EndpointSlot, BlockHash)>,
+    /// (endpoint, engine hash) entries held.
+    len: usize,
+}
+
+impl BlockIndex {
+    /// An empty index of at most `max_blocks` (endpoint, block) entries.
+    pub fn new(max_blocks: usize) -> Self {
+        Self {
+            max_blocks: max_blocks.max(1),
+            holders: foldhash::HashMap::default(),
+            endpoints: foldhash::HashMap::default(),
+            order: VecDeque::new(),
+            len: 0,
+        }
+    }
+
+    /// (endpoint, block) entries held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Distinct block keys held anywhere.
+    pub fn keys(&self) -> usize {
+        self.holders.len()
+    }
+
+    /// Apply one event from `endpoint`.
+    pub fn apply(&mut self, endpoint: EndpointSlot, event: &Event) -> Applied {
+        let mut applied = Applied::default();
+        match event {
+            Event::BlockStored(stored) => {
+                let size = stored.block_size as usize;
+                let blocks = &stored.block_hashes;
+                if size == 0 || stored.token_ids.len() < blocks.len() * size {
+                    applied.orphans += blocks.len() as u64;
+                    return applied;
+                }
+                let mut parent = match stored.parent_block_hash {
+                    None => None,
+                    Some(hash) => match self.key_of(endpoint, hash) {
+                        Some(key) => Some(key),
+                        None => {
+                            applied.orphans += blocks.len() as u64;
+                            return applied;
+                        }
+                    },
+                };
+                let lora = stored.lora_name.as_deref();
+                for (i, &hash) in blocks.iter().enumerate() {
+                    let key = block_key(parent, &stored.token_ids[i * size..(i + 1) * size], lora);
+                    self.store(endpoint, hash, key);
+                    applied.stored += 1;
+                    parent = Some(key);
+                }
+            }
+            Event::BlockRemoved(removed) => {
+                for &hash in &removed.block_hashes {
+                    if self.remove(endpoint, hash) {
+                        applied.removed += 1;
+                    } else {
+                        applied.unknown_removals += 1;
+                    }
+                }
+            }
+            Event::AllBlocksCleared => {
+                applied.removed += self.clear_endpoint(endpoint) as u64;
+            }
+        }
+        applied
+    }
+
+    /// Forget everything `endpoint` holds (it restarted, left the pool, or its events were lost
+    /// beyond replay); returns how many entries went.
+    pub fn clear_endpoint(&mut self, endpoint: EndpointSlot) -> usize {
+        let Some(blocks) = self.endpoints.remove(&endpoint) else {
+            return 0;
+        };
+        for (key, _) in blocks.engine.values() {
+            self.drop_holder(*key, endpoint);
+        }
+        self.len -= blocks.engine.len();
+        blocks.engine.len()
+    }
+
+    /// For each endpoint holding `keys[0]`, how many of `keys` it holds in a row from the start;
+    /// endpoints holding none are not listed.
+    pub fn prefix_matches(&self, keys: &[BlockKey]) -> Vec<(EndpointSlot, usize)> {
+        let Some(first) = keys.first().and_then(|k| self.holders.get(k)) else {
+            return Vec::new();
+        };
+        let mut matches: Vec<(EndpointSlot, usize)> = first.iter().map(|&(e, _)| (e, 1)).collect();
+        for (depth, key) in keys.iter().enumerate().skip(1) {
+            let Some(holders) = self.holders.get(key) else {
+                break;
+            };
+            let mut extended = false;
+            for entry in &mut matches {
+                if entry.1 == depth && holders.iter().any(|&(e, _)| e == entry.0) {
+                    entry.1 = depth + 1;
+                    extended = true;
+                }
+            }
+            if !extended {
+                break;
+            }
+        }
+        matches
+    }
+
+    fn key_of(&self, endpoint: EndpointSlot, hash: BlockHash) -> Option<BlockKey> {
+        self.endpoints
+            .get(&endpoint)?
+            .engine
+            .get(&hash)
+            .map(|(key, _)| *key)
+    }
+
+    fn store(&mut self, endpoint: EndpointSlot, hash: BlockHash, key: BlockKey) {
+        let blocks = self.endpoints.entry(endpoint).or_default();
+        match blocks.engine.get_mut(&hash) {
+            Some((held, count)) if *held == key => *count += 1,
+            Some(entry) => {
+                // The engine reused a hash for other tokens: the newest store wins.
+                let old = std::mem::replace(entry, (key, 1)).0;
+                self.drop_holder(old, endpoint);
+                self.add_holder(key, endpoint);
+            }
+            None => {
+                blocks.engine.insert(hash, (key, 1));
+                self.add_holder(key, endpoint);
+                self.len += 1;
+                self.order.push_back((endpoint, hash));
+                while self.len > self.max_blocks {
+                    self.forget_oldest();
+                }
+                if self.order.len() > 2 * self.max_blocks {
+                    self.compact_order();
+                }
+            }
+        }
+    }
+
+    /// Remove one store of `hash` on `endpoint`; whether the index held it.
+    fn remove(&mut self, endpoint: EndpointSlot, hash: BlockHash) -> bool {
+        let Some(blocks) = self.endpoints.get_mut(&endpoint) else {
+            return false;
+        };
+        let Some((key, count)) = blocks.engine.get_mut(&hash) else {
+            return false;
+        };
+        *count -= 1;
+        if *count == 0 {
+            let key = *key;
+            blocks.engine.remove(&hash);
+            self.len -= 1;
+            self.drop_holder(key, endpoint);
+        }
+        true
+    }
+
+    fn forget_oldest(&mut self) {
+        while let Some((endpoint, hash)) = self.order.pop_front() {
+            let Some(blocks) = self.endpoints.get_mut(&endpoint) else {
+                continue;
+            };
+            if let Some((key, _)) = blocks.engine.remove(&hash) {
+                self.len -= 1;
+                self.drop_holder(key, endpoint);
+                return;
+            }
+        }
+    }
+
+    /// Drop order entries whose block is gone, so the queue stays proportional to the index.
+    fn compact_order(&mut self) {
+        let endpoints = &self.endpoints;
+        self.order.retain(|(endpoint, hash)| {
+            endpoints
+                .get(endpoint)
+                .is_some_and(|blocks| blocks.engine.contains_key(hash))
+        });
+    }
+
+    fn add_holder(&mut self, key: BlockKey, endpoint: EndpointSlot) {
+        let holders = self.holders.entry(key).or_default();
+        match holders.iter_mut().find(|(e, _)| *e == endpoint) {
+            Some((_, count)) => *count += 1,
+            None => holders.push((endpoint, 1)),
+        }
+    }
+
+    fn drop_holder(&mut self, key: BlockKey, endpoint: EndpointSlot) {
+        let Some(holders) = self.holders.get_mut(&key) else {
+            return;
+        };
+        if let Some(at) = holders.iter().position(|(e, _)| *e == endpoint) {
+            holders[at].1 -= 1;
+            if holders[at].1 == 0 {
+                holders.swap_remove(at);
+            }
+        }
+        if holders.is_empty() {
+            self.holders.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BlockRemoved, BlockStored, Medium};
+
+    const SIZE: usize = 4;
+
+    fn tokens(blocks: usize, seed: u32) -> Vec<u32> {
+        (0..(blocks * SIZE) as u32).map(|t| t * 31 + seed).collect()
+    }
+
+    /// A store of `tokens`' blocks `from..to`, with engine hashes `engine(i)`.
+    fn stored(tokens: &[u32], from: usize, to: usize, engine: impl Fn(usize) -> u64) -> Event {
+        Event::BlockStored(BlockStored {
+            block_hashes: (from..to).map(&engine).collect(),
+            parent_block_hash: from.checked_sub(1).map(&engine),
+            token_ids: tokens[from * SIZE..to * SIZE].to_vec(),
+            block_size: SIZE as u32,
+            medium: Some(Medium::Gpu),
+            ..BlockStored::default()
+        })
+    }
+
+    fn removed(hashes: Vec<u64>) -> Event {
+        Event::BlockRemoved(BlockRemoved {
+            block_hashes: hashes,
+            ..BlockRemoved::default()
+        })
+    }
+
+    fn sorted(mut matches: Vec<(EndpointSlot, usize)>) -> Vec<(EndpointSlot, usize)> {
+        matches.sort_unstable();
+        matches
+    }
+
+    #[test]
+    fn endpoints_match_the_prefix_they_hold_whatever_their_engine_hashes() {
+        let prompt = tokens(4, 1);
+        let keys = prompt_keys(&prompt, SIZE, None);
+        let mut index = BlockIndex::new(100);
+        // Endpoint 0 stored the four blocks in two events; endpoint 1 the first two, with
+        // engine hashes of its own.
+        index.apply(0, &stored(&prompt, 0, 2, |i| 100 + i as u64));
+        index.apply(0, &stored(&prompt, 2, 4, |i| 100 + i as u64));
+        index.apply(1, &stored(&prompt, 0, 2, |i| 900 + i as u64));
+        assert_eq!(sorted(index.prefix_matches(&keys)), vec![(0, 4), (1, 2)]);
+        assert_eq!((index.len(), index.keys()), (6, 4));
+        // Another adapter's blocks are other blocks.
+        assert!(
+            index
+                .prefix_matches(&prompt_keys(&prompt, SIZE, Some("travel-helper-v1")))
+                .is_empty()
+        );
+        // A removal in the middle cuts endpoint 0's run there.
+        index.apply(0, &removed(vec![102]));
+        assert_eq!(sorted(index.prefix_matches(&keys)), vec![(0, 2), (1, 2)]);
+        // A store whose parent was never seen cannot be keyed.
+        let other = tokens(2, 7);
+        let orphan = index.apply(2, &stored(&other, 1, 2, |i| 50 + i as u64));
+        assert_eq!((orphan.stored, orphan.orphans), (0, 1));
+    }
+
+    #[test]
+    fn a_block_stored_twice_stays_until_removed_twice() {
+        let prompt = tokens(1, 3);
+        let keys = prompt_keys(&prompt, SIZE, None);
+        let mut index = BlockIndex::new(100);
+        index.apply(0, &stored(&prompt, 0, 1, |_| 7));
+        index.apply(0, &stored(&prompt, 0, 1, |_| 7));
+        index.apply(0, &removed(vec![7]));
+        assert_eq!(index.prefix_matches(&keys), vec![(0, 1)]);
+        index.apply(0, &removed(vec![7]));
+        assert!(index.prefix_matches(&keys).is_empty());
+        assert_eq!(index.apply(0, &removed(vec![7])).unknown_removals, 1);
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn a_restarted_endpoint_holds_nothing() {
+        let prompt = tokens(3, 5);
+        let keys = prompt_keys(&prompt, SIZE, None);
+        let mut index = BlockIndex::new(100);
+        index.apply(0, &stored(&prompt, 0, 3, |i| i as u64));
+        index.apply(1, &stored(&prompt, 0, 3, |i| i as u64));
+        assert_eq!(index.apply(0, &Event::AllBlocksCleared).removed, 3);
+        assert_eq!(index.prefix_matches(&keys), vec![(1, 3)]);
+        assert_eq!(index.clear_endpoint(1), 3);
+        assert!(index.is_empty() && index.keys() == 0);
+    }
+
+    #[test]
+    fn a_million_blocks_stay_under_the_bound_and_the_newest_are_kept() {
+        let bound = 10_000;
+        let mut index = BlockIndex::new(bound);
+        // 1,000,000 blocks over 8 endpoints, as 62,500 stores of 16 chained blocks.
+        let mut engine_hash = 0u64;
+        let mut last_prompt = Vec::new();
+        for store in 0..62_500u32 {
+            let prompt = tokens(16, store);
+            let base = engine_hash;
+            index.apply(store % 8, &stored(&prompt, 0, 16, |i| base + i as u64));
+            engine_hash += 16;
+            assert!(index.len() <= bound);
+            last_prompt = prompt;
+        }
+        assert_eq!(index.len(), bound);
+        assert!(index.keys() <= bound);
+        assert!(index.order.len() <= 2 * bound);
+        // The newest prompt is whole on its endpoint.
+        let keys = prompt_keys(&last_prompt, SIZE, None);
+        assert_eq!(index.prefix_matches(&keys), vec![(62_499 % 8, 16)]);
+        // The oldest are gone.
+        let first = prompt_keys(&tokens(16, 0), SIZE, None);
+        assert!(index.prefix_matches(&first).is_empty());
+    }
+}

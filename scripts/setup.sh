@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and the tests need, if they are missing.
 #   cmake: pingora-core builds zlib-ng with it.
+#   g++: zmq-sys compiles libzmq (KV-cache events) from source.
 # Extra packages can be named as arguments (the benchmark scripts ask for nginx-light and wrk).
 set -euo pipefail
 
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v g++ >/dev/null 2>&1 || need+=(g++)
 for pkg in "$@"; do
   case "$pkg" in
     nginx-light) command -v nginx >/dev/null 2>&1 || need+=(nginx-light) ;;

@@ -15,6 +15,7 @@ pub mod flow;
 pub mod generated;
 pub mod headers;
 pub mod kubernetes;
+pub mod kv_events;
 pub mod metrics;
 pub mod openai;
 pub mod proxy;

@@ -15,8 +15,9 @@
 //! were missed) cannot be keyed by its prefix and is skipped, and counted.
 
 use std::collections::VecDeque;
+use std::hash::BuildHasher;
 
-use xxhash_rust::xxh3::xxh3_64_with_seed;
+use foldhash::quality::FixedState;
 
 use crate::{BlockHash, Event};
 
@@ -30,21 +31,20 @@ pub type EndpointSlot = u32;
 const ROOT: BlockKey = 0x6b76_2d72_6f6f_7431;
 
 /// The key of a block holding `tokens` after the block keyed `parent` (`None` at the start of a
-/// prompt), for the adapter `lora` (`None`: the base model).
+/// prompt), for the adapter `lora` (`None`: the base model). foldhash's quality hash over the
+/// tokens' bytes, seeded with the parent's key: keys never leave the process that computes them
+/// (each gateway replica keys the events it receives and the requests it routes alike), so they
+/// need to be fast and well mixed, not portable.
 pub fn block_key(parent: Option<BlockKey>, tokens: &[u32], lora: Option<&str>) -> BlockKey {
     let mut seed = parent.unwrap_or(ROOT);
     if let Some(name) = lora {
-        seed = xxh3_64_with_seed(name.as_bytes(), seed ^ 0x6c6f_7261);
+        seed = FixedState::with_seed(seed ^ LORA).hash_one(name);
     }
-    let mut bytes = [0u8; 4 * 64];
-    for chunk in tokens.chunks(64) {
-        for (slot, token) in bytes.chunks_exact_mut(4).zip(chunk) {
-            slot.copy_from_slice(&token.to_le_bytes());
-        }
-        seed = xxh3_64_with_seed(&bytes[..chunk.len() * 4], seed);
-    }
-    seed
+    FixedState::with_seed(seed).hash_one(tokens)
 }
+
+/// Seed salt for an adapter's name.
+const LORA: u64 = 0x6c6f_7261_6e61_6d65;
 
 /// The keys of a prompt's full blocks of `block_size` tokens, in order.
 pub fn prompt_keys(tokens: &[u32], block_size: usize, lora: Option<&str>) -> Vec<BlockKey> {
@@ -177,27 +177,37 @@ impl BlockIndex {
 
     /// For each endpoint holding `keys[0]`, how many of `keys` it holds in a row from the start;
     /// endpoints holding none are not listed.
+    ///
+    /// An endpoint's blocks of one prompt are prefix-closed: vLLM frees a request's blocks tail
+    /// first into its LRU queue, and a block shared by more requests is freed later, so a chain
+    /// loses its tail before its head. The run is therefore found by binary search, about
+    /// log₂(n) lookups per endpoint instead of n; a chain with a hole (a block evicted under a
+    /// cached descendant, which that order does not produce) would be credited past the hole.
     pub fn prefix_matches(&self, keys: &[BlockKey]) -> Vec<(EndpointSlot, usize)> {
         let Some(first) = keys.first().and_then(|k| self.holders.get(k)) else {
             return Vec::new();
         };
-        let mut matches: Vec<(EndpointSlot, usize)> = first.iter().map(|&(e, _)| (e, 1)).collect();
-        for (depth, key) in keys.iter().enumerate().skip(1) {
-            let Some(holders) = self.holders.get(key) else {
-                break;
-            };
-            let mut extended = false;
-            for entry in &mut matches {
-                if entry.1 == depth && holders.iter().any(|&(e, _)| e == entry.0) {
-                    entry.1 = depth + 1;
-                    extended = true;
+        let holds = |endpoint: EndpointSlot, depth: usize| {
+            self.holders
+                .get(&keys[depth - 1])
+                .is_some_and(|holders| holders.iter().any(|&(e, _)| e == endpoint))
+        };
+        first
+            .iter()
+            .map(|&(endpoint, _)| {
+                // Invariant: the endpoint holds the first `low` blocks; not more than `high`.
+                let (mut low, mut high) = (1, keys.len());
+                while low < high {
+                    let middle = (low + high).div_ceil(2);
+                    if holds(endpoint, middle) {
+                        low = middle;
+                    } else {
+                        high = middle - 1;
+                    }
                 }
-            }
-            if !extended {
-                break;
-            }
-        }
-        matches
+                (endpoint, low)
+            })
+            .collect()
     }
 
     fn key_of(&self, endpoint: EndpointSlot, hash: BlockHash) -> Option<BlockKey> {
@@ -358,6 +368,39 @@ mod tests {
         let other = tokens(2, 7);
         let orphan = index.apply(2, &stored(&other, 1, 2, |i| 50 + i as u64));
         assert_eq!((orphan.stored, orphan.orphans), (0, 1));
+    }
+
+    proptest::proptest! {
+        /// Whatever leading run of a prompt each endpoint holds (and whatever else it holds),
+        /// the match is that run.
+        #[test]
+        fn matches_are_each_endpoint_s_leading_run(
+            runs in proptest::collection::vec(0usize..=12, 1..8),
+            others in 0u32..4,
+        ) {
+            let prompt = tokens(12, 11);
+            let mut index = BlockIndex::new(10_000);
+            for (endpoint, &run) in runs.iter().enumerate() {
+                let endpoint = endpoint as u32;
+                for other in 0..others {
+                    let noise = tokens(5, 100 + other);
+                    index.apply(endpoint, &stored(&noise, 0, 5, |i| 1_000 + (u64::from(other) << 8) + i as u64));
+                }
+                if run > 0 {
+                    index.apply(endpoint, &stored(&prompt, 0, run, |i| i as u64));
+                }
+            }
+            let expected: Vec<(EndpointSlot, usize)> = runs
+                .iter()
+                .enumerate()
+                .filter(|(_, run)| **run > 0)
+                .map(|(e, run)| (e as u32, *run))
+                .collect();
+            proptest::prop_assert_eq!(
+                sorted(index.prefix_matches(&prompt_keys(&prompt, SIZE, None))),
+                expected
+            );
+        }
     }
 
     #[test]

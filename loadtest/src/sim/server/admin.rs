@@ -46,6 +46,8 @@ pub(super) fn pacing_stats(state: &SimState) -> hyper::Response<SimBody> {
         "slip_wall_seconds": stats.slip_wall_seconds,
         "lora_gpu_loads": stats.lora_gpu_loads,
         "lora_disk_loads": stats.lora_disk_loads,
+        "kv_event_batches": stats.kv_event_batches,
+        "kv_events": stats.kv_events,
     });
     full_response(200, "application/json", body.to_string())
 }

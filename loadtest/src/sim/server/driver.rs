@@ -68,6 +68,9 @@ pub struct PacingStats {
     /// [`crate::sim::lora::LoraLoads`]).
     pub lora_gpu_loads: u64,
     pub lora_disk_loads: u64,
+    /// KV-event batches handed to the publisher, and the events in them.
+    pub kv_event_batches: u64,
+    pub kv_events: u64,
 }
 
 struct Route {
@@ -242,6 +245,11 @@ impl Driver {
                 let name = self.context.models.lora_names(&[id]);
                 stored.lora_name = (!name.is_empty()).then_some(name);
             }
+        }
+        {
+            let mut stats = self.context.stats.lock();
+            stats.kv_event_batches += 1;
+            stats.kv_events += events.len() as u64;
         }
         publisher.publish(kvevents::EventBatch {
             ts: unix_now(),

@@ -222,3 +222,27 @@ async fn eviction_removes_blocks_that_were_stored() {
         "only stored blocks are removed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resetting_the_prefix_cache_clears_every_block() {
+    let events = subscribed(&[]).await;
+    // Every request is done (each `complete` waited for its answer): nothing holds blocks.
+    let (status, _) = events.sim.post("/reset_prefix_cache", &json!({})).await;
+    assert_eq!(status, 200);
+    events.until(|_, batch| {
+        batch
+            .events
+            .contains(&Event::AllBlocksCleared)
+            .then_some(())
+    });
+    // The cache starts over: the same prompt is stored again.
+    let prompt = prompt_with_exact_tokens(32, 1_000);
+    complete(&events.sim, &prompt).await;
+    let tokens = tokens_of(&events.sim, &prompt).await;
+    events.until(|_, batch| {
+        batch.events.iter().find_map(|event| match event {
+            Event::BlockStored(s) if s.token_ids[..] == tokens[..32] => Some(()),
+            _ => None,
+        })
+    });
+}

@@ -178,6 +178,18 @@ impl KvCache {
         self.cached.entry(hash).or_insert(block);
     }
 
+    /// Forget every cached hash, as vLLM's `reset_prefix_cache` does, if no block is in use
+    /// (else nothing changes and `false` is returned); logs `AllBlocksCleared`.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        if self.num_free != self.usable_blocks() {
+            return false;
+        }
+        self.cached.clear();
+        self.hashes.iter_mut().for_each(|hash| *hash = None);
+        self.log_event(kvevents::Event::AllBlocksCleared);
+        true
+    }
+
     /// Start logging KV events.
     pub fn enable_events(&mut self) {
         self.events.get_or_insert_with(Vec::new);

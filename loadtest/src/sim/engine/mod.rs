@@ -176,6 +176,11 @@ impl Engine {
         &self.kv
     }
 
+    /// `POST /reset_prefix_cache`: forget the prefix cache if no request holds blocks.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        self.kv.reset_prefix_cache()
+    }
+
     /// Log KV-cache events (vLLM's `--kv-events-config`), collected by [`Engine::take_kv_events`].
     pub fn enable_kv_events(&mut self) {
         self.kv.enable_events();

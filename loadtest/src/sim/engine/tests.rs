@@ -279,3 +279,32 @@ fn a_request_that_finishes_in_its_prefill_step_still_caches_its_prompt() {
         "a cache hit stores nothing new"
     );
 }
+
+#[test]
+fn a_prefix_cache_reset_waits_for_free_blocks_and_clears_every_hash() {
+    let mut engine = engine(config(1_000));
+    engine.enable_kv_events();
+    let prompt = distinct_prompt(9, 64);
+    engine.add_request(request(1, prompt.clone(), 3, None));
+    engine.step(0.0);
+    assert!(
+        !engine.reset_prefix_cache(),
+        "a running request holds blocks"
+    );
+    run_to_completion(&mut engine, 1.0);
+    engine.take_kv_events();
+    assert!(engine.reset_prefix_cache());
+    assert_eq!(
+        engine.take_kv_events(),
+        vec![kvevents::Event::AllBlocksCleared]
+    );
+    assert_eq!(engine.kv_cache().num_cached(), 0);
+    let before = engine.counters();
+    engine.add_request(request(2, prompt, 1, None));
+    run_to_completion(&mut engine, 2.0);
+    assert_eq!(
+        engine.counters().prefix_hits,
+        before.prefix_hits,
+        "nothing to hit"
+    );
+}

@@ -46,6 +46,8 @@ pub enum EngineCommand {
     },
     PreloadLora(LoraId),
     RemoveLora(LoraId),
+    /// Forget the prefix cache (refused while requests hold blocks, as vLLM refuses).
+    ResetPrefixCache,
 }
 
 /// How faithfully the loop kept to its model: the data behind `/sim/stats`.
@@ -149,6 +151,13 @@ impl Driver {
                 }
             }
             EngineCommand::PreloadLora(id) => self.engine.preload_lora(id),
+            EngineCommand::ResetPrefixCache => {
+                if self.engine.reset_prefix_cache() {
+                    self.publish_kv_events();
+                } else {
+                    tracing::warn!("prefix cache not reset: some blocks are still in use");
+                }
+            }
             EngineCommand::RemoveLora(id) => self.engine.remove_lora(id),
         }
     }

@@ -341,6 +341,10 @@ async fn route(
                 }
             }
         }
+        (&Method::POST, "/reset_prefix_cache") => {
+            let _ = state.engine.send(EngineCommand::ResetPrefixCache);
+            full_response(200, "", Bytes::new())
+        }
         (
             &Method::POST,
             "/tokenize" | "/detokenize" | "/v1/load_lora_adapter" | "/v1/unload_lora_adapter",
@@ -359,7 +363,8 @@ async fn route(
             | "/tokenize"
             | "/detokenize"
             | "/v1/load_lora_adapter"
-            | "/v1/unload_lora_adapter",
+            | "/v1/unload_lora_adapter"
+            | "/reset_prefix_cache",
         ) => full_response(
             405,
             "application/json",

@@ -247,4 +247,28 @@ proptest! {
     fn arbitrary_bytes_are_answered(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = decode_batch(&bytes);
     }
+
+    /// Real batches with bytes overwritten, inserted or removed: decoded or refused, and what
+    /// decodes encodes and decodes to the same events.
+    #[test]
+    fn damaged_batches_are_answered(
+        array in any::<bool>(),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6),
+    ) {
+        let mut bytes = if array { ARRAY.to_vec() } else { MAP.to_vec() };
+        for (at, byte, kind) in edits {
+            let at = at.index(bytes.len());
+            match kind {
+                0 => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                _ => {
+                    bytes.remove(at);
+                }
+            }
+        }
+        if let Ok(batch) = decode_batch(&bytes) {
+            let again = decode_batch(&encode_batch(&batch, Layout::Map)).expect("re-encoded");
+            prop_assert_eq!(again.events, batch.events);
+        }
+    }
 }

@@ -57,11 +57,13 @@ impl LoadConfig {
     /// `1 − kv_headroom` of it (projected usage), and its current usage stays under the usual
     /// KV threshold; elsewhere the current usage is judged against the KV threshold lowered by
     /// the same share. The pool looks saturated to the lower priority earlier, and the room it
-    /// leaves is the higher one's.
+    /// leaves is the higher one's. A `kv_headroom` of 0 keeps no KV share: the usual KV
+    /// threshold applies.
     pub fn with_headroom(self, queue: f64, kv_headroom: f64) -> LoadConfig {
         LoadConfig {
             queue_threshold: self.queue_threshold.min(queue),
-            projected_kv_threshold: Some((1.0 - kv_headroom).clamp(0.0, 1.0)),
+            projected_kv_threshold: (kv_headroom > 0.0)
+                .then(|| (1.0 - kv_headroom).clamp(0.0, 1.0)),
             ..self
         }
     }
@@ -70,9 +72,13 @@ impl LoadConfig {
     /// the KV threshold raised by the share `kv_headroom`, at least to `1 − kv_headroom / 2` and
     /// at most to [`MAX_KV_THRESHOLD`]. The lower priority's requests are bounded by what they
     /// will take once grown (`1 − headroom` of the cache where its size is known), and the higher
-    /// one's room is measured above that bound.
+    /// one's room is measured above that bound. A `kv_headroom` of 0 keeps no share, so it
+    /// raises nothing.
     pub fn with_headroom_above(self, kv_headroom: f64) -> LoadConfig {
-        let headroom = kv_headroom.clamp(0.0, 1.0);
+        if kv_headroom <= 0.0 {
+            return self;
+        }
+        let headroom = kv_headroom.min(1.0);
         let raised = (self.kv_threshold * (1.0 + headroom)).max(1.0 - headroom / 2.0);
         LoadConfig {
             kv_threshold: raised.min(MAX_KV_THRESHOLD.max(self.kv_threshold)),
@@ -337,6 +343,20 @@ mod tests {
         assert_eq!(
             LoadConfig::default().with_headroom_above(0.5).kv_threshold,
             MAX_KV_THRESHOLD
+        );
+        // No KV share kept: the usual threshold on both sides, only the queue headroom.
+        let none = LoadConfig::default().with_headroom(1.0, 0.0);
+        assert_eq!(
+            (
+                none.queue_threshold,
+                none.kv_threshold,
+                none.projected_kv_threshold
+            ),
+            (1.0, 0.8, None)
+        );
+        assert_eq!(
+            LoadConfig::default().with_headroom_above(0.0),
+            LoadConfig::default()
         );
         let empty = PoolView {
             name: "p",

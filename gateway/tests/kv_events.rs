@@ -132,9 +132,18 @@ fn serve(publish_port: u16, replay_port: u16, commands: Receiver<Publish>) {
     }
 }
 
+/// `blocks` leading blocks on `endpoint`'s GPU.
+fn gpu_run(endpoint: u32, blocks: usize) -> kvevents::PrefixMatch {
+    kvevents::PrefixMatch {
+        endpoint,
+        gpu: blocks,
+        total: blocks,
+    }
+}
+
 fn holds(subscriber: &Subscriber, n: u32) -> bool {
     let keys = prompt_keys(&prompt(n), SIZE, None);
-    subscriber.index().read().prefix_matches(&keys) == vec![(0, 2)]
+    subscriber.index().read().prefix_matches(&keys) == vec![gpu_run(0, 2)]
 }
 
 /// Publish batches from `next` on until the subscriber has received one (the subscription
@@ -298,7 +307,7 @@ async fn the_simulator_s_events_index_a_prompt_under_its_token_keys() {
     assert_eq!(keys.len(), 4);
     let indexed = tokio::task::spawn_blocking(move || {
         wait_until("the prompt's blocks indexed", || {
-            subscriber.index().read().prefix_matches(&keys) == vec![(0, 4)]
+            subscriber.index().read().prefix_matches(&keys) == vec![gpu_run(0, 4)]
         });
     });
     indexed.await.unwrap();

@@ -13,6 +13,10 @@
 //! The index holds at most `max_blocks` (endpoint, block) entries: past that, the oldest stores
 //! are forgotten first, as if removed. A store whose parent the index does not know (its events
 //! were missed) cannot be keyed by its prefix and is skipped, and counted.
+//!
+//! Blocks are kept per tier: the GPU (`medium` `"GPU"`, or none given) and everything an
+//! offloading connector names (`"CPU"`, or its own tiers), because a block in GPU memory is
+//! reused for free while an offloaded one must first be copied back. A match reports both.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -26,6 +30,29 @@ pub type BlockKey = u64;
 
 /// An endpoint as the index knows it: a small number the caller assigns (a slot).
 pub type EndpointSlot = u32;
+
+/// One endpoint's blocks in one tier: `slot << 1 | 1` for offloaded blocks, `slot << 1` for the
+/// GPU's.
+type Holder = u64;
+
+fn holder(endpoint: EndpointSlot, offloaded: bool) -> Holder {
+    u64::from(endpoint) << 1 | u64::from(offloaded)
+}
+
+fn slot_of(holder: Holder) -> EndpointSlot {
+    (holder >> 1) as EndpointSlot
+}
+
+/// How much of a prompt one endpoint holds ([`BlockIndex::prefix_matches`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PrefixMatch {
+    /// The endpoint.
+    pub endpoint: EndpointSlot,
+    /// Leading blocks held in GPU memory.
+    pub gpu: usize,
+    /// Leading blocks held in GPU memory or offloaded (at least `gpu`).
+    pub total: usize,
+}
 
 /// The first block's parent in the chain.
 const ROOT: BlockKey = 0x6b76_2d72_6f6f_7431;
@@ -41,6 +68,11 @@ pub fn block_key(parent: Option<BlockKey>, tokens: &[u32], lora: Option<&str>) -
         seed = FixedState::with_seed(seed ^ LORA).hash_one(name);
     }
     FixedState::with_seed(seed).hash_one(tokens)
+}
+
+/// Whether blocks on `medium` are offloaded (not in GPU memory); no medium means the GPU.
+fn is_offloaded(medium: Option<&crate::Medium>) -> bool {
+    !matches!(medium, None | Some(crate::Medium::Gpu))
 }
 
 /// Seed salt for an adapter's name.
@@ -81,11 +113,11 @@ struct EndpointBlocks {
 #[derive(Debug)]
 pub struct BlockIndex {
     max_blocks: usize,
-    /// Key → the endpoints holding it, with how many of their engine hashes map to it.
-    holders: foldhash::HashMap<BlockKey, Vec<(EndpointSlot, u32)>>,
-    endpoints: foldhash::HashMap<EndpointSlot, EndpointBlocks>,
+    /// Key → the endpoint tiers holding it, with how many of their engine hashes map to it.
+    holders: foldhash::HashMap<BlockKey, Vec<(Holder, u32)>>,
+    endpoints: foldhash::HashMap<Holder, EndpointBlocks>,
     /// Stores in order, for forgetting the oldest; entries already removed are skipped lazily.
-    order: VecDeque<(EndpointSlot, BlockHash)>,
+    order: VecDeque<(Holder, BlockHash)>,
     /// (endpoint, engine hash) entries held.
     len: usize,
 }
@@ -122,6 +154,8 @@ impl BlockIndex {
         let mut applied = Applied::default();
         match event {
             Event::BlockStored(stored) => {
+                let offloaded = is_offloaded(stored.medium.as_ref());
+                let tier = holder(endpoint, offloaded);
                 let size = stored.block_size as usize;
                 let blocks = &stored.block_hashes;
                 if size == 0 || stored.token_ids.len() < blocks.len() * size {
@@ -130,7 +164,11 @@ impl BlockIndex {
                 }
                 let mut parent = match stored.parent_block_hash {
                     None => None,
-                    Some(hash) => match self.key_of(endpoint, hash) {
+                    // The parent may sit in the other tier; keys are the same in both.
+                    Some(hash) => match self
+                        .key_of(tier, hash)
+                        .or_else(|| self.key_of(holder(endpoint, !offloaded), hash))
+                    {
                         Some(key) => Some(key),
                         None => {
                             applied.orphans += blocks.len() as u64;
@@ -141,14 +179,15 @@ impl BlockIndex {
                 let lora = stored.lora_name.as_deref();
                 for (i, &hash) in blocks.iter().enumerate() {
                     let key = block_key(parent, &stored.token_ids[i * size..(i + 1) * size], lora);
-                    self.store(endpoint, hash, key);
+                    self.store(tier, hash, key);
                     applied.stored += 1;
                     parent = Some(key);
                 }
             }
             Event::BlockRemoved(removed) => {
+                let tier = holder(endpoint, is_offloaded(removed.medium.as_ref()));
                 for &hash in &removed.block_hashes {
-                    if self.remove(endpoint, hash) {
+                    if self.remove(tier, hash) {
                         applied.removed += 1;
                     } else {
                         applied.unknown_removals += 1;
@@ -165,52 +204,76 @@ impl BlockIndex {
     /// Forget everything `endpoint` holds (it restarted, left the pool, or its events were lost
     /// beyond replay); returns how many entries went.
     pub fn clear_endpoint(&mut self, endpoint: EndpointSlot) -> usize {
-        let Some(blocks) = self.endpoints.remove(&endpoint) else {
-            return 0;
-        };
-        for (key, _) in blocks.engine.values() {
-            self.drop_holder(*key, endpoint);
+        let mut cleared = 0;
+        for tier in [holder(endpoint, false), holder(endpoint, true)] {
+            let Some(blocks) = self.endpoints.remove(&tier) else {
+                continue;
+            };
+            for (key, _) in blocks.engine.values() {
+                self.drop_holder(*key, tier);
+            }
+            self.len -= blocks.engine.len();
+            cleared += blocks.engine.len();
         }
-        self.len -= blocks.engine.len();
-        blocks.engine.len()
+        cleared
     }
 
-    /// For each endpoint holding `keys[0]`, how many of `keys` it holds in a row from the start;
-    /// endpoints holding none are not listed.
+    /// For each endpoint holding `keys[0]` (in either tier), how many of `keys` it holds in a
+    /// row from the start, in GPU memory and in GPU memory or offloaded; endpoints holding none
+    /// are not listed. Sorted by endpoint.
     ///
     /// An endpoint's blocks of one prompt are prefix-closed: vLLM frees a request's blocks tail
     /// first into its LRU queue, and a block shared by more requests is freed later, so a chain
     /// loses its tail before its head. The run is therefore found by binary search, about
-    /// log₂(n) lookups per endpoint instead of n; a chain with a hole (a block evicted under a
-    /// cached descendant, which that order does not produce) would be credited past the hole.
-    pub fn prefix_matches(&self, keys: &[BlockKey]) -> Vec<(EndpointSlot, usize)> {
+    /// log₂(n) lookups per endpoint and tier instead of n; a chain with a hole (a block evicted
+    /// under a cached descendant, which that order does not produce) would be credited past the
+    /// hole.
+    pub fn prefix_matches(&self, keys: &[BlockKey]) -> Vec<PrefixMatch> {
         let Some(first) = keys.first().and_then(|k| self.holders.get(k)) else {
             return Vec::new();
         };
-        let holds = |endpoint: EndpointSlot, depth: usize| {
+        let held_by = |depth: usize, tiers: &[Holder]| {
             self.holders
                 .get(&keys[depth - 1])
-                .is_some_and(|holders| holders.iter().any(|&(e, _)| e == endpoint))
+                .is_some_and(|holders| holders.iter().any(|(h, _)| tiers.contains(h)))
         };
-        first
-            .iter()
-            .map(|&(endpoint, _)| {
-                // Invariant: the endpoint holds the first `low` blocks; not more than `high`.
-                let (mut low, mut high) = (1, keys.len());
-                while low < high {
-                    let middle = (low + high).div_ceil(2);
-                    if holds(endpoint, middle) {
-                        low = middle;
-                    } else {
-                        high = middle - 1;
-                    }
+        // The longest run from 1 (held) of depths `held` accepts.
+        let run = |held: &dyn Fn(usize) -> bool| {
+            let (mut low, mut high) = (1, keys.len());
+            while low < high {
+                let middle = (low + high).div_ceil(2);
+                if held(middle) {
+                    low = middle;
+                } else {
+                    high = middle - 1;
                 }
-                (endpoint, low)
+            }
+            low
+        };
+        let mut endpoints: Vec<EndpointSlot> = first.iter().map(|&(h, _)| slot_of(h)).collect();
+        endpoints.sort_unstable();
+        endpoints.dedup();
+        endpoints
+            .into_iter()
+            .map(|endpoint| {
+                let gpu_tier = holder(endpoint, false);
+                let tiers = [gpu_tier, holder(endpoint, true)];
+                let gpu = if first.iter().any(|&(h, _)| h == gpu_tier) {
+                    run(&|depth| held_by(depth, &tiers[..1]))
+                } else {
+                    0
+                };
+                let total = run(&|depth| held_by(depth, &tiers)).max(gpu);
+                PrefixMatch {
+                    endpoint,
+                    gpu,
+                    total,
+                }
             })
             .collect()
     }
 
-    fn key_of(&self, endpoint: EndpointSlot, hash: BlockHash) -> Option<BlockKey> {
+    fn key_of(&self, endpoint: Holder, hash: BlockHash) -> Option<BlockKey> {
         self.endpoints
             .get(&endpoint)?
             .engine
@@ -218,7 +281,7 @@ impl BlockIndex {
             .map(|(key, _)| *key)
     }
 
-    fn store(&mut self, endpoint: EndpointSlot, hash: BlockHash, key: BlockKey) {
+    fn store(&mut self, endpoint: Holder, hash: BlockHash, key: BlockKey) {
         let blocks = self.endpoints.entry(endpoint).or_default();
         match blocks.engine.get_mut(&hash) {
             Some((held, count)) if *held == key => *count += 1,
@@ -244,7 +307,7 @@ impl BlockIndex {
     }
 
     /// Remove one store of `hash` on `endpoint`; whether the index held it.
-    fn remove(&mut self, endpoint: EndpointSlot, hash: BlockHash) -> bool {
+    fn remove(&mut self, endpoint: Holder, hash: BlockHash) -> bool {
         let Some(blocks) = self.endpoints.get_mut(&endpoint) else {
             return false;
         };
@@ -284,7 +347,7 @@ impl BlockIndex {
         });
     }
 
-    fn add_holder(&mut self, key: BlockKey, endpoint: EndpointSlot) {
+    fn add_holder(&mut self, key: BlockKey, endpoint: Holder) {
         let holders = self.holders.entry(key).or_default();
         match holders.iter_mut().find(|(e, _)| *e == endpoint) {
             Some((_, count)) => *count += 1,
@@ -292,7 +355,7 @@ impl BlockIndex {
         }
     }
 
-    fn drop_holder(&mut self, key: BlockKey, endpoint: EndpointSlot) {
+    fn drop_holder(&mut self, key: BlockKey, endpoint: Holder) {
         let Some(holders) = self.holders.get_mut(&key) else {
             return;
         };
@@ -338,9 +401,10 @@ mod tests {
         })
     }
 
-    fn sorted(mut matches: Vec<(EndpointSlot, usize)>) -> Vec<(EndpointSlot, usize)> {
-        matches.sort_unstable();
-        matches
+    /// The GPU runs (every store in these tests is on the GPU, so `total` equals `gpu`).
+    fn sorted(matches: Vec<PrefixMatch>) -> Vec<(EndpointSlot, usize)> {
+        assert!(matches.iter().all(|m| m.total == m.gpu));
+        matches.iter().map(|m| (m.endpoint, m.gpu)).collect()
     }
 
     #[test]
@@ -404,6 +468,50 @@ mod tests {
     }
 
     #[test]
+    fn offloaded_blocks_extend_the_gpu_run_and_are_told_apart() {
+        let prompt = tokens(6, 9);
+        let keys = prompt_keys(&prompt, SIZE, None);
+        let mut index = BlockIndex::new(100);
+        let on = |medium: Medium, from: usize, to: usize| {
+            let Event::BlockStored(mut store) = stored(&prompt, from, to, |i| i as u64) else {
+                unreachable!()
+            };
+            store.medium = Some(medium);
+            Event::BlockStored(store)
+        };
+        // Endpoint 0: blocks 0-1 on the GPU, 0-4 offloaded (a CPU copy of the same hashes, its
+        // parent found in either tier). Endpoint 1: only offloaded blocks.
+        index.apply(0, &on(Medium::Gpu, 0, 2));
+        index.apply(0, &on(Medium::Cpu, 0, 3));
+        index.apply(0, &on(Medium::Cpu, 3, 5));
+        index.apply(1, &on(Medium::Other("disk".into()), 0, 6));
+        let expect = |endpoint, gpu, total| PrefixMatch {
+            endpoint,
+            gpu,
+            total,
+        };
+        assert_eq!(
+            index.prefix_matches(&keys),
+            vec![expect(0, 2, 5), expect(1, 0, 6)]
+        );
+        // Removing the GPU copies leaves the offloaded ones; a removal names its tier.
+        index.apply(
+            0,
+            &Event::BlockRemoved(BlockRemoved {
+                block_hashes: vec![0, 1],
+                medium: Some(Medium::Gpu),
+                ..BlockRemoved::default()
+            }),
+        );
+        assert_eq!(
+            index.prefix_matches(&keys),
+            vec![expect(0, 0, 5), expect(1, 0, 6)]
+        );
+        assert_eq!(index.clear_endpoint(0), 5);
+        assert_eq!(index.prefix_matches(&keys), vec![expect(1, 0, 6)]);
+    }
+
+    #[test]
     fn a_block_stored_twice_stays_until_removed_twice() {
         let prompt = tokens(1, 3);
         let keys = prompt_keys(&prompt, SIZE, None);
@@ -411,7 +519,7 @@ mod tests {
         index.apply(0, &stored(&prompt, 0, 1, |_| 7));
         index.apply(0, &stored(&prompt, 0, 1, |_| 7));
         index.apply(0, &removed(vec![7]));
-        assert_eq!(index.prefix_matches(&keys), vec![(0, 1)]);
+        assert_eq!(sorted(index.prefix_matches(&keys)), vec![(0, 1)]);
         index.apply(0, &removed(vec![7]));
         assert!(index.prefix_matches(&keys).is_empty());
         assert_eq!(index.apply(0, &removed(vec![7])).unknown_removals, 1);
@@ -426,7 +534,7 @@ mod tests {
         index.apply(0, &stored(&prompt, 0, 3, |i| i as u64));
         index.apply(1, &stored(&prompt, 0, 3, |i| i as u64));
         assert_eq!(index.apply(0, &Event::AllBlocksCleared).removed, 3);
-        assert_eq!(index.prefix_matches(&keys), vec![(1, 3)]);
+        assert_eq!(sorted(index.prefix_matches(&keys)), vec![(1, 3)]);
         assert_eq!(index.clear_endpoint(1), 3);
         assert!(index.is_empty() && index.keys() == 0);
     }
@@ -451,7 +559,7 @@ mod tests {
         assert!(index.order.len() <= 2 * bound);
         // The newest prompt is whole on its endpoint.
         let keys = prompt_keys(&last_prompt, SIZE, None);
-        assert_eq!(index.prefix_matches(&keys), vec![(62_499 % 8, 16)]);
+        assert_eq!(sorted(index.prefix_matches(&keys)), vec![(62_499 % 8, 16)]);
         // The oldest are gone.
         let first = prompt_keys(&tokens(16, 0), SIZE, None);
         assert!(index.prefix_matches(&first).is_empty());

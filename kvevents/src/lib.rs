@@ -29,7 +29,7 @@ mod tests;
 
 pub use decode::{DecodeError, decode_batch};
 pub use encode::{Layout, encode_batch};
-pub use index::{BlockIndex, BlockKey, EndpointSlot, block_key, prompt_keys};
+pub use index::{BlockIndex, BlockKey, EndpointSlot, PrefixMatch, block_key, prompt_keys};
 
 /// A block's hash as a subscriber keys it: vLLM's integer form (the low 64 bits of the engine's
 /// block hash, big-endian), which is also what byte hashes reduce to.

@@ -70,6 +70,7 @@ impl Fixture {
                 in_flight_output_tokens: (i % 5) as u64 * 256,
                 prefill_elapsed: std::time::Duration::ZERO,
                 dispatched_since_scrape: (i % 3) as u32,
+                cached_prefix: None,
             })
             .collect()
     }

@@ -130,6 +130,17 @@ impl EndpointMetrics {
     }
 }
 
+/// What an endpoint's KV-cache events say it holds of the request's prompt, in tokens of the
+/// model server's own tokenization ([`EndpointView::cached_prefix`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CachedPrefix {
+    /// Leading prompt tokens whose KV blocks are in GPU memory: reused without any work.
+    pub gpu_tokens: u32,
+    /// Leading prompt tokens held in GPU memory or offloaded (CPU memory, or a connector's own
+    /// tier): at least `gpu_tokens`. The offloaded part is copied back instead of computed.
+    pub total_tokens: u32,
+}
+
 /// One eligible endpoint as a strategy sees it at pick time.
 #[derive(Debug, Clone, Copy)]
 pub struct EndpointView<'a> {
@@ -163,6 +174,12 @@ pub struct EndpointView<'a> {
     /// Requests this gateway dispatched to the endpoint after `metrics` were scraped: the part of
     /// the load the scraped numbers cannot know about yet.
     pub dispatched_since_scrape: u32,
+    /// What the endpoint holds of this request's prompt according to its KV-cache events, when
+    /// the pool publishes them, the gateway is receiving this endpoint's, and the prompt could be
+    /// tokenized by the pool's model servers: the truth, where the strategy's own record of what
+    /// it sent where is an estimate. `None` otherwise; a strategy then falls back to its estimate
+    /// for this endpoint.
+    pub cached_prefix: Option<CachedPrefix>,
 }
 
 /// The eligible endpoints of one pool at pick time.

@@ -29,7 +29,7 @@ pub mod scorers;
 pub mod strategies;
 pub mod strategy;
 
-pub use endpoint::{EndpointId, EndpointMetrics, EndpointView, LoraState, PoolView};
+pub use endpoint::{CachedPrefix, EndpointId, EndpointMetrics, EndpointView, LoraState, PoolView};
 pub use registry::{Registry, RegistryError, StrategyConfig, StrategyFactory};
 pub use request::{Criticality, RequestView};
 pub use strategy::{
@@ -71,6 +71,7 @@ pub(crate) mod testing {
                 in_flight_output_tokens: 0,
                 prefill_elapsed: std::time::Duration::ZERO,
                 dispatched_since_scrape: 0,
+                cached_prefix: None,
             })
             .collect();
         (ids, views)

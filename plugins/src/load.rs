@@ -382,6 +382,7 @@ mod tests {
             in_flight_output_tokens: 0,
             prefill_elapsed: std::time::Duration::ZERO,
             dispatched_since_scrape: since,
+            cached_prefix: None,
         }
     }
 

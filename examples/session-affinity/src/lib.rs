@@ -217,6 +217,7 @@ mod tests {
                 in_flight_output_tokens: 0,
                 prefill_elapsed: std::time::Duration::ZERO,
                 dispatched_since_scrape: 0,
+                cached_prefix: None,
             })
             .collect()
     }

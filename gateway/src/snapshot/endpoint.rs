@@ -441,6 +441,7 @@ impl EndpointSample {
                 now,
             ),
             dispatched_since_scrape: self.dispatched_since_scrape,
+            cached_prefix: None,
         }
     }
 }

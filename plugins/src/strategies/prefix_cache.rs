@@ -6,6 +6,11 @@
 //! 1. Hash the prompt (the gateway renders chat messages as stable `role: text` lines) into
 //!    chained 64-byte blocks seeded by the target model ([`crate::prefix::PrefixHasher`]) and look
 //!    up how many leading blocks each endpoint has been sent ([`crate::prefix::PrefixIndex`]).
+//!    Where the pool publishes KV-cache events, the gateway tells each endpoint's true holding
+//!    of the prompt ([`crate::EndpointView::cached_prefix`], GPU and offloaded tokens of the
+//!    server's own tokenization) and that replaces the estimate for that endpoint; the estimate
+//!    stays for endpoints whose events are missing. Every gateway replica receives the same
+//!    events, so replicas agree on matches they did not route themselves.
 //! 2. Predict the time to first token on every endpoint with the latency cost model
 //!    ([`crate::cost`]): prefill work in flight there, this request's uncached prefill (so a
 //!    cached prefix already counts in seconds saved), one engine step, KV pressure.
@@ -274,6 +279,61 @@ mod tests {
                 b.pick(&req, &pool).unwrap().first()
             );
         }
+    }
+
+    #[test]
+    fn kv_events_replace_the_estimate_so_replicas_with_different_histories_agree() {
+        use crate::endpoint::CachedPrefix;
+        let (_ids, mut views) = pool_of(4);
+        with_metrics(&mut views, &idle(4));
+        let headers = http::HeaderMap::new();
+        let doc = document(7);
+        let mut req = request(&headers);
+        req.prompt = Some(&doc);
+        req.prompt_tokens = 300;
+        // Replica `a` sent the document to endpoint 0 itself; replica `b` never saw it.
+        let (a, b) = (strategy(), strategy());
+        a.on_dispatched(&req, &views[0]);
+        let pool = PoolView {
+            name: "p",
+            endpoints: &views,
+        };
+        assert_eq!(a.pick(&req, &pool).unwrap().first(), Some(0));
+        // The events say endpoint 2 holds 288 of its 300 tokens (endpoint 0 evicted them), the
+        // others nothing: both replicas go to 2, and tell the gateway the 12 tokens left.
+        for (i, view) in views.iter_mut().enumerate() {
+            let held = if i == 2 { 288 } else { 0 };
+            view.cached_prefix = Some(CachedPrefix {
+                gpu_tokens: held,
+                total_tokens: held,
+            });
+        }
+        let pool = PoolView {
+            name: "p",
+            endpoints: &views,
+        };
+        for replica in [&a, &b] {
+            let picked = replica.pick(&req, &pool).unwrap();
+            assert_eq!(picked.first(), Some(2));
+            assert_eq!(picked.prefill_tokens().unwrap()[2], 12);
+            assert_eq!(picked.prefill_tokens().unwrap()[0], 300);
+        }
+        // Offloaded blocks count as held; an endpoint whose events are missing (None) keeps the
+        // estimate: replica `a` still credits endpoint 0 with what it sent there.
+        views[2].cached_prefix = None;
+        views[1].cached_prefix = Some(CachedPrefix {
+            gpu_tokens: 0,
+            total_tokens: 290,
+        });
+        views[0].cached_prefix = None;
+        let pool = PoolView {
+            name: "p",
+            endpoints: &views,
+        };
+        let ranked = a.ranking.rank(&req, &pool).unwrap();
+        // The document's 1,092 bytes are 17 blocks of 64 bytes, 16 tokens each.
+        assert_eq!(ranked.uncached, [300 - 17 * 16, 10, 300, 300]);
+        assert_eq!(b.pick(&req, &pool).unwrap().first(), Some(1));
     }
 
     /// The first candidate for each of 40 documents no endpoint has seen, of `prompt_tokens`.

@@ -60,7 +60,7 @@ impl ServeHttp for AdminApp {
             "/metrics" => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                self.state.metrics.render(&self.state.snapshots.load()),
+                self.state.render_metrics(),
             ),
             "/debug/snapshot" => {
                 let body =

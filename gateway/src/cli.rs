@@ -166,6 +166,12 @@ pub struct Args {
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub scrape_timeout: Duration,
 
+    /// Bound of the index of KV-cache blocks built from the pools' KV events (pools annotated
+    /// `kv-events.inference-gateway.dev/enabled: "true"`), in (endpoint, block) entries of about
+    /// 150 bytes each; past it the oldest blocks are forgotten.
+    #[arg(long, default_value_t = crate::kv_events::DEFAULT_MAX_BLOCKS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000_000))]
+    pub kv_events_max_blocks: usize,
+
     /// Deadline of each exchange with an external endpoint picker (a pool's v1
     /// `endpointPickerRef`): from sending the request to having its destination and body back,
     /// and again for reporting the served endpoint. A picker that misses it counts as down, and

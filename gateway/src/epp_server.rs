@@ -22,12 +22,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use epp::{Held, Picker, PickerAnswer, PickerRequest, Rejection};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use pingora::connectors::ConnectorOptions;
+use pingora::connectors::http::Connector;
 
 use crate::config::ObjectKey;
 use crate::headers::{self, ClientHints};
 use crate::proxy::decide::{Forward, Head, Step, Upstreams, pool};
 use crate::proxy::error::ClientError;
 use crate::proxy::queue::{self, Turn};
+use crate::proxy::tokenize;
 use crate::state::GatewayState;
 
 /// How many endpoints an answer names: the destination and a fallback list of two.
@@ -37,12 +40,18 @@ const DESTINATIONS: usize = 3;
 pub struct GatewayPicker {
     state: Arc<GatewayState>,
     pool: ObjectKey,
+    /// For `/tokenize` calls when the pool's KV events are watched.
+    connector: Connector,
 }
 
 impl GatewayPicker {
     /// A picker for `pool` over the snapshots of `state`.
     pub fn new(state: Arc<GatewayState>, pool: ObjectKey) -> Self {
-        Self { state, pool }
+        Self {
+            state,
+            pool,
+            connector: Connector::new(Some(ConnectorOptions::new(64))),
+        }
     }
 }
 
@@ -136,6 +145,10 @@ impl Picker for GatewayPicker {
             hints: &parts.hints,
         };
         let mut decision = pool::decide_builtin(pool, &head, request.body.clone());
+        if let Step::Tokenize(call) = decision.step {
+            let (info, body) = tokenize::prepare(&self.state, &self.connector, call).await;
+            decision = pool::pick_tokenized(info, &head, body);
+        }
         if let Step::Queue(waiting) = decision.step {
             // The pool is saturated: wait in its queue like a proxied request. The stream's end
             // drops this future, which takes the request out of the queue.

@@ -189,6 +189,15 @@ pub struct GatewayMetrics {
     pub header_timeouts: prometheus::IntCounter,
     /// `gateway_errors_total{reason}`: requests the gateway answered itself with an error.
     pub errors: IntCounterVec,
+    /// Endpoints whose KV events are watched / arriving (computed at scrape time).
+    pub kv_events_endpoints: IntGaugeVec,
+    /// (endpoint, block) entries in the KV-event index (computed at scrape time).
+    pub kv_events_index_blocks: IntGauge,
+    /// KV-event subscriber work by kind (`batch`, `gap`, `replay`, `reset`, `malformed`,
+    /// `orphan_block`; copied from the subscriber at scrape time).
+    pub kv_events: IntCounterVec,
+    /// `/tokenize` calls for KV-event matching, by pool and result.
+    pub tokenizations: IntCounterVec,
 }
 
 const MODEL: &[&str] = &["model_name", "target_model_name"];
@@ -429,6 +438,29 @@ impl GatewayMetrics {
                 "Client connections open on the proxy listeners.",
             )
             .expect("valid metric"),
+            kv_events_endpoints: IntGaugeVec::new(
+                Opts::new(
+                    "gateway_kv_events_endpoints",
+                    "Pool endpoints whose KV-cache events the gateway subscribes to (state=watched) and from which a batch has arrived since (state=receiving); the others are routed on the strategy's estimate.",
+                ),
+                &["state"],
+            )
+            .expect("valid metric"),
+            kv_events_index_blocks: IntGauge::new(
+                "gateway_kv_events_index_blocks",
+                "(endpoint, block) entries in the index the KV-cache events build (bounded by --kv-events-max-blocks).",
+            )
+            .expect("valid metric"),
+            kv_events: counter_vec(
+                "gateway_kv_events_total",
+                "KV-cache event subscriber work: batches applied, sequence gaps, replays asked for, endpoint resets (restart, clear, gap beyond replay), malformed messages, stored blocks whose parent was unknown.",
+                &["kind"],
+            ),
+            tokenizations: counter_vec(
+                "gateway_prompt_tokenizations_total",
+                "Prompts tokenized by a pool's model server to match them against KV-cache events, by pool and result (ok, ids: the client sent token ids, or the failure: connection, status, answer, timeout).",
+                &["pool", "result"],
+            ),
             connections_refused: prometheus::IntCounter::new(
                 "gateway_downstream_connections_refused_total",
                 "Client connections refused with 503 because --max-connections were open.",
@@ -622,6 +654,10 @@ impl GatewayMetrics {
             Box::new(self.connections_open.clone()),
             Box::new(self.connections_refused.clone()),
             Box::new(self.header_timeouts.clone()),
+            Box::new(self.kv_events_endpoints.clone()),
+            Box::new(self.kv_events_index_blocks.clone()),
+            Box::new(self.kv_events.clone()),
+            Box::new(self.tokenizations.clone()),
         ]
     }
 

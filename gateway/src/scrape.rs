@@ -172,6 +172,7 @@ impl BackgroundService for Scraper {
             let snapshot = self.state.snapshots.load();
             if generation != Some(snapshot.generation) {
                 generation = Some(snapshot.generation);
+                self.state.kv_events.reconcile(&snapshot);
                 let mut wanted: HashMap<usize, Arc<Endpoint>> = HashMap::new();
                 for pool in snapshot.pools.values() {
                     for endpoint in &pool.endpoints {

@@ -21,6 +21,7 @@ use crate::cli::{Args, LogFormat, SourceKind};
 use crate::config::Severity;
 use crate::drain::{DrainMonitor, DrainSignal};
 use crate::kubernetes::KubeSource;
+use crate::kv_events::KvEvents;
 use crate::proxy::connections::{ConnectionLimits, ConnectionMetrics, LimitedApp};
 use crate::proxy::forward::{Forwarder, UPSTREAM_POOL_SIZE, UpstreamSettings};
 use crate::proxy::{ClientLimits, GatewayProxy};
@@ -278,7 +279,9 @@ fn serve(args: Args, source: Source, built: Built) -> anyhow::Result<()> {
         issues: built.issues.clone(),
     };
     // Ready after the first round of metrics scrapes (the scraper sets it).
-    let state = Arc::new(GatewayState::new(built.snapshot, config, ports.clone()));
+    let mut state = GatewayState::new(built.snapshot, config, ports.clone());
+    state.kv_events = Arc::new(KvEvents::new(args.kv_events_max_blocks));
+    let state = Arc::new(state);
     let limits = ClientLimits {
         max_body_bytes: args.max_body_bytes,
         read_timeout: (!args.client_read_timeout.is_zero()).then_some(args.client_read_timeout),

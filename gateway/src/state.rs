@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::config::ConfigIssue;
+use crate::kv_events::KvEvents;
 use crate::metrics::GatewayMetrics;
 use crate::snapshot::{Snapshot, SnapshotStore};
 
@@ -41,6 +42,8 @@ pub struct GatewayState {
     pub bound_ports: Vec<u16>,
     /// Work the process must finish before it exits.
     pub active: Arc<ActiveWork>,
+    /// The pools' KV-cache events (subscribed to from the first pool that enables them).
+    pub kv_events: Arc<KvEvents>,
     ready: AtomicBool,
 }
 
@@ -56,8 +59,16 @@ impl GatewayState {
             config: ArcSwap::from_pointee(config),
             bound_ports,
             active: Arc::new(ActiveWork::default()),
+            kv_events: Arc::new(KvEvents::new(crate::kv_events::DEFAULT_MAX_BLOCKS)),
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// The Prometheus text of the gateway's metrics, with the gauges of the current snapshot
+    /// and of the KV-event subscriber.
+    pub fn render_metrics(&self) -> Vec<u8> {
+        self.kv_events.observe(&self.metrics);
+        self.metrics.render(&self.snapshots.load())
     }
 
     /// Whether the gateway should receive traffic.

@@ -120,6 +120,8 @@ pub struct BlockIndex {
     order: VecDeque<(Holder, BlockHash)>,
     /// (endpoint, engine hash) entries held.
     len: usize,
+    /// Each endpoint's block size, from its latest store.
+    block_sizes: foldhash::HashMap<EndpointSlot, u32>,
 }
 
 impl BlockIndex {
@@ -131,6 +133,7 @@ impl BlockIndex {
             endpoints: foldhash::HashMap::default(),
             order: VecDeque::new(),
             len: 0,
+            block_sizes: foldhash::HashMap::default(),
         }
     }
 
@@ -154,6 +157,9 @@ impl BlockIndex {
         let mut applied = Applied::default();
         match event {
             Event::BlockStored(stored) => {
+                if stored.block_size > 0 {
+                    self.block_sizes.insert(endpoint, stored.block_size);
+                }
                 let offloaded = is_offloaded(stored.medium.as_ref());
                 let tier = holder(endpoint, offloaded);
                 let size = stored.block_size as usize;
@@ -199,6 +205,17 @@ impl BlockIndex {
             }
         }
         applied
+    }
+
+    /// Tokens per block of `endpoint`, from its latest store (`None` before its first).
+    pub fn block_size(&self, endpoint: EndpointSlot) -> Option<u32> {
+        self.block_sizes.get(&endpoint).copied()
+    }
+
+    /// Forget `endpoint` altogether: its blocks and its block size (it left the pool).
+    pub fn forget_endpoint(&mut self, endpoint: EndpointSlot) -> usize {
+        self.block_sizes.remove(&endpoint);
+        self.clear_endpoint(endpoint)
     }
 
     /// Forget everything `endpoint` holds (it restarted, left the pool, or its events were lost

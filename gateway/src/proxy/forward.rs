@@ -95,6 +95,13 @@ pub struct Forwarder {
     pub settings: UpstreamSettings,
 }
 
+impl Forwarder {
+    /// The pooled connections to upstreams, for the gateway's own calls to model servers.
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+}
+
 impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forwarder")

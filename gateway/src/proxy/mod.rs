@@ -27,6 +27,7 @@ pub mod record;
 pub mod respond;
 pub mod response;
 pub mod targets;
+pub mod tokenize;
 pub mod usage;
 
 use std::sync::Arc;
@@ -154,6 +155,15 @@ impl GatewayProxy {
                             return Ok(true);
                         }
                     }
+                }
+                Step::Tokenize(call) => {
+                    let connector = self.forwarder.connector();
+                    let (info, body) =
+                        Box::pin(tokenize::prepare(&self.state, connector, call)).await;
+                    let header = session.req_header();
+                    let head = head::view(header, ctx.port, None, true, ctx);
+                    let decision = decide::pool::pick_tokenized(info, &head, body);
+                    self.take(ctx, decision)
                 }
                 Step::ReadBody(BodyNeeded::Routing) if session.is_body_empty() => {
                     // Nothing to route on: decide as for any bodyless request.

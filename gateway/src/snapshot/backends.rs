@@ -21,6 +21,7 @@ use crate::config::crds::{v1, v1alpha2};
 use crate::config::{ConfigIssue, ObjectKey, Origin};
 use crate::engine::Engine;
 use crate::flow::{FLOW_CONTROL_PREFIX, FlowSettings, PoolQueue};
+use crate::kv_events::{KV_EVENTS_PREFIX, KvEventsSettings};
 
 /// Pool annotation choosing the metric dialect of its model servers (ACK's key).
 pub const MODEL_SERVER_RUNTIME_ANNOTATION: &str =
@@ -460,6 +461,22 @@ impl<'a> PoolSpec<'a> {
             .ok()
     }
 
+    /// The KV-event settings (`Ok(None)`: not enabled); `Err` (reported) when an annotation is
+    /// invalid.
+    fn kv_events(
+        &self,
+        ports: &[u16],
+        issues: &mut Vec<ConfigIssue>,
+    ) -> Result<Option<KvEventsSettings>, ()> {
+        KvEventsSettings::from_annotations(&self.annotations, ports).map_err(|e| {
+            issues.push(self.error(
+                format!("metadata.annotations[{KV_EVENTS_PREFIX}{}]", e.parameter),
+                e.value,
+                e.reason,
+            ));
+        })
+    }
+
     /// The metric dialect of the pool's model servers (vLLM's without the annotation); `None`
     /// (reported) for an unknown one.
     fn engine(&self, issues: &mut Vec<ConfigIssue>) -> Option<Engine> {
@@ -500,8 +517,15 @@ pub fn build_pool(
     let resolution = registry.describe(&strategy_name).ok();
     let pool_engine = spec.engine(issues);
     let flow = spec.flow_settings(issues);
-    let (Some(ports), Some(strategy), Some(resolution), Some(pool_engine), Some(flow)) =
-        (ports, strategy, resolution, pool_engine, flow)
+    let kv_events = ports.as_deref().map(|ports| spec.kv_events(ports, issues));
+    let (
+        Some(ports),
+        Some(strategy),
+        Some(resolution),
+        Some(pool_engine),
+        Some(flow),
+        Some(Ok(kv_events)),
+    ) = (ports, strategy, resolution, pool_engine, flow, kv_events)
     else {
         return None;
     };
@@ -553,6 +577,7 @@ pub fn build_pool(
         picker: spec.picker.clone(),
         picker_binding: None,
         flow,
+        kv_events,
         queue,
     })
 }

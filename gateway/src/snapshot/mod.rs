@@ -101,6 +101,8 @@ pub struct Pool {
     pub picker_binding: Option<picker::PickerResolution>,
     /// Flow-control settings from the pool's annotations.
     pub flow: crate::flow::FlowSettings,
+    /// Where the pool's model servers publish KV-cache events, when its annotations enable them.
+    pub kv_events: Option<crate::kv_events::KvEventsSettings>,
     /// Where requests wait while the pool is saturated (kept across rebuilds, so nothing queued
     /// is lost when the configuration changes).
     pub queue: Arc<crate::flow::PoolQueue>,

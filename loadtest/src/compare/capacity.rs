@@ -94,6 +94,7 @@ pub fn saturated(profile: &str, workload: &Workload) -> Result<PodCapacity, Capa
             output_len: *output_len,
             finish_reason: FinishReason::Length,
             lora: None,
+            lora_name: None,
             cache_salt_key: 0,
             arrival: 0.0,
             max_tokens: *output_len,

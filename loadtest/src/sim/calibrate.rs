@@ -62,6 +62,7 @@ fn request(id: u64, prompt_tokens: usize, output_len: usize) -> NewRequest {
         output_len,
         finish_reason: FinishReason::Length,
         lora: None,
+        lora_name: None,
         cache_salt_key: 0,
         arrival: 0.0,
         max_tokens: output_len,

@@ -76,6 +76,23 @@ impl KvEventsConfig {
     }
 }
 
+/// `endpoint` as bound by a simulated pod whose only address is `host`: a `*` in a TCP endpoint
+/// (all of the pod's interfaces, in vLLM) becomes `host`, so simulators on several loopback
+/// addresses of one machine each publish on their own address and the same port, as pods of one
+/// pool do. A host of `0.0.0.0` or `::` (every interface) leaves the endpoint as it is.
+fn on_host(endpoint: &str, host: &str) -> String {
+    let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+        return endpoint.to_owned();
+    };
+    match endpoint.strip_prefix("tcp://*:") {
+        Some(port) if !ip.is_unspecified() => match ip {
+            std::net::IpAddr::V4(ip) => format!("tcp://{ip}:{port}"),
+            std::net::IpAddr::V6(ip) => format!("tcp://[{ip}]:{port}"),
+        },
+        _ => endpoint.to_owned(),
+    }
+}
+
 /// Whether vLLM binds `endpoint` (else it connects).
 fn binds(endpoint: &str) -> bool {
     endpoint.contains('*')
@@ -100,13 +117,14 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// Open the sockets (errors, such as a port in use, surface here) and start the thread.
-    pub fn start(config: &KvEventsConfig) -> Result<Publisher, String> {
+    /// Open the sockets of a simulated pod at `host` ([`on_host`]; errors, such as a port in
+    /// use, surface here) and start the thread.
+    pub fn start(config: &KvEventsConfig, host: &str) -> Result<Publisher, String> {
         let context = zmq::Context::new();
         let publish = context.socket(zmq::PUB).map_err(|e| e.to_string())?;
         publish.set_sndhwm(config.hwm).map_err(|e| e.to_string())?;
         let opened = if binds(&config.endpoint) {
-            publish.bind(&config.endpoint)
+            publish.bind(&on_host(&config.endpoint, host))
         } else {
             publish.connect(&config.endpoint)
         };
@@ -115,7 +133,7 @@ impl Publisher {
             Some(endpoint) => {
                 let router = context.socket(zmq::ROUTER).map_err(|e| e.to_string())?;
                 router
-                    .bind(endpoint)
+                    .bind(&on_host(endpoint, host))
                     .map_err(|e| format!("{endpoint}: {e}"))?;
                 Some(router)
             }
@@ -246,6 +264,14 @@ mod tests {
         assert!(KvEventsConfig::parse(r#"{"publisher": "kafka"}"#).is_err());
         assert!(KvEventsConfig::parse(r#"{"enable_kv_cache_event": true}"#).is_err());
         assert!(KvEventsConfig::parse(r#"{"buffer_steps": 0}"#).is_err());
+    }
+
+    #[test]
+    fn a_simulated_pod_binds_its_own_address() {
+        assert_eq!(on_host("tcp://*:5557", "127.0.0.5"), "tcp://127.0.0.5:5557");
+        assert_eq!(on_host("tcp://*:5557", "::1"), "tcp://[::1]:5557");
+        assert_eq!(on_host("tcp://*:5557", "0.0.0.0"), "tcp://*:5557");
+        assert_eq!(on_host("ipc:///tmp/kv", "127.0.0.5"), "ipc:///tmp/kv");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use http::HeaderValue;
 
 pub use self::plan::{
     BackendKind, BodyNeeded, Candidate, Decision, Dispatch, Forward, Head, InferenceInfo,
-    MatchedRoute, PickedUpstreams, PickerCall, Step, Upstreams, Waiting,
+    MatchedRoute, PickedUpstreams, PickerCall, Step, TokenizeCall, Upstreams, Waiting,
 };
 use super::error::ClientError;
 use crate::headers;

@@ -116,6 +116,21 @@ pub enum Step {
     /// Wait in the pool's flow-control queue for room, then rank
     /// ([`super::pool::pick_admitted`]) or answer why not.
     Queue(Waiting),
+    /// Have a pool server tokenize the prompt so it can be matched against the pool's KV
+    /// events ([`crate::proxy::tokenize`]), then rank ([`super::pool::pick_tokenized`]).
+    Tokenize(TokenizeCall),
+}
+
+/// A request to a pool whose KV events are watched, its model resolved, about to have its
+/// prompt tokenized.
+#[derive(Debug)]
+pub struct TokenizeCall {
+    /// The inference request.
+    pub info: Box<InferenceInfo>,
+    /// The body to send.
+    pub body: Bytes,
+    /// How its prompt becomes token ids.
+    pub input: crate::kv_events::tokenize::PromptInput,
 }
 
 /// A request to a saturated pool, its body read and its model resolved, about to wait its turn.
@@ -241,6 +256,9 @@ pub struct InferenceInfo {
     pub pick_duration: Duration,
     /// Candidates the strategy returned outside the pool (dropped; a strategy bug).
     pub invalid_candidates: usize,
+    /// The prompt's block keys in the model server's tokens, when the pool's KV events are
+    /// watched and the prompt was tokenized: matched against the events at each pick.
+    pub prompt_cache: Option<crate::kv_events::PromptCache>,
 }
 
 impl InferenceInfo {

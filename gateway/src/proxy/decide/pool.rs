@@ -13,9 +13,10 @@ use plugins::load::{free_slots, pool_saturation};
 use plugins::{EndpointView, NoEndpoint, PoolView};
 
 use super::plan::{
-    BackendKind, Decision, Dispatch, Forward, Head, InferenceInfo, PickerCall, Step, Upstreams,
-    Waiting,
+    BackendKind, Decision, Dispatch, Forward, Head, InferenceInfo, PickerCall, Step, TokenizeCall,
+    Upstreams, Waiting,
 };
+use crate::kv_events::tokenize::PromptInput;
 use crate::openai;
 use crate::proxy::error::{ClientError, ShedCause};
 use crate::proxy::queue::load_config_for;
@@ -73,6 +74,27 @@ pub fn decide_builtin(pool: Arc<Pool>, head: &Head<'_>, body: Bytes) -> Decision
         Ok(resolved) => resolved,
         Err(error) => return answer(None, error),
     };
+    // A pool whose KV events are watched, and a strategy that reads prompts: match the prompt
+    // against the events, in the model server's tokens.
+    if info.pool.kv_events.is_some()
+        && info.prompt.is_some()
+        && let Some(input) = PromptInput::of(&body, &info.target_model)
+    {
+        return Decision::new(
+            BackendKind::Pool,
+            Step::Tokenize(TokenizeCall {
+                info: Box::new(info),
+                body,
+                input,
+            }),
+        );
+    }
+    pick(info, head, body)
+}
+
+/// Rank a request whose prompt was tokenized for matching against KV events
+/// ([`Step::Tokenize`]); as [`decide_builtin`] from there.
+pub fn pick_tokenized(info: InferenceInfo, head: &Head<'_>, body: Bytes) -> Decision {
     pick(info, head, body)
 }
 
@@ -147,6 +169,7 @@ fn resolve(
         running: false,
         pick_duration: Duration::ZERO,
         invalid_candidates: 0,
+        prompt_cache: None,
         pool,
     };
     Ok((info, outgoing))
@@ -191,6 +214,7 @@ pub fn external_info(
         running: false,
         pick_duration,
         invalid_candidates: 0,
+        prompt_cache: None,
         pool: Arc::clone(pool),
     })
 }
@@ -221,11 +245,16 @@ fn pick_with(
     let endpoints = eligible(&pool.endpoints);
     let samples: Vec<EndpointSample> = endpoints.iter().map(|e| EndpointSample::of(e)).collect();
     let sampled_at = Instant::now();
-    let views: Vec<EndpointView<'_>> = samples
+    let mut views: Vec<EndpointView<'_>> = samples
         .iter()
         .zip(&endpoints)
         .map(|(sample, endpoint)| sample.view(endpoint, sampled_at))
         .collect();
+    if let Some(cache) = &info.prompt_cache {
+        for (view, cached) in views.iter_mut().zip(cache.cached(&endpoints)) {
+            view.cached_prefix = cached;
+        }
+    }
     let pool_view = PoolView {
         name: &pool.name,
         endpoints: &views,

@@ -71,6 +71,8 @@ pub struct NewRequest {
     /// Reported when `output_len` tokens exist: `Stop` (natural end) or `Length` (limit hit).
     pub finish_reason: FinishReason,
     pub lora: Option<LoraId>,
+    /// The adapter's name (vLLM's `lora_request.lora_name`), for KV events.
+    pub lora_name: Option<Arc<str>>,
     /// Extra prefix-cache key (e.g. a hash of `cache_salt`); 0 for none.
     pub cache_salt_key: u64,
     /// Virtual time the request arrived.
@@ -241,6 +243,7 @@ impl Engine {
             output_len: request.output_len.max(1),
             finish_reason: request.finish_reason,
             lora: request.lora,
+            lora_name: request.lora_name,
             extra_key: request.cache_salt_key ^ u64::from(request.lora.unwrap_or(0)),
             max_tokens: request.max_tokens,
             n: request.n,
@@ -477,7 +480,7 @@ impl Engine {
                             block_size: block_size as u32,
                             lora_id: sequence.lora.map(i64::from),
                             medium: Some(kvevents::Medium::Gpu),
-                            lora_name: None,
+                            lora_name: sequence.lora_name.as_deref().map(str::to_owned),
                             group_idx: None,
                         };
                         self.kv.log_event(kvevents::Event::BlockStored(stored));

@@ -20,6 +20,8 @@ pub(super) struct Sequence {
     pub output_len: usize,
     pub finish_reason: FinishReason,
     pub lora: Option<LoraId>,
+    /// The adapter's name, for KV events.
+    pub lora_name: Option<std::sync::Arc<str>>,
     pub extra_key: u64,
     pub max_tokens: usize,
     pub n: usize,

@@ -36,6 +36,7 @@ fn request(id: RequestId, prompt: Vec<u32>, output_len: usize, lora: Option<Lora
         output_len,
         finish_reason: FinishReason::Length,
         lora,
+        lora_name: lora.map(|id| Arc::from(format!("adapter-{id}"))),
         cache_salt_key: 0,
         arrival: 0.0,
         max_tokens: output_len,

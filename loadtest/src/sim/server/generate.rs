@@ -166,6 +166,7 @@ fn prepare(
                     output_len,
                     finish_reason,
                     lora: model.lora,
+                    lora_name: model.lora.map(|_| Arc::from(model.name.as_str())),
                     cache_salt_key,
                     arrival: 0.0,
                     max_tokens: limit,

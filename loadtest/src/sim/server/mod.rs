@@ -151,7 +151,8 @@ impl SimServer {
         let kv_events = match &config.kv_events {
             Some(events) if events.publishes() && config.engine.enable_prefix_caching => {
                 engine.enable_kv_events();
-                Some(Publisher::start(events).map_err(std::io::Error::other)?)
+                let host = config.listen.ip().to_string();
+                Some(Publisher::start(events, &host).map_err(std::io::Error::other)?)
             }
             _ => None,
         };

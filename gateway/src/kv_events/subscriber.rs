@@ -1,4 +1,4 @@
-//! Subscribing to model servers' KV-cache events and keeping the [`BlockIndex`] they describe.
+//! The subscriber thread: model servers' KV-cache events into the [`BlockIndex`] they describe.
 //!
 //! One thread (`kv-events`) owns a libzmq SUB socket per watched endpoint, connected to the
 //! address the pod's vLLM binds (`--kv-events-config` with `"endpoint": "tcp://*:5557"`), and
@@ -185,7 +185,7 @@ impl Worker {
                     Ok(Command::Watch(slot, source)) => self.watch(slot, source),
                     Ok(Command::Unwatch(slot)) => {
                         self.feeds.remove(&slot);
-                        self.index.write().clear_endpoint(slot);
+                        self.index.write().forget_endpoint(slot);
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return,
@@ -194,7 +194,11 @@ impl Worker {
             if self.feeds.is_empty() {
                 match commands.recv_timeout(POLL) {
                     Ok(Command::Watch(slot, source)) => self.watch(slot, source),
-                    Ok(Command::Unwatch(_)) | Err(_) => {}
+                    Ok(Command::Unwatch(slot)) => {
+                        self.index.write().forget_endpoint(slot);
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                 }
                 continue;
             }

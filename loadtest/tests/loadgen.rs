@@ -151,6 +151,7 @@ fn plan(base: &str, backend: Backend, style: BodyStyle) -> RunPlan {
             api_key: None,
             request_id_prefix: "bench-test-".into(),
             extra_headers: Vec::new(),
+            more_urls: Vec::new(),
         },
         served_model: MODEL.into(),
         max_concurrency: Some(4),

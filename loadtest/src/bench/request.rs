@@ -143,6 +143,9 @@ pub struct RequestShape {
     pub request_id_prefix: String,
     /// `--header KEY=VALUE` pairs.
     pub extra_headers: Vec<(String, String)>,
+    /// More URLs serving the same API (gateway replicas): request `i` goes to the `i`-th of
+    /// `url` and these in turn, as a Service spreads its clients over replicas.
+    pub more_urls: Vec<String>,
 }
 
 fn chat_messages<'a>(prompt: &'a Prompt) -> Vec<ChatMessage<'a>> {
@@ -225,6 +228,14 @@ impl RequestShape {
         result.expect("request bodies always serialize")
     }
 
+    /// The URL request `index` goes to: `url` and `more_urls` in turn.
+    pub fn url_for(&self, index: usize) -> &str {
+        match index % (1 + self.more_urls.len()) {
+            0 => &self.url,
+            k => &self.more_urls[k - 1],
+        }
+    }
+
     /// The full HTTP request for dataset index `index`.
     pub fn request(
         &self,
@@ -233,7 +244,7 @@ impl RequestShape {
     ) -> Result<http::Request<Full<Bytes>>, http::Error> {
         let mut builder = http::Request::builder()
             .method(http::Method::POST)
-            .uri(&self.url)
+            .uri(self.url_for(index))
             .header("content-type", "application/json");
         match (&self.api_key, self.style) {
             (Some(key), _) => builder = builder.header("authorization", format!("Bearer {key}")),
@@ -280,6 +291,7 @@ mod tests {
             api_key: None,
             request_id_prefix: "bench-0000abcd-".into(),
             extra_headers: vec![("x-team".into(), "a".into())],
+            more_urls: Vec::new(),
         }
     }
 
@@ -361,5 +373,24 @@ mod tests {
         let prefix = default_request_id_prefix(0);
         assert_eq!(prefix.len(), "bench-".len() + 8 + 1);
         assert!(prefix.starts_with("bench-") && prefix.ends_with('-'));
+    }
+
+    #[test]
+    fn requests_go_to_the_urls_in_turn() {
+        let mut shape = shape(Backend::Vllm, BodyStyle::Current, false);
+        assert_eq!(shape.url_for(7), shape.url);
+        shape.more_urls = vec!["http://b".into(), "http://c".into()];
+        let urls: Vec<&str> = (0..4).map(|i| shape.url_for(i)).collect();
+        assert_eq!(
+            urls,
+            [
+                shape.url.as_str(),
+                "http://b",
+                "http://c",
+                shape.url.as_str()
+            ]
+        );
+        let request = shape.request(4, String::new()).unwrap();
+        assert_eq!(request.uri(), "http://b");
     }
 }

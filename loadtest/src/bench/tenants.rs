@@ -283,6 +283,7 @@ mod tests {
                 api_key: None,
                 request_id_prefix: "run-".into(),
                 extra_headers: vec![("x-extra".into(), "1".into())],
+                more_urls: Vec::new(),
             },
             served_model: "m".into(),
             max_concurrency: None,

@@ -88,6 +88,11 @@ struct Args {
     /// `--keep-scratch`.
     #[arg(long, default_value = "warn")]
     gateway_log: String,
+    /// Gateway processes over the same pool, comma-separated counts (`1,2,4`): every route runs
+    /// once per count, each replica on its own address (127.0.1.1, 127.0.1.2, …) and admin port,
+    /// the client sending requests to them in turn as a Service spreads its clients.
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u16).range(1..=16))]
+    gateway_replicas: Vec<u16>,
     #[arg(long)]
     disable_tqdm: bool,
 }
@@ -173,6 +178,11 @@ fn plan(args: &Args, name: ScenarioName) -> anyhow::Result<ComparePlan> {
         progress: !args.disable_tqdm && std::env::var_os("CI").is_none(),
         keep_scratch: args.keep_scratch,
         gateway_log: args.gateway_log.clone(),
+        replicas: args
+            .gateway_replicas
+            .iter()
+            .map(|&n| usize::from(n))
+            .collect(),
         scenario,
     })
 }

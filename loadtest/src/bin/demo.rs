@@ -175,6 +175,7 @@ async fn compare(args: &Args) -> anyhow::Result<()> {
         progress: std::env::var_os("CI").is_none(),
         keep_scratch: false,
         gateway_log: "warn".into(),
+        replicas: vec![1],
         scenario,
     };
     let runs = tokio::select! {

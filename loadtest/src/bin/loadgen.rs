@@ -469,6 +469,7 @@ fn base_plan(
             .clone()
             .unwrap_or_else(|| default_request_id_prefix(args.seed)),
         extra_headers,
+        more_urls: Vec::new(),
     };
     Ok(RunPlan {
         shape,

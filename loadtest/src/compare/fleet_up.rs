@@ -6,6 +6,13 @@
 //! Fresh processes per run mean no KV cache, prefix index or adapter residency carries over from
 //! one route to the next. The ports are checked first: a leftover process answering on them would
 //! silently serve instead.
+//!
+//! With several gateway replicas ([`StackPlan::replicas`]) each replica is its own process on the
+//! same configuration, listening on its own loopback address ([`gateway_host`]: 127.0.1.1,
+//! 127.0.1.2, …, the ports of the example) with its own admin port (9090, 9091, …), as the
+//! replicas of a Deployment are pods with their own addresses. A route with KV events starts the
+//! simulators publishing (`--kv-events-config`, vLLM's `tcp://*:5557` and replay `tcp://*:5558`,
+//! each simulated pod binding its own address) and annotates the pool to subscribe.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +43,36 @@ pub const STRATEGY_ANNOTATION: &str = "inference.networking.x-k8s.io/routing-str
 pub const POOL_NAME: &str = "vllm-qwen-pool";
 /// The pool annotation that turns the gateway's queue off (`gateway/src/flow/settings.rs`).
 pub const FLOW_CONTROL_ENABLED_ANNOTATION: &str = "flow-control.inference-gateway.dev/enabled";
+/// The pool annotations that subscribe the gateway to the pods' KV events
+/// (`gateway/src/kv_events/settings.rs`).
+pub const KV_EVENTS_ENABLED_ANNOTATION: &str = "kv-events.inference-gateway.dev/enabled";
+pub const KV_EVENTS_REPLAY_ANNOTATION: &str = "kv-events.inference-gateway.dev/replay-port";
+/// vLLM's documented KV-event ports: the PUB socket and the replay socket.
+pub const KV_EVENTS_PORT: u16 = 5557;
+pub const KV_EVENTS_REPLAY_PORT: u16 = 5558;
+
+/// The address replica `replica` (from 0) of the gateway listens on: 127.0.0.1 for a single
+/// gateway, else 127.0.1.(replica + 1).
+pub fn gateway_host(replica: usize, replicas: usize) -> String {
+    if replicas <= 1 {
+        "127.0.0.1".into()
+    } else {
+        format!("127.0.1.{}", replica + 1)
+    }
+}
+
+/// Replica `replica`'s admin listener: 127.0.0.1:9090 + replica.
+pub fn admin_addr(replica: usize) -> SocketAddr {
+    let base: SocketAddr = ADMIN_ADDR.parse().expect("literal address");
+    SocketAddr::new(base.ip(), base.port() + replica as u16)
+}
+
+/// The simulators' `--kv-events-config`: vLLM's defaults with a replay socket.
+pub fn kv_events_config() -> String {
+    format!(
+        "{{\"enable_kv_cache_events\": true, \"publisher\": \"zmq\", \"endpoint\": \"tcp://*:{KV_EVENTS_PORT}\", \"replay_endpoint\": \"tcp://*:{KV_EVENTS_REPLAY_PORT}\"}}"
+    )
+}
 
 /// How long a process may take to become ready. Simulators bind in milliseconds and the gateway
 /// is ready after its first scrape round (50 ms); these bound a broken start, not a normal one.
@@ -90,6 +127,10 @@ pub struct StackPlan {
     pub scratch: PathBuf,
     /// The gateway's `RUST_LOG`.
     pub gateway_log: String,
+    /// Whether the simulators publish KV events and the pool subscribes to them.
+    pub kv_events: bool,
+    /// Gateway processes over the same pool (at least 1).
+    pub replicas: usize,
 }
 
 impl StackPlan {
@@ -180,6 +221,11 @@ pub fn write_config(plan: &StackPlan, dir: &Path) -> Result<(), StackError> {
     if !plan.flow_control {
         annotations.push((FLOW_CONTROL_ENABLED_ANNOTATION, "false"));
     }
+    let replay_port = KV_EVENTS_REPLAY_PORT.to_string();
+    if plan.kv_events {
+        annotations.push((KV_EVENTS_ENABLED_ANNOTATION, "true"));
+        annotations.push((KV_EVENTS_REPLAY_ANNOTATION, replay_port.as_str()));
+    }
     let mut annotated = annotations.is_empty();
     for entry in entries {
         let path = entry.map_err(io_error(&plan.manifests))?.path();
@@ -215,7 +261,10 @@ pub fn write_config(plan: &StackPlan, dir: &Path) -> Result<(), StackError> {
 pub struct Stack {
     pub processes: Processes,
     pub sim_pids: Vec<u32>,
-    pub gateway_pid: u32,
+    /// One per gateway replica.
+    pub gateway_pids: Vec<u32>,
+    /// The address each gateway replica listens on ([`gateway_host`]).
+    pub gateway_hosts: Vec<String>,
     pub endpoints: Vec<String>,
 }
 
@@ -225,9 +274,22 @@ pub async fn start_stack(plan: &StackPlan) -> Result<Stack, StackError> {
         .iter()
         .map(|host| SocketAddr::new(host.parse().expect("literal address"), POD_PORT))
         .collect();
-    ports.push(SocketAddr::from(([127, 0, 0, 1], PLAIN_PORT)));
-    ports.push(SocketAddr::from(([127, 0, 0, 1], INFERENCE_PORT)));
-    ports.push(ADMIN_ADDR.parse().expect("literal address"));
+    let replicas = plan.replicas.max(1);
+    for replica in 0..replicas {
+        let host: std::net::IpAddr = gateway_host(replica, replicas)
+            .parse()
+            .expect("literal address");
+        ports.push(SocketAddr::new(host, PLAIN_PORT));
+        ports.push(SocketAddr::new(host, INFERENCE_PORT));
+        ports.push(admin_addr(replica));
+    }
+    if plan.kv_events {
+        for host in POD_HOSTS {
+            let host: std::net::IpAddr = host.parse().expect("literal address");
+            ports.push(SocketAddr::new(host, KV_EVENTS_PORT));
+            ports.push(SocketAddr::new(host, KV_EVENTS_REPLAY_PORT));
+        }
+    }
     for address in ports {
         ensure_free(address)?;
     }
@@ -239,7 +301,7 @@ pub async fn start_stack(plan: &StackPlan) -> Result<Stack, StackError> {
     let mut sim_pids = Vec::new();
     let mut endpoints = Vec::new();
     for (index, host) in POD_HOSTS.iter().enumerate() {
-        let command = seed_sim_command(
+        let mut command = seed_sim_command(
             &plan.sim_binary,
             host,
             POD_PORT,
@@ -248,6 +310,9 @@ pub async fn start_stack(plan: &StackPlan) -> Result<Stack, StackError> {
             plan.seed + index as u64,
             &plan.lora_modules,
         );
+        if plan.kv_events {
+            command.args(["--kv-events-config", &kv_events_config()]);
+        }
         let log = plan.scratch.join(format!("sim-{index}.log"));
         sim_pids.push(processes.spawn(&format!("vllm-sim {host}"), command, &log)?);
         endpoints.push(format!("http://{host}:{POD_PORT}"));
@@ -262,29 +327,43 @@ pub async fn start_stack(plan: &StackPlan) -> Result<Stack, StackError> {
             )
             .await?;
     }
-    let mut gateway = Command::new(&plan.gateway_binary);
-    gateway
-        .arg("--config")
-        .arg(&config_dir)
-        .args(["--admin-addr", ADMIN_ADDR])
-        .env("RUST_LOG", &plan.gateway_log);
-    let gateway_pid = processes.spawn(
-        "inference-gateway",
-        gateway,
-        &plan.scratch.join("gateway.log"),
-    )?;
-    processes
-        .wait_ready(
-            &client,
-            "inference-gateway",
-            &format!("http://{ADMIN_ADDR}/readyz"),
-            GATEWAY_READY,
-        )
-        .await?;
+    let mut gateway_pids = Vec::new();
+    let mut gateway_hosts = Vec::new();
+    for replica in 0..replicas {
+        let host = gateway_host(replica, replicas);
+        let admin = admin_addr(replica).to_string();
+        let mut gateway = Command::new(&plan.gateway_binary);
+        gateway
+            .arg("--config")
+            .arg(&config_dir)
+            .args(["--admin-addr", &admin, "--listen-host", &host])
+            .env("RUST_LOG", &plan.gateway_log);
+        let name = if replicas == 1 {
+            "inference-gateway".to_owned()
+        } else {
+            format!("inference-gateway {host}")
+        };
+        let log = if replicas == 1 {
+            plan.scratch.join("gateway.log")
+        } else {
+            plan.scratch.join(format!("gateway-{replica}.log"))
+        };
+        gateway_pids.push(processes.spawn(&name, gateway, &log)?);
+        processes
+            .wait_ready(
+                &client,
+                &name,
+                &format!("http://{admin}/readyz"),
+                GATEWAY_READY,
+            )
+            .await?;
+        gateway_hosts.push(host);
+    }
     Ok(Stack {
         processes,
         sim_pids,
-        gateway_pid,
+        gateway_pids,
+        gateway_hosts,
         endpoints,
     })
 }
@@ -335,6 +414,8 @@ mod tests {
             }],
             scratch: dir.path().to_path_buf(),
             gateway_log: "warn".into(),
+            kv_events: true,
+            replicas: 2,
         };
         write_config(&plan, dir.path()).unwrap();
         let pool = std::fs::read_to_string(dir.path().join("inference-pool.yaml")).unwrap();
@@ -342,6 +423,8 @@ mod tests {
         let extra = std::fs::read_to_string(dir.path().join("extra-models.yaml")).unwrap();
         assert!(extra.contains("modelName: adapter-1"));
         assert!(pool.contains("flow-control.inference-gateway.dev/enabled: \"false\""));
+        assert!(pool.contains("kv-events.inference-gateway.dev/enabled: \"true\""));
+        assert!(pool.contains("kv-events.inference-gateway.dev/replay-port: \"5558\""));
         let objectives = std::fs::read_to_string(dir.path().join("objectives.yaml")).unwrap();
         assert!(objectives.contains(
             "  name: batch\n  annotations:\n    flow-control.inference-gateway.dev/ttl-ms: \"600000\"\nspec:\n  priority: -1\n"

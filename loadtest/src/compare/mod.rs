@@ -86,6 +86,9 @@ pub struct ComparePlan {
     pub keep_scratch: bool,
     /// The gateway's `RUST_LOG` (`warn`; `warn,access=info` logs every request).
     pub gateway_log: String,
+    /// Gateway replica counts: every route runs once per count (`--gateway-replicas 1,2,4`),
+    /// its requests spread over the replicas in turn.
+    pub replicas: Vec<usize>,
 }
 
 /// CPU seconds each process used during a run, and the run's wall time.
@@ -120,17 +123,38 @@ pub struct RouteRun {
     pub requests: usize,
     /// Per stage of a rate staircase (empty without one).
     pub stages: Vec<StageResult>,
+    /// Gateway replicas the requests were spread over.
+    pub replicas: usize,
+    /// The gateways' KV-event and tokenization series at the end of the run, summed over the
+    /// replicas (`name{labels}` → value).
+    pub gateway_counters: std::collections::BTreeMap<String, f64>,
 }
 
 impl RouteRun {
-    /// `8080 plain`, or `8080 plain (run 2)` for a repeat.
+    /// `8080 plain`, or `8080 plain (run 2)` for a repeat, with ` ×N` for N gateway replicas.
     pub fn short(&self) -> String {
-        with_repeat(self.route.short(), self.repeat)
+        with_repeat(
+            with_replicas(self.route.short(), self.replicas),
+            self.repeat,
+        )
     }
 
-    /// `8080 plain (Service round-robin)`, or with ` (run 2)` for a repeat.
+    /// `8080 plain (Service round-robin)`, or with ` (run 2)` for a repeat and ` ×N` for N
+    /// gateway replicas.
     pub fn label(&self) -> String {
-        with_repeat(self.route.label(), self.repeat)
+        with_repeat(
+            with_replicas(self.route.label(), self.replicas),
+            self.repeat,
+        )
+    }
+}
+
+/// Appends ` ×N` for more than one gateway replica.
+pub fn with_replicas(text: String, replicas: usize) -> String {
+    if replicas > 1 {
+        format!("{text} ×{replicas}")
+    } else {
+        text
     }
 }
 
@@ -171,6 +195,7 @@ pub(crate) fn cpu_now(pids: &[u32]) -> Vec<f64> {
 pub(crate) fn stack_plan(
     plan: &ComparePlan,
     route: &Route,
+    replicas: usize,
     scratch: &std::path::Path,
 ) -> StackPlan {
     let scenario = &plan.scenario;
@@ -188,6 +213,8 @@ pub(crate) fn stack_plan(
         objectives: scenario.objectives.clone(),
         scratch: scratch.to_path_buf(),
         gateway_log: plan.gateway_log.clone(),
+        kv_events: route.kv_events(),
+        replicas,
     }
 }
 
@@ -210,18 +237,20 @@ pub(crate) fn finish_stack(
     })
 }
 
-/// Runs the scenario through one route on a fresh stack; `repeat` numbers the route's runs.
+/// Runs the scenario through one route on a fresh stack of `replicas` gateways; `repeat`
+/// numbers the route's runs.
 pub async fn run_route(
     plan: &ComparePlan,
     route: &Route,
     repeat: usize,
+    replicas: usize,
 ) -> Result<RouteRun, CompareError> {
     let scratch = tempfile::Builder::new()
         .prefix("igw-compare-")
         .tempdir()
         .map_err(CompareError::Scratch)?;
     let scenario = &plan.scenario;
-    let stack = start_stack(&stack_plan(plan, route, scratch.path())).await?;
+    let stack = start_stack(&stack_plan(plan, route, replicas, scratch.path())).await?;
     let workload = scenario.workload(plan.size, plan.seed)?;
     let requests = workload.num_requests();
     let sending = &scenario.sending;
@@ -231,18 +260,21 @@ pub async fn run_route(
         s.total_requests() as f64 / (s.stage_seconds * s.rates.len() as f64)
     });
     let port = route.port();
+    let urls: Vec<String> = stack
+        .gateway_hosts
+        .iter()
+        .map(|host| format!("http://{host}:{port}{}", sending.backend.default_endpoint()))
+        .collect();
     let run_plan = RunPlan {
         shape: RequestShape {
-            url: format!(
-                "http://127.0.0.1:{port}{}",
-                sending.backend.default_endpoint()
-            ),
+            url: urls[0].clone(),
             backend: sending.backend,
             style: sending.style,
             ignore_eos: sending.ignore_eos || workload.forces_ignore_eos,
             api_key: None,
             request_id_prefix: default_request_id_prefix(plan.seed),
             extra_headers: Vec::new(),
+            more_urls: urls[1..].to_vec(),
         },
         served_model: SEED_SERVED_NAME.to_string(),
         max_concurrency: sending.max_concurrency,
@@ -256,8 +288,10 @@ pub async fn run_route(
     };
     let client = StreamClient::new(sending.max_concurrency.unwrap_or(512));
     let mut pids = stack.sim_pids.clone();
-    pids.push(stack.gateway_pid);
+    pids.extend(&stack.gateway_pids);
     pids.push(std::process::id());
+    let sims = stack.sim_pids.len();
+    let gateways = stack.gateway_pids.len();
     let before = cpu_now(&pids);
     let started = Instant::now();
     let observed = run_observed(
@@ -274,18 +308,18 @@ pub async fn run_route(
     })?;
     let wall = started.elapsed().as_secs_f64();
     let after = cpu_now(&pids);
+    let gateway_counters = gateway_counters(stack.gateway_pids.len()).await;
     finish_stack(stack, route, scratch, plan.keep_scratch)?;
     let used: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-    let sims = used.len() - 2;
     let cpu = CpuUse {
         wall,
         sims: used[..sims].to_vec(),
-        gateway: used[sims],
-        client: used[sims + 1],
+        gateway: used[sims..sims + gateways].iter().sum(),
+        client: used[sims + gateways],
     };
     let settings = RunSettings {
         backend: sending.backend.name().to_string(),
-        label: Some(with_repeat(route.short(), repeat)),
+        label: Some(with_repeat(with_replicas(route.short(), replicas), repeat)),
         model_id: sending.model_id.clone(),
         tokenizer_id: sending.model_id.clone(),
         num_prompts: requests,
@@ -316,48 +350,101 @@ pub async fn run_route(
         cpu,
         requests,
         stages,
+        replicas,
+        gateway_counters,
     })
+}
+
+/// The gateway series [`RouteRun::gateway_counters`] keeps.
+const GATEWAY_COUNTERS: [&str; 3] = [
+    "gateway_prompt_tokenizations_total",
+    "gateway_kv_events_total",
+    "gateway_kv_events_endpoints",
+];
+
+/// Every series of [`GATEWAY_COUNTERS`] summed over the `replicas` gateways' `/metrics`, by
+/// its label set (`name{labels}`); series the gateways do not export are absent.
+async fn gateway_counters(replicas: usize) -> std::collections::BTreeMap<String, f64> {
+    let client = StreamClient::new(4);
+    let mut sums = std::collections::BTreeMap::new();
+    for replica in 0..replicas {
+        let url = format!("http://{}/metrics", fleet_up::admin_addr(replica));
+        let Ok((200, page)) = client.request(http::Method::GET, &url, None).await else {
+            continue;
+        };
+        for line in String::from_utf8_lossy(&page).lines() {
+            if !GATEWAY_COUNTERS.iter().any(|name| line.starts_with(name)) {
+                continue;
+            }
+            if let Some((series, value)) = line.rsplit_once(' ')
+                && let Ok(value) = value.parse::<f64>()
+            {
+                *sums.entry(series.to_owned()).or_insert(0.0) += value;
+            }
+        }
+    }
+    sums
 }
 
 /// Runs every route of `plan` in turn, reporting progress on stderr.
 pub async fn run_all(plan: &ComparePlan) -> Result<Vec<RouteRun>, CompareError> {
-    let mut runs = Vec::with_capacity(plan.routes.len());
-    for (route, repeat) in plan.routes.iter().zip(repeat_numbers(&plan.routes)) {
-        eprintln!(
-            "{}: {} through {} (fresh simulators and gateway)",
-            plan.scenario.name.file_stem(),
-            plan.scenario.title,
-            with_repeat(route.label(), repeat)
-        );
-        let run = run_route(plan, route, repeat).await?;
-        eprintln!(
-            "  {} ok, {} failed, {:.1} simulated s, TTFT p50/p90/p99 {:.0}/{:.0}/{:.0} ms, KV spread {:.3}, prefix hits {:.1}%, adapter loads {}",
-            run.summary.completed,
-            run.summary.failed,
-            run.summary.duration,
-            run.summary.ttft.percentile(50.0),
-            run.summary.ttft.percentile(90.0),
-            run.summary.ttft.percentile(99.0),
-            run.observed.servers.kv_spread,
-            run.observed.servers.prefix_hit_rate * 100.0,
-            run.observed.servers.lora_gpu_loads
-        );
-        for stage in &run.stages {
+    let mut runs = Vec::with_capacity(plan.routes.len() * plan.replicas.len());
+    let replica_counts = if plan.replicas.is_empty() {
+        vec![1]
+    } else {
+        plan.replicas.clone()
+    };
+    for replicas in replica_counts {
+        for (route, repeat) in plan.routes.iter().zip(repeat_numbers(&plan.routes)) {
             eprintln!(
-                "    stage {} req/s: {} sent, {} failed, {:.0} output tok/s, TTFT p50/p90 {:.0}/{:.0} ms, ITL mean/p90 {:.1}/{:.1} ms",
-                stage.rate,
-                stage.requests,
-                stage.summary.failed,
-                stage.output_tokens_per_second,
-                stage.summary.ttft.percentile(50.0),
-                stage.ttft_p90(),
-                stage.summary.itl.mean,
-                stage.summary.itl.percentile(90.0),
+                "{}: {} through {} (fresh simulators and gateway)",
+                plan.scenario.name.file_stem(),
+                plan.scenario.title,
+                with_repeat(with_replicas(route.label(), replicas), repeat)
             );
+            let run = run_route(plan, route, repeat, replicas).await?;
+            report_run(&run);
+            runs.push(run);
         }
-        runs.push(run);
     }
     Ok(runs)
+}
+
+/// One run's headline figures on stderr.
+fn report_run(run: &RouteRun) {
+    eprintln!(
+        "  {} ok, {} failed, {:.1} simulated s, TTFT p50/p90/p99 {:.0}/{:.0}/{:.0} ms, KV spread {:.3}, prefix hits {:.1}%, adapter loads {}",
+        run.summary.completed,
+        run.summary.failed,
+        run.summary.duration,
+        run.summary.ttft.percentile(50.0),
+        run.summary.ttft.percentile(90.0),
+        run.summary.ttft.percentile(99.0),
+        run.observed.servers.kv_spread,
+        run.observed.servers.prefix_hit_rate * 100.0,
+        run.observed.servers.lora_gpu_loads
+    );
+    if !run.gateway_counters.is_empty() {
+        let counters: Vec<String> = run
+            .gateway_counters
+            .iter()
+            .map(|(series, value)| format!("{series} {value}"))
+            .collect();
+        eprintln!("    gateways: {}", counters.join(", "));
+    }
+    for stage in &run.stages {
+        eprintln!(
+            "    stage {} req/s: {} sent, {} failed, {:.0} output tok/s, TTFT p50/p90 {:.0}/{:.0} ms, ITL mean/p90 {:.1}/{:.1} ms",
+            stage.rate,
+            stage.requests,
+            stage.summary.failed,
+            stage.output_tokens_per_second,
+            stage.summary.ttft.percentile(50.0),
+            stage.ttft_p90(),
+            stage.summary.itl.mean,
+            stage.summary.itl.percentile(90.0),
+        );
+    }
 }
 
 /// Writes `text` to `path`, creating its directory; returns the path.

@@ -479,7 +479,7 @@ pub async fn run_phase(
         .prefix("igw-qos-")
         .tempdir()
         .map_err(CompareError::Scratch)?;
-    let stack = start_stack(&stack_plan(plan, route, scratch.path())).await?;
+    let stack = start_stack(&stack_plan(plan, route, 1, scratch.path())).await?;
     let sending = &plan.scenario.sending;
     let base = RunPlan {
         shape: RequestShape {
@@ -494,6 +494,7 @@ pub async fn run_phase(
             api_key: None,
             request_id_prefix: default_request_id_prefix(plan.seed),
             extra_headers: Vec::new(),
+            more_urls: Vec::new(),
         },
         served_model: SEED_SERVED_NAME.to_string(),
         max_concurrency: None,
@@ -511,7 +512,7 @@ pub async fn run_phase(
         .map(|t| t.concurrency.unwrap_or(t.prompts))
         .sum();
     let client = StreamClient::new(in_flight.max(1));
-    let pids = [stack.gateway_pid];
+    let pids = stack.gateway_pids.clone();
     let before = cpu_now(&pids);
     let stats_client = StreamClient::new(4);
     let mut stats_before = Vec::new();

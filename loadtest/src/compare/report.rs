@@ -320,6 +320,28 @@ pub fn markdown(plan: &ComparePlan, runs: &[RouteRun], context: &ReportContext) 
             " and one InferenceModel per adapter added".to_string()
         }
     );
+    if runs.iter().any(|r| r.replicas > 1) {
+        let _ = writeln!(
+            out,
+            "- Gateway replicas (`×N` in the tables): N gateway processes on the same \
+             configuration, each on its own address (127.0.1.1, 127.0.1.2, …) and admin port; the \
+             client sends request i to replica i mod N, as a Service spreads its clients, so \
+             consecutive requests of a group or a conversation land on different replicas."
+        );
+    }
+    if runs.iter().any(|r| r.route.kv_events()) {
+        let _ = writeln!(
+            out,
+            "- `/events` routes: the simulators publish KV-cache events as vLLM does \
+             (`--kv-events-config` with `tcp://*:{}` and replay `tcp://*:{}`), and the pool is \
+             annotated `kv-events.inference-gateway.dev/enabled: \"true\"` (replay port {}): \
+             every replica subscribes to every pod and matches prompts against what the pods \
+             hold; the other routes estimate from what each replica sent where.",
+            super::fleet_up::KV_EVENTS_PORT,
+            super::fleet_up::KV_EVENTS_REPLAY_PORT,
+            super::fleet_up::KV_EVENTS_REPLAY_PORT,
+        );
+    }
     let _ = writeln!(
         out,
         "- Workload: {workload_description}; seed {}.",
@@ -467,6 +489,8 @@ pub fn data_json(plan: &ComparePlan, runs: &[RouteRun], context: &ReportContext)
                         "client": run.cpu.percent(run.cpu.client),
                     },
                     "sim_stats": run.observed.sim_stats,
+                    "gateway_replicas": run.replicas,
+                    "gateway_counters": run.gateway_counters,
                     "kv_series": series,
                 }),
             );

@@ -81,10 +81,15 @@ pub enum Route {
     /// Port 8081 with the pool's flow control turned off (`STRATEGY/flow-off`): a saturated pool
     /// sends every request on to the model servers' own queues, as before flow control.
     Unqueued(String),
+    /// Port 8081 with the model servers publishing KV-cache events and the pool reading them
+    /// (`STRATEGY/events`): the strategy sees what each pod holds instead of estimating it.
+    Evented(String),
 }
 
 /// The suffix that turns a strategy route's flow control off.
 const FLOW_OFF_SUFFIX: &str = "/flow-off";
+/// The suffix that turns KV-cache events on for a strategy route.
+const EVENTS_SUFFIX: &str = "/events";
 
 impl Route {
     pub fn parse(text: &str) -> Route {
@@ -93,8 +98,11 @@ impl Route {
             return Route::Plain;
         }
         let upper = text.to_ascii_uppercase();
-        match upper.strip_suffix(&FLOW_OFF_SUFFIX.to_ascii_uppercase()) {
-            Some(strategy) => Route::Unqueued(strategy.to_owned()),
+        if let Some(strategy) = upper.strip_suffix(&FLOW_OFF_SUFFIX.to_ascii_uppercase()) {
+            return Route::Unqueued(strategy.to_owned());
+        }
+        match upper.strip_suffix(&EVENTS_SUFFIX.to_ascii_uppercase()) {
+            Some(strategy) => Route::Evented(strategy.to_owned()),
             None => Route::Inference(upper),
         }
     }
@@ -104,6 +112,7 @@ impl Route {
             Route::Plain => "8080 plain (Service round-robin)".into(),
             Route::Inference(_) => self.short(),
             Route::Unqueued(strategy) => format!("8081 {strategy}, flow control off"),
+            Route::Evented(strategy) => format!("8081 {strategy}, KV events"),
         }
     }
 
@@ -112,6 +121,7 @@ impl Route {
             Route::Plain => "8080 plain".into(),
             Route::Inference(strategy) => format!("8081 {strategy}"),
             Route::Unqueued(strategy) => format!("8081 {strategy}{FLOW_OFF_SUFFIX}"),
+            Route::Evented(strategy) => format!("8081 {strategy}{EVENTS_SUFFIX}"),
         }
     }
 
@@ -119,8 +129,15 @@ impl Route {
     pub fn strategy(&self) -> Option<&str> {
         match self {
             Route::Plain => None,
-            Route::Inference(strategy) | Route::Unqueued(strategy) => Some(strategy),
+            Route::Inference(strategy) | Route::Unqueued(strategy) | Route::Evented(strategy) => {
+                Some(strategy)
+            }
         }
+    }
+
+    /// Whether the model servers publish KV-cache events and the pool reads them.
+    pub fn kv_events(&self) -> bool {
+        matches!(self, Route::Evented(_))
     }
 
     /// Whether the pool queues requests while saturated.
@@ -730,5 +747,11 @@ mod tests {
         assert_eq!(Route::parse(&off.short().replace("8081 ", "")), off);
         assert!(!off.flow_control() && Route::Plain.flow_control());
         assert_eq!((off.port(), Route::Plain.port()), (8081, 8080));
+        let events = Route::parse("prefix_cache/events");
+        assert_eq!(events, Route::Evented("PREFIX_CACHE".into()));
+        assert_eq!(events.short(), "8081 PREFIX_CACHE/events");
+        assert_eq!(Route::parse(&events.short().replace("8081 ", "")), events);
+        assert!(events.kv_events() && events.flow_control() && !off.kv_events());
+        assert_eq!(events.strategy(), Some("PREFIX_CACHE"));
     }
 }

@@ -150,9 +150,13 @@ impl Events {
                     Some(CachedPrefix {
                         gpu_tokens: tokens(found.gpu),
                         total_tokens: tokens(found.total),
+                        prompt_tokens,
                     })
                 });
-                Some(held.unwrap_or_default())
+                Some(held.unwrap_or(CachedPrefix {
+                    prompt_tokens,
+                    ..CachedPrefix::default()
+                }))
             })
             .collect()
     }

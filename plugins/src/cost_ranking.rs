@@ -116,10 +116,12 @@ impl CacheEstimate {
     }
 }
 
-/// An endpoint's [`CachedPrefix`] as (matched blocks, cached tokens): the tokens it holds of a
-/// prompt of `prompt_tokens`, in GPU memory or offloaded, and the same share of the
-/// `prompt_blocks` the estimate cut the prompt text into, so that thresholds in blocks mean the
-/// same share of the prompt whichever source a match came from.
+/// An endpoint's [`CachedPrefix`] as (matched blocks, cached tokens): the share of the prompt it
+/// holds, in GPU memory or offloaded, of the request's `prompt_tokens` and of the
+/// `prompt_blocks` the estimate cut the prompt text into. Shares, not the server's token counts,
+/// keep every figure of a pick in one unit: an endpoint read from events and one estimated are
+/// compared on the same scale, and the prefill work counted in flight adds up whichever source
+/// it came from (the server's tokens are not the estimate's four bytes a token).
 ///
 /// Offloaded tokens count as cached: copying a block back from host memory over PCIe (about
 /// 25 GB/s, for a 7B model's 57 KB of KV per token some 400,000 tokens a second) is one to two
@@ -130,15 +132,14 @@ pub fn precise_match(
     prompt_tokens: u32,
     prompt_blocks: usize,
 ) -> (usize, u32) {
-    let tokens = cached
-        .total_tokens
-        .max(cached.gpu_tokens)
-        .min(prompt_tokens);
-    if prompt_tokens == 0 {
+    if cached.prompt_tokens == 0 {
         return (0, 0);
     }
-    let blocks = (u64::from(tokens) * prompt_blocks as u64 / u64::from(prompt_tokens)) as usize;
-    (blocks, tokens)
+    let held = cached.total_tokens.max(cached.gpu_tokens);
+    let share = (f64::from(held) / f64::from(cached.prompt_tokens)).min(1.0);
+    let tokens = (share * f64::from(prompt_tokens)) as u32;
+    let blocks = (share * prompt_blocks as f64) as usize;
+    (blocks, tokens.min(prompt_tokens))
 }
 
 /// The shared state and settings of a cost-ranked strategy.
@@ -200,7 +201,13 @@ impl CostRanking {
             return Err(NoEndpoint::NoneReady);
         }
         let loads = loads(pool, &self.load);
+        // Where every endpoint's KV events say what it holds, the estimate is not consulted:
+        // only the prompt's length in blocks is needed.
+        let all_known = pool.endpoints.iter().all(|e| e.cached_prefix.is_some());
         let (matched_blocks, prompt_blocks) = match request.prompt {
+            Some(prompt) if all_known => {
+                (vec![0; pool.len()], self.cache.hasher.block_count(prompt))
+            }
             Some(prompt) => {
                 let hashes = self.cache.hasher.hashes(request.target_model, prompt);
                 (

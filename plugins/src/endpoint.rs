@@ -139,6 +139,10 @@ pub struct CachedPrefix {
     /// Leading prompt tokens held in GPU memory or offloaded (CPU memory, or a connector's own
     /// tier): at least `gpu_tokens`. The offloaded part is copied back instead of computed.
     pub total_tokens: u32,
+    /// The whole prompt's length in the same tokens. The strategies' own figures
+    /// ([`crate::RequestView::prompt_tokens`], the estimate's blocks of text) are in other units,
+    /// so what is held is read as a share of the prompt: `total_tokens / prompt_tokens`.
+    pub prompt_tokens: u32,
 }
 
 /// One eligible endpoint as a strategy sees it at pick time.

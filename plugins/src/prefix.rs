@@ -56,6 +56,11 @@ impl PrefixHasher {
             .collect()
     }
 
+    /// How many blocks [`PrefixHasher::hashes`] cuts `text` into, without hashing it.
+    pub fn block_count(&self, text: &str) -> usize {
+        (text.len() / self.block_bytes).min(self.max_blocks)
+    }
+
     /// A key for placing a prompt that no endpoint has seen: the hash of its first block, or of
     /// all of it when it is shorter than a block. Every gateway replica computes the same key.
     pub fn placement_key(&self, model: &str, text: &str) -> u64 {
@@ -371,6 +376,22 @@ mod tests {
     use super::*;
     use crate::testing::pool_of;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_block_count_is_the_number_of_hashes() {
+        let hasher = PrefixHasher {
+            block_bytes: 8,
+            max_blocks: 5,
+        };
+        for len in [0, 7, 8, 17, 40, 41, 100] {
+            let text = "x".repeat(len);
+            assert_eq!(
+                hasher.block_count(&text),
+                hasher.hashes("m", &text).len(),
+                "{len}"
+            );
+        }
+    }
 
     #[test]
     fn chained_hashes_share_a_prefix_and_depend_on_the_model() {

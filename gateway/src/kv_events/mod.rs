@@ -238,9 +238,13 @@ impl KvEvents {
                     Some(CachedPrefix {
                         gpu_tokens: tokens(m.gpu),
                         total_tokens: tokens(m.total),
+                        prompt_tokens: keys.tokens,
                     })
                 });
-                Some(held.unwrap_or_default())
+                Some(held.unwrap_or(CachedPrefix {
+                    prompt_tokens: keys.tokens,
+                    ..CachedPrefix::default()
+                }))
             })
             .collect()
     }

@@ -86,8 +86,8 @@ pub async fn prepare(
         let adapter = !serves_as_base(&endpoints, &info.target_model);
         let lora = adapter.then_some(info.target_model.as_str());
         let keys = state.kv_events.prompt_keys(&tokens, lora, &endpoints);
-        // The server's count replaces the estimate from the text.
-        info.prompt_tokens = keys.tokens;
+        // The request keeps its estimated size: every other figure of the pick and of the load
+        // counted in flight is in those units, and a match is read as a share of the prompt.
         info.prompt_cache = Some(PromptCache {
             keys,
             events: Arc::clone(&state.kv_events),

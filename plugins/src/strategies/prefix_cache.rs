@@ -306,6 +306,7 @@ mod tests {
             view.cached_prefix = Some(CachedPrefix {
                 gpu_tokens: held,
                 total_tokens: held,
+                prompt_tokens: 300,
             });
         }
         let pool = PoolView {
@@ -321,9 +322,12 @@ mod tests {
         // Offloaded blocks count as held; an endpoint whose events are missing (None) keeps the
         // estimate: replica `a` still credits endpoint 0 with what it sent there.
         views[2].cached_prefix = None;
+        // Counted in the server's tokens (600 for the prompt): the share, 580 / 600, is what
+        // counts, in the request's units (290 of its 300 estimated tokens).
         views[1].cached_prefix = Some(CachedPrefix {
             gpu_tokens: 0,
-            total_tokens: 290,
+            total_tokens: 580,
+            prompt_tokens: 600,
         });
         views[0].cached_prefix = None;
         let pool = PoolView {
